@@ -1,0 +1,1 @@
+"""hyperloom: hypernetworks over any unmodified PyTorch module."""
