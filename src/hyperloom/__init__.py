@@ -1,1 +1,37 @@
-"""hyperloom: hypernetworks over any unmodified PyTorch module."""
+"""hyperloom: hypernetworks over any unmodified PyTorch module.
+
+The public API in data-flow order: select what to generate, condition, generate, call.
+"""
+
+from .filters import Filter as Filter
+from .filters import to_predicate as to_predicate
+from .target import ParamInfo as ParamInfo
+from .target import TargetSpec as TargetSpec
+from .target import select as select
+from .functional import call as call
+from .functional import call_batched as call_batched
+from .functional import check_weights as check_weights
+from .functional import rnn_forward as rnn_forward
+from .conditioning import Concat as Concat
+from .conditioning import Conditioner as Conditioner
+from .conditioning import Noise as Noise
+from .conditioning import SampleEncoder as SampleEncoder
+from .conditioning import TaskEmbedding as TaskEmbedding
+from .generators import ChunkedGenerator as ChunkedGenerator
+from .generators import ComponentGenerator as ComponentGenerator
+from .generators import FlatGenerator as FlatGenerator
+from .generators import Generator as Generator
+from .generators import HeadsGenerator as HeadsGenerator
+from .generators import LowRankGenerator as LowRankGenerator
+from .generators import MLPTrunk as MLPTrunk
+from .generators import build_generator as build_generator
+from .generators import get_generator as get_generator
+from .generators import list_generators as list_generators
+from .generators import register as register
+from .init import hyperfan_in_ as hyperfan_in_
+from .init import hyperfan_out_ as hyperfan_out_
+from .init import target_variance as target_variance
+from .hypernet import Criteria as Criteria
+from .hypernet import HyperNetwork as HyperNetwork
+
+__version__ = "0.1.0"

@@ -1,0 +1,7 @@
+"""Conditioners (criterion 1, inputs; criterion 3, input variability)."""
+
+from .base import Conditioner as Conditioner
+from .concat import Concat as Concat
+from .noise import Noise as Noise
+from .sample import SampleEncoder as SampleEncoder
+from .task import TaskEmbedding as TaskEmbedding

@@ -1,0 +1,94 @@
+"""Noise-conditioned input: z ~ N(0, std^2 I), one draw per weight set."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import Conditioner
+
+
+class Noise(Conditioner):
+    """Gaussian noise as the context (criterion 1: noise-conditioned; criterion 3: dynamic).
+
+    Each draw of z gives the hypernetwork a new weight set, so one hypernetwork holds a
+    distribution over target networks.
+
+    Args:
+        dim: size of z.
+        std: standard deviation of each coordinate.
+        seed: when given, draws come from a ``torch.Generator`` seeded with it, so a sequence of
+            draws is reproducible; :meth:`reseed` starts it again.
+
+    Example:
+        >>> noise = Noise(4, seed=0)
+        >>> noise.sample(3).shape
+        torch.Size([3, 4])
+        >>> torch.equal(Noise(4, seed=1).sample(2), Noise(4, seed=1).sample(2))
+        True
+    """
+
+    kind = "noise-conditioned"
+    dynamic = True
+    keys = ("z",)
+
+    def __init__(self, dim: int, *, std: float = 1.0, seed: int | None = None) -> None:
+        super().__init__()
+        if dim < 1 or std <= 0:
+            raise ValueError(f"Noise needs dim >= 1 and std > 0, got dim={dim}, std={std}")
+        self.dim = dim
+        self.std = std
+        self.seed = seed
+        self._generators: dict[str, torch.Generator] = {}
+        self.register_buffer("_device_probe", torch.empty(0), persistent=False)
+
+    def reseed(self, seed: int | None = None) -> None:
+        """Restart the draws from ``seed`` (default: the constructor's seed)."""
+        if seed is not None:
+            self.seed = seed
+        self._generators.clear()
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``n`` vectors ``(n, dim)``.
+
+        Args:
+            n: number of draws.
+            generator: a generator to draw from instead of the conditioner's own.
+        """
+        if n < 1:
+            raise ValueError(f"sample() needs n >= 1, got {n}")
+        device = self._device_probe.device
+        if generator is None and self.seed is not None:
+            key = str(device)
+            if key not in self._generators:
+                self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
+            generator = self._generators[key]
+        z = torch.randn(n, self.dim, generator=generator, device=device)
+        return z * self.std  # (n, dim)
+
+    def forward(self, n: int) -> Tensor:
+        return self.sample(n)
+
+    def from_call(self, args: tuple, context: Mapping[str, Any]) -> tuple[Tensor, Tensor | None]:
+        if "z" in context:
+            z = torch.as_tensor(context["z"])
+            if z.dim() not in (1, 2) or z.shape[-1] != self.dim:
+                raise ValueError(
+                    f"z must be ({self.dim},) or (B, {self.dim}), got {tuple(z.shape)}"
+                )
+            return z, None
+        if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() == 0:
+            raise TypeError(
+                "a noise-conditioned call draws one z per sample of its first input; pass a "
+                "batched tensor first, or z=... explicitly"
+            )
+        return self.sample(args[0].shape[0]), None  # (B, dim)
+
+    def config(self) -> dict:
+        return {"type": "noise", "dim": self.dim, "std": self.std, "seed": self.seed}
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, std={self.std}, seed={self.seed}"

@@ -1,0 +1,92 @@
+"""Chunk-wise: learned chunk embeddings, one shared head emitting fixed-size chunks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..target import TargetSpec
+from .base import Generator, per_element_variance
+from .registry import register
+from .trunk import MLPTrunk
+
+
+@register("chunked")
+class ChunkedGenerator(Generator):
+    """Generate the flattened weights in fixed-size chunks (criterion 2: chunk-wise).
+
+    Each chunk ``j`` has a learned embedding ``e_j``; the trunk reads ``[c; e_j]`` and one
+    shared head emits ``chunk_size`` numbers; the chunks are concatenated and the last one cut
+    to the spec's size (von Oswald et al., 2020). The hypernetwork can then be far smaller than
+    the target.
+
+    Args:
+        spec: the target spec (or ``None``, to be bound later).
+        cond_dim: conditioning size (or ``None``).
+        chunk_size: numbers per chunk.
+        chunk_dim: size of each chunk embedding.
+        hidden: trunk hidden sizes.
+        activation: trunk activation.
+
+    Example:
+        >>> from hyperloom import select
+        >>> gen = ChunkedGenerator(select(nn.Linear(30, 20)), 8, chunk_size=100)
+        >>> gen.num_chunks, gen(torch.randn(8))["weight"].shape
+        (7, torch.Size([20, 30]))
+    """
+
+    strategy = "chunk-wise"
+
+    def __init__(
+        self,
+        spec: TargetSpec | None = None,
+        cond_dim: int | None = None,
+        *,
+        chunk_size: int = 1024,
+        chunk_dim: int = 8,
+        hidden: Sequence[int] = (64,),
+        activation: str = "relu",
+    ) -> None:
+        if chunk_size < 1 or chunk_dim < 1:
+            raise ValueError(
+                f"chunk_size and chunk_dim must be >= 1, got {chunk_size} and {chunk_dim}"
+            )
+        super().__init__(
+            {
+                "chunk_size": chunk_size,
+                "chunk_dim": chunk_dim,
+                "hidden": tuple(hidden),
+                "activation": activation,
+            }
+        )
+        if spec is not None:
+            self.bind(spec, cond_dim)  # type: ignore[arg-type]
+
+    @property
+    def num_chunks(self) -> int:
+        """Number of chunks covering the spec."""
+        return -(-self._bound_spec().numel // self.options["chunk_size"])
+
+    def _build(self) -> None:
+        o = self.options
+        self.chunk_embeddings = nn.Parameter(torch.randn(self.num_chunks, o["chunk_dim"]))
+        self.trunk = MLPTrunk(self.cond_dim + o["chunk_dim"], o["hidden"], o["activation"])
+        self.readout = nn.Linear(self.trunk.out_dim, o["chunk_size"])
+
+    def _generate(self, cond: Tensor) -> dict[str, Tensor]:
+        h = self.trunk.forward_pair(cond, self.chunk_embeddings)  # (M, n_chunks, h)
+        chunks = self.readout(h)  # (M, n_chunks, chunk_size)
+        flat = chunks.flatten(1)[:, : self.spec.numel]  # (M, numel)
+        return self._split(flat)
+
+    def _readouts(self, variance: dict[str, float]) -> list[tuple[nn.Linear, Tensor]]:
+        # Row j of the shared head writes position j of every chunk, so it can only aim at the
+        # mean of the variances it serves: exact when those are equal (every generated weight
+        # has one fan), an average otherwise.
+        n, size = self.num_chunks, self.options["chunk_size"]
+        v = per_element_variance(self.spec, variance)
+        padded = torch.full((n * size,), float("nan"))
+        padded[: v.numel()] = v
+        return [(self.readout, padded.view(n, size).nanmean(dim=0))]

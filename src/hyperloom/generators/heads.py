@@ -1,0 +1,66 @@
+"""Multiple heads: one output layer per target tensor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..target import TargetSpec
+from .base import Generator
+from .registry import register
+from .trunk import MLPTrunk
+
+
+@register("heads")
+class HeadsGenerator(Generator):
+    """One output head per target tensor on a shared trunk (criterion 2: multiple heads).
+
+    ``cond -> MLP trunk -> {Linear(h, numel_t)}``; the parameter count equals generate-once's,
+    but each tensor has its own head (as in pFedHN), which can be given its own learning rate or
+    frozen.
+
+    Args:
+        spec: the target spec (or ``None``, to be bound later).
+        cond_dim: conditioning size (or ``None``).
+        hidden: trunk hidden sizes.
+        activation: trunk activation.
+
+    Example:
+        >>> from hyperloom import select
+        >>> gen = HeadsGenerator(select(nn.Linear(4, 3)), 8)
+        >>> gen(torch.randn(8))["weight"].shape
+        torch.Size([3, 4])
+    """
+
+    strategy = "multiple heads"
+
+    def __init__(
+        self,
+        spec: TargetSpec | None = None,
+        cond_dim: int | None = None,
+        *,
+        hidden: Sequence[int] = (64,),
+        activation: str = "relu",
+    ) -> None:
+        super().__init__({"hidden": tuple(hidden), "activation": activation})
+        if spec is not None:
+            self.bind(spec, cond_dim)  # type: ignore[arg-type]
+
+    def _build(self) -> None:
+        self.trunk = MLPTrunk(self.cond_dim, self.options["hidden"], self.options["activation"])
+        self.heads = nn.ModuleList(nn.Linear(self.trunk.out_dim, p.numel) for p in self.spec)
+
+    def _generate(self, cond: Tensor) -> dict[str, Tensor]:
+        h = self.trunk(cond)  # (M, h)
+        return {
+            p.name: head(h).view(-1, *p.shape)
+            for p, head in zip(self.spec, self.heads, strict=True)
+        }
+
+    def _readouts(self, variance: dict[str, float]) -> list[tuple[nn.Linear, Tensor]]:
+        return [
+            (head, torch.full((p.numel,), float(variance[p.name])))
+            for p, head in zip(self.spec, self.heads, strict=True)
+        ]

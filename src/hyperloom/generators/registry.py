@@ -1,0 +1,50 @@
+"""The generator registry: a dict, a decorator and two functions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from ..target import TargetSpec
+    from .base import Generator
+
+G = TypeVar("G", bound="type[Generator]")
+
+_GENERATORS: dict[str, type[Generator]] = {}
+
+
+def register(name: str) -> Callable[[G], G]:
+    """Class decorator: list a generator under ``name`` (used by checkpoints, the CLI and tests)."""
+
+    def deco(cls: G) -> G:
+        if name in _GENERATORS:
+            raise ValueError(f"a generator is already registered as {name!r}")
+        cls.registry_name = name
+        _GENERATORS[name] = cls
+        return cls
+
+    return deco
+
+
+def list_generators() -> list[str]:
+    """Names of the registered generators, in registration order."""
+    return list(_GENERATORS)
+
+
+def get_generator(name: str) -> type[Generator]:
+    """The generator class registered as ``name``."""
+    try:
+        return _GENERATORS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown generator {name!r}; registered: {', '.join(_GENERATORS)}"
+        ) from None
+
+
+def build_generator(
+    config: Mapping[str, Any], spec: TargetSpec | None = None, cond_dim: int | None = None
+) -> Generator:
+    """Rebuild a generator from its ``config()``; bound when ``spec`` is given."""
+    cls = get_generator(str(config["name"]))
+    return cls(spec, cond_dim, **dict(config.get("options", {})))
