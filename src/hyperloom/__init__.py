@@ -33,5 +33,9 @@ from .init import hyperfan_out_ as hyperfan_out_
 from .init import target_variance as target_variance
 from .hypernet import Criteria as Criteria
 from .hypernet import HyperNetwork as HyperNetwork
+from .targets import build_target as build_target
+from .checkpoint import save as save
+from .checkpoint import load as load
+from .checkpoint import resume as resume
 
 __version__ = "0.1.0"

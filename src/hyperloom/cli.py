@@ -1,0 +1,122 @@
+"""The ``hyperloom`` command: one function per subcommand, argparse only.
+
+hyperloom demo [--key=value ...]          the review's illustrative example
+hyperloom train RECIPE [--key=value ...]  any registered recipe
+hyperloom describe CHECKPOINT             the five criteria, spec and sizes of a checkpoint
+hyperloom export CHECKPOINT --task N --out FILE
+hyperloom list                            generators, conditioners, recipes
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .config import ArgumentParser, add_config_arguments, config_from_args
+
+
+def cmd_demo(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    return _run_recipe("illustrative", rest, prog="hyperloom demo")
+
+
+def cmd_train(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    if args.recipe is None:  # the recipe's own parser answers --help once it is named
+        print(args.usage())
+        if "-h" in rest or "--help" in rest:
+            return 0
+        print("hyperloom train: error: name a recipe", file=sys.stderr)
+        return 2
+    return _run_recipe(args.recipe, rest, prog=f"hyperloom train {args.recipe}")
+
+
+def _run_recipe(name: str, argv: Sequence[str], prog: str) -> int:
+    from .recipes import load_recipe
+
+    module = load_recipe(name)
+    parser = ArgumentParser(prog=prog, description=(module.__doc__ or "").strip().splitlines()[0])
+    add_config_arguments(parser, module.Config)
+    config = config_from_args(module.Config, parser.parse_args(list(argv)))
+    module.run(config)
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from .checkpoint import describe_checkpoint
+
+    print(describe_checkpoint(args.checkpoint))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from .checkpoint import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, task=args.task, out=args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from .conditioning import CONDITIONERS
+    from .generators import get_generator, list_generators
+    from .recipes import RECIPES
+
+    print("generators:")
+    for name in list_generators():
+        cls = get_generator(name)
+        print(f"  {name:<12}{cls.__name__:<22}{cls.strategy} ({cls.architecture})")
+    print("conditioners:")
+    for name, cls in CONDITIONERS.items():
+        print(f"  {name:<12}{cls.__name__:<22}{cls.kind or 'mixture'}")
+    print("recipes:")
+    for name in sorted(RECIPES):
+        print(f"  {name:<12}hyperloom train {name} --help")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="hyperloom", description="Hypernetworks for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "demo", help="the review's illustrative example on real data", add_help=False
+    )
+    p.set_defaults(func=cmd_demo, passthrough=True)
+
+    from .recipes import RECIPES
+
+    p = sub.add_parser("train", help="run a recipe: hyperloom train RECIPE --help", add_help=False)
+    p.add_argument("recipe", nargs="?", choices=sorted(RECIPES), help="the recipe to run")
+    p.set_defaults(func=cmd_train, passthrough=True, usage=p.format_help)
+
+    p = sub.add_parser("describe", help="print what a checkpoint holds")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint written by hyperloom.save")
+    p.set_defaults(func=cmd_describe, passthrough=False)
+
+    p = sub.add_parser("export", help="write the weights generated for one task")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint written by hyperloom.save")
+    p.add_argument("--task", type=int, required=True, help="the task id to generate for")
+    p.add_argument("--out", required=True, help="output .safetensors file (a plain state dict)")
+    p.set_defaults(func=cmd_export, passthrough=False)
+
+    p = sub.add_parser("list", help="list generators, conditioners and recipes")
+    p.set_defaults(func=cmd_list, passthrough=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hyperloom`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not args.passthrough:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return args.func(args, rest)
+    except (FileNotFoundError, IndexError, ValueError) as e:
+        print(f"hyperloom {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

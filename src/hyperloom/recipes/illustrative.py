@@ -1,0 +1,307 @@
+"""The review's illustrative example: a DNN trained directly against HyperDNNs generating it.
+
+Chauhan et al. (2023) introduce hypernetworks with one picture: a deep network F(X; Θ) trained
+directly, and the same network F(X; H(C; Φ)) whose weights Θ a hypernetwork H generates, so that
+gradients flow through Θ into Φ. This recipe is that picture on real data, in two parts:
+
+1. single task: the plain DNN against HyperDNNs with the generate-once, multiple-heads,
+   chunk-wise and component-wise generators (accuracy, trainable parameters, wall time);
+2. soft weight sharing: the data split into tasks, one task-conditioned hypernetwork generating
+   every task's network against one separately trained network per task.
+
+Outputs under ``runs/<timestamp>-illustrative/``: results.json, results.csv, curves.png and the
+shared hypernetwork's checkpoint (``hyperloom describe``/``export`` read it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import checkpoint
+from ..conditioning import TaskEmbedding
+from ..data import Dataset, load_dataset, split_by_classes
+from ..data.datasets import fashion_mnist_available
+from ..generators import get_generator
+from ..hypernet import HyperNetwork
+from ..runs import (
+    Stopwatch,
+    count_trainable,
+    format_table,
+    make_run_dir,
+    progress,
+    write_csv,
+    write_json,
+)
+from ..targets import build_target
+
+GENERATORS = ("once", "heads", "chunked", "component")
+
+
+@dataclass
+class Config:
+    """Options of ``hyperloom demo`` / ``hyperloom train illustrative``."""
+
+    dataset: str = field(
+        default="auto",
+        metadata={
+            "help": "fashion-mnist, digits, or auto (Fashion-MNIST when its files are present)",
+            "choices": ("auto", "fashion-mnist", "digits"),
+        },
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "folder of the 4 IDX files"})
+    hidden: tuple[int, ...] = field(default=(100,), metadata={"help": "target MLP hidden sizes"})
+    epochs: int = field(default=3, metadata={"help": "epochs of the single-task part"})
+    shared_epochs: int = field(default=3, metadata={"help": "epochs of the multi-task part"})
+    tasks: int = field(default=5, metadata={"help": "tasks of the soft weight sharing part"})
+    batch_size: int = field(default=128, metadata={"help": "minibatch size"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate (plain DNN)"})
+    hnet_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate (hypernetworks)"})
+    cond_dim: int = field(default=32, metadata={"help": "task embedding size"})
+    hnet_hidden: tuple[int, ...] = field(
+        default=(32,), metadata={"help": "hidden sizes of the generators' MLP trunk"}
+    )
+    chunk_size: int = field(default=4096, metadata={"help": "chunk size of chunk-wise generators"})
+    max_train: int | None = field(
+        default=None, metadata={"help": "use at most this many training images (none: all)"}
+    )
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    out: str = field(default="runs", metadata={"help": "folder for the run folder"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+
+
+def _generator(name: str, config: Config):
+    options: dict = {"hidden": config.hnet_hidden}
+    if name == "chunked":
+        options["chunk_size"] = config.chunk_size
+    return get_generator(name)(**options)
+
+
+@torch.no_grad()
+def _accuracy(forward: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> float:
+    correct = 0
+    for i in range(0, len(x), 2000):
+        correct += (forward(x[i : i + 2000]).argmax(-1) == y[i : i + 2000]).sum().item()
+    return 100.0 * correct / len(x)
+
+
+def run(config: Config) -> dict:
+    torch.manual_seed(config.seed)
+    t_start = time.perf_counter()
+    data = load_dataset(config.dataset, config.data_dir)
+    if config.dataset == "auto" and not fashion_mnist_available(config.data_dir):
+        print("Fashion-MNIST files not found: using scikit-learn's digits instead")
+    if config.max_train is not None and config.max_train < len(data.x_train):
+        data = data.subset(n_train=config.max_train, seed=config.seed)
+    print(f"data: {data.name}, {len(data.x_train):,} train / {len(data.x_test):,} test images")
+    in_features = data.x_train[0].numel()
+    run_dir = make_run_dir(config.out, "illustrative")
+
+    def make_target(num_classes: int) -> nn.Module:
+        return build_target(
+            "mlp", in_features=in_features, hidden=list(config.hidden), out_features=num_classes
+        )
+
+    def fit(
+        name: str,
+        params: list[nn.Parameter],
+        lr: float,
+        batches: Callable[[torch.Generator], list[list[tuple[Tensor, Tensor, int]]]],
+        forward: Callable[[Tensor, int], Tensor],
+        evaluate: Callable[[], float],
+        epochs: int,
+    ) -> dict:
+        """The one training loop: Adam on the summed task losses of each step."""
+        opt = torch.optim.Adam(params, lr=lr)
+        g = torch.Generator().manual_seed(config.seed)
+        curve = []
+        with Stopwatch() as sw:
+            for epoch in range(epochs):
+                steps = batches(g)
+                for step in progress(
+                    steps, quiet=config.quiet, desc=f"{name} {epoch + 1}/{epochs}"
+                ):
+                    opt.zero_grad(set_to_none=True)
+                    loss = sum(F.cross_entropy(forward(x, t), y) for x, y, t in step) / len(step)
+                    loss.backward()
+                    opt.step()
+                curve.append(evaluate())
+        return {"curve": curve, "seconds": sw.seconds}
+
+    def epoch_of(x: Tensor, y: Tensor, task: int) -> Callable[[torch.Generator], list]:
+        def batches(g: torch.Generator) -> list[list[tuple[Tensor, Tensor, int]]]:
+            order = torch.randperm(len(x), generator=g)
+            return [[(x[idx], y[idx], task)] for idx in order.split(config.batch_size)]
+
+        return batches
+
+    # ---- Part 1: one task, the plain DNN against HyperDNNs --------------------------------
+    single: list[dict] = []
+    curves: dict[str, list[float]] = {}
+    criteria: dict[str, dict] = {}
+    target_params = count_trainable(make_target(data.num_classes))
+    contenders: dict[str, tuple[nn.Module, Callable[[Tensor, int], Tensor]]] = {}
+    plain = make_target(data.num_classes)
+    contenders["plain DNN"] = (plain, lambda x, t: plain(x))
+    for gname in GENERATORS:
+        hnet = HyperNetwork(
+            make_target(data.num_classes),
+            TaskEmbedding(1, config.cond_dim),
+            _generator(gname, config),
+        )
+        contenders[f"HyperDNN ({gname})"] = (hnet, lambda x, t, h=hnet: h(x, task=t))
+        criteria[f"HyperDNN ({gname})"] = hnet.describe().to_dict()
+    for name, (model, forward) in contenders.items():
+        lr = config.lr if name == "plain DNN" else config.hnet_lr
+        result = fit(
+            name,
+            list(model.parameters()),
+            lr,
+            epoch_of(data.x_train, data.y_train, 0),
+            forward,
+            lambda f=forward: _accuracy(lambda x: f(x, 0), data.x_test, data.y_test),
+            config.epochs,
+        )
+        n = count_trainable(model)
+        curves[name] = result["curve"]
+        single.append(
+            {
+                "part": "single task",
+                "model": name,
+                "test_acc": result["curve"][-1],
+                "trainable_params": n,
+                "params_vs_target": n / target_params,
+                "seconds": result["seconds"],
+            }
+        )
+
+    # ---- Part 2: soft weight sharing across tasks ------------------------------------------
+    tasks = split_by_classes(data, config.tasks)
+    task_names = [" vs ".join(data.classes[c] for c in t.classes) for t in tasks]
+    per_task_classes = tasks[0].num_classes
+    separate_acc, separate_params, separate_seconds = [], 0, 0.0
+    for t in tasks:
+        net = make_target(per_task_classes)
+        result = fit(
+            f"separate net {t.id}",
+            list(net.parameters()),
+            config.lr,
+            epoch_of(t.x_train, t.y_train, t.id),
+            lambda x, _, n=net: n(x),
+            lambda n=net, t=t: _accuracy(n, t.x_test, t.y_test),
+            config.shared_epochs,
+        )
+        separate_acc.append(result["curve"][-1])
+        separate_params += count_trainable(net)
+        separate_seconds += result["seconds"]
+        curves[f"separate net {t.id}"] = result["curve"]
+
+    shared = HyperNetwork(
+        make_target(per_task_classes),
+        TaskEmbedding(len(tasks), config.cond_dim),
+        _generator("chunked", config),
+    )
+    criteria["shared HyperDNN (chunked)"] = shared.describe().to_dict()
+
+    def shared_batches(g: torch.Generator) -> list[list[tuple[Tensor, Tensor, int]]]:
+        # one minibatch of every task per step, as many steps as the largest task has batches
+        per_task = [epoch_of(t.x_train, t.y_train, t.id)(g) for t in tasks]
+        longest = max(len(b) for b in per_task)
+        return [[b[i % len(b)][0] for b in per_task] for i in range(longest)]
+
+    def shared_eval() -> float:
+        accs = [_accuracy(lambda x, i=t.id: shared(x, task=i), t.x_test, t.y_test) for t in tasks]
+        shared_eval.per_task = accs  # type: ignore[attr-defined]
+        return sum(accs) / len(accs)
+
+    result = fit(
+        "shared HyperDNN",
+        list(shared.parameters()),
+        config.hnet_lr,
+        shared_batches,
+        lambda x, t: shared(x, task=t),
+        shared_eval,
+        config.shared_epochs,
+    )
+    shared_acc = shared_eval.per_task  # type: ignore[attr-defined]
+    curves["shared HyperDNN (mean over tasks)"] = result["curve"]
+    sharing = [
+        {
+            "part": "soft weight sharing",
+            "model": f"{len(tasks)} separate DNNs",
+            "test_acc": sum(separate_acc) / len(separate_acc),
+            **{f"task_{i}": a for i, a in enumerate(separate_acc)},
+            "trainable_params": separate_params,
+            "seconds": separate_seconds,
+        },
+        {
+            "part": "soft weight sharing",
+            "model": "1 shared HyperDNN (chunked)",
+            "test_acc": sum(shared_acc) / len(shared_acc),
+            **{f"task_{i}": a for i, a in enumerate(shared_acc)},
+            "trainable_params": count_trainable(shared),
+            "seconds": result["seconds"],
+        },
+    ]
+
+    # ---- Report ------------------------------------------------------------------------------
+    print(f"\nSingle task ({data.name}, {config.epochs} epochs): test accuracy in %")
+    print(format_table(single, floats="{:.2f}"))
+    print(f"\nSoft weight sharing ({len(tasks)} tasks: {', '.join(task_names)}):")
+    print(format_table(sharing, floats="{:.2f}"))
+    print("\nThe five design criteria of each hypernetwork:")
+    for name, c in criteria.items():
+        print(f"  {name}")
+        for key, value in c.items():
+            print(f"    {key.replace('_', ' '):<20}{value}")
+    write_json(
+        run_dir / "results.json",
+        {
+            "config": asdict(config),
+            "dataset": data.name,
+            "single_task": single,
+            "soft_weight_sharing": sharing,
+            "task_names": task_names,
+            "criteria": criteria,
+            "curves": curves,
+            "total_seconds": time.perf_counter() - t_start,
+        },
+    )
+    write_csv(run_dir / "results.csv", single + sharing)
+    _plot(curves, run_dir / "curves.png", data)
+    checkpoint.save(
+        shared,
+        run_dir / "shared_hypernetwork.safetensors",
+        tasks=task_names,
+        extra={"recipe": "illustrative", "config": asdict(config)},
+    )
+    print(f"\ntotal time {time.perf_counter() - t_start:.0f} s")
+    print(f"run folder: {run_dir}")
+    return {"run_dir": str(run_dir), "single_task": single, "soft_weight_sharing": sharing}
+
+
+def _plot(curves: dict[str, list[float]], path, data: Dataset) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for name, curve in curves.items():
+        ax = axes[1] if ("separate" in name or "shared" in name) else axes[0]
+        style = "--" if "separate" in name else "-"
+        ax.plot(range(1, len(curve) + 1), curve, style, marker="o", label=name, alpha=0.85)
+    axes[0].set_title(f"Single task on {data.name}: DNN vs HyperDNNs")
+    axes[1].set_title("Soft weight sharing: separate DNNs vs one HyperDNN")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
