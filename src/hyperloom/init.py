@@ -81,11 +81,11 @@ def _hyperfan(gen: Generator, mode: str, gain: float, cond_std: float, probe: in
         c = torch.randn(probe, gen.cond_dim, generator=g).to(ref.device, ref.dtype) * cond_std
         gen(c)
     finally:
-        for h in hooks:
-            h.remove()
+        for hook in hooks:
+            hook.remove()
     for lin, row_var in readouts:
-        h = seen[id(lin)]
-        second_moment = h.pow(2).reshape(-1, h.shape[-1]).mean(0).sum().item()  # sum_k E[h_k^2]
+        feats = seen[id(lin)]
+        second_moment = feats.pow(2).reshape(-1, feats.shape[-1]).mean(0).sum().item()  # sum E[h^2]
         if not second_moment > 0:
             raise ValueError(
                 f"the features read by {type(gen).__name__}'s output layer are all zero on the "

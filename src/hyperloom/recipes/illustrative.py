@@ -71,6 +71,13 @@ class Config:
         default=None, metadata={"help": "use at most this many training images (none: all)"}
     )
     seed: int = field(default=0, metadata={"help": "random seed"})
+    threads: int = field(
+        default=1,
+        metadata={
+            "help": "torch CPU threads (0: torch's default); these small models run "
+            "fastest on one, with no thread synchronisation"
+        },
+    )
     out: str = field(default="runs", metadata={"help": "folder for the run folder"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
 
@@ -91,6 +98,8 @@ def _accuracy(forward: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> floa
 
 
 def run(config: Config) -> dict:
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     t_start = time.perf_counter()
     data = load_dataset(config.dataset, config.data_dir)
@@ -117,7 +126,8 @@ def run(config: Config) -> dict:
         epochs: int,
     ) -> dict:
         """The one training loop: Adam on the summed task losses of each step."""
-        opt = torch.optim.Adam(params, lr=lr)
+        # The fused kernel updates millions of generator parameters ~3x faster on CPU.
+        opt = torch.optim.Adam(params, lr=lr, fused=True)
         g = torch.Generator().manual_seed(config.seed)
         curve = []
         with Stopwatch() as sw:
@@ -185,6 +195,7 @@ def run(config: Config) -> dict:
     task_names = [" vs ".join(data.classes[c] for c in t.classes) for t in tasks]
     per_task_classes = tasks[0].num_classes
     separate_acc, separate_params, separate_seconds = [], 0, 0.0
+    separate_curves = []
     for t in tasks:
         net = make_target(per_task_classes)
         result = fit(
@@ -199,7 +210,7 @@ def run(config: Config) -> dict:
         separate_acc.append(result["curve"][-1])
         separate_params += count_trainable(net)
         separate_seconds += result["seconds"]
-        curves[f"separate net {t.id}"] = result["curve"]
+        separate_curves.append(result["curve"])
 
     shared = HyperNetwork(
         make_target(per_task_classes),
@@ -229,6 +240,9 @@ def run(config: Config) -> dict:
         config.shared_epochs,
     )
     shared_acc = shared_eval.per_task  # type: ignore[attr-defined]
+    curves[f"{len(tasks)} separate DNNs (mean over tasks)"] = [
+        sum(c) / len(c) for c in zip(*separate_curves, strict=True)
+    ]
     curves["shared HyperDNN (mean over tasks)"] = result["curve"]
     sharing = [
         {
@@ -269,6 +283,7 @@ def run(config: Config) -> dict:
             "task_names": task_names,
             "criteria": criteria,
             "curves": curves,
+            "separate_curves_per_task": separate_curves,
             "total_seconds": time.perf_counter() - t_start,
         },
     )
@@ -299,6 +314,7 @@ def _plot(curves: dict[str, list[float]], path, data: Dataset) -> None:
     axes[0].set_title(f"Single task on {data.name}: DNN vs HyperDNNs")
     axes[1].set_title("Soft weight sharing: separate DNNs vs one HyperDNN")
     for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
