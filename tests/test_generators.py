@@ -18,6 +18,8 @@ SMALL = {
     "chunked": {"chunk_size": 37, "chunk_dim": 4, "hidden": (16,)},
     "component": {"component_dim": 4, "hidden": (16,)},
     "lowrank": {"rank": 2, "hidden": (16,)},
+    "attention": {"token_dim": 8, "depth": 1, "num_heads": 2, "ff_dim": 16},
+    "conv": {"block_out": 2, "block_in": 2, "hidden": (16,)},
 }
 COND = 6
 

@@ -14,6 +14,8 @@ SMALL = {
     "chunked": {"chunk_size": 64, "chunk_dim": 4, "hidden": (16,)},
     "component": {"component_dim": 4, "hidden": (16,)},
     "lowrank": {"rank": 2, "hidden": (16,)},
+    "attention": {"token_dim": 8, "depth": 1, "num_heads": 2, "ff_dim": 16},
+    "conv": {"block_out": 2, "block_in": 2, "hidden": (16,)},
 }
 
 
@@ -225,6 +227,8 @@ STRATEGIES = {
     "chunked": "chunk-wise",
     "component": "component-wise",
     "lowrank": "low-rank",
+    "attention": "component-wise",
+    "conv": "component-wise",
 }
 
 
@@ -234,7 +238,8 @@ def test_describe_reports_the_five_criteria(gen_name, cond_key):
     make, inputs, variability = CONDITIONERS[cond_key]
     hnet = hl.HyperNetwork(nn.Linear(5, 3), make(), _gen(gen_name))
     c = hnet.describe()
-    assert c == hl.Criteria(inputs, STRATEGIES[gen_name], variability, "static", "MLP")
+    architecture = {"attention": "attention", "conv": "convolutional"}.get(gen_name, "MLP")
+    assert c == hl.Criteria(inputs, STRATEGIES[gen_name], variability, "static", architecture)
     text = str(c)
     assert "1. inputs" in text and inputs in text and "5. architecture" in text
     assert c.to_dict()["outputs"] == STRATEGIES[gen_name]

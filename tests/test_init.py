@@ -23,6 +23,8 @@ EXACT = {
     "component": {"hidden": (64,)},
     "chunked": {"chunk_size": 64, "hidden": (64,)},
     "lowrank": {"rank": 8, "hidden": (64,)},
+    "attention": {"token_dim": 32},
+    "conv": {"hidden": (64,)},
 }
 
 

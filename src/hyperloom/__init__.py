@@ -23,6 +23,8 @@ from .generators import FlatGenerator as FlatGenerator
 from .generators import Generator as Generator
 from .generators import HeadsGenerator as HeadsGenerator
 from .generators import LowRankGenerator as LowRankGenerator
+from .generators import AttentionGenerator as AttentionGenerator
+from .generators import ConvGenerator as ConvGenerator
 from .generators import MLPTrunk as MLPTrunk
 from .generators import build_generator as build_generator
 from .generators import get_generator as get_generator
@@ -33,6 +35,7 @@ from .init import hyperfan_out_ as hyperfan_out_
 from .init import target_variance as target_variance
 from .hypernet import Criteria as Criteria
 from .hypernet import HyperNetwork as HyperNetwork
+from .hyperlstm import HyperLSTM as HyperLSTM
 from .uncertainty import ClassPrediction as ClassPrediction
 from .uncertainty import GaussianPosterior as GaussianPosterior
 from .uncertainty import RegressionPrediction as RegressionPrediction

@@ -9,6 +9,8 @@ from .heads import HeadsGenerator as HeadsGenerator
 from .chunked import ChunkedGenerator as ChunkedGenerator
 from .component import ComponentGenerator as ComponentGenerator
 from .lowrank import LowRankGenerator as LowRankGenerator
+from .attention import AttentionGenerator as AttentionGenerator
+from .conv import ConvGenerator as ConvGenerator
 from .registry import build_generator as build_generator
 from .registry import get_generator as get_generator
 from .registry import list_generators as list_generators
