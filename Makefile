@@ -20,8 +20,27 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 
+# One thread: the suite is thousands of small ops, which thread synchronisation only slows.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+
+# Benchmarks in their own environment: the peer libraries are benchmark-only. torch is pinned as
+# for .venv; a requirement that fails to install is skipped (bench.py reports missing peers).
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): benchmarks/requirements.txt pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check $(TORCH)
+	grep -v '^#' benchmarks/requirements.txt | grep . | while read -r req; do \
+		$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check "$$req" \
+			|| echo "bench: could not install $$req"; \
+	done
+	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check -e .
+	touch $@
+
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python benchmarks/bench.py --out benchmarks/results.md

@@ -489,22 +489,9 @@ def test_call_batched_equals_loop_of_call(case):
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param(
-            lambda: nn.BatchNorm1d(4, momentum=None),
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="functional.py bug: num_batches_tracked is batched by _batch_norm_buffers, "
-                "and BatchNorm with momentum=None calls float() on it, which vmap cannot do",
-            ),
-            id="batchnorm_momentum_none",
-        ),
+        pytest.param(lambda: nn.BatchNorm1d(4, momentum=None), id="batchnorm_momentum_none"),
         pytest.param(
             lambda: nn.InstanceNorm1d(4, affine=True, track_running_stats=True),
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="functional.py bug: _batch_norm_buffers only batches _BatchNorm running "
-                "stats, so InstanceNorm(track_running_stats=True) updates unbatched ones in vmap",
-            ),
             id="instancenorm_tracked",
         ),
     ],

@@ -4,6 +4,16 @@
 weight sets, slice ``i`` of the weights on slice ``i`` of the inputs, through ``torch.func.vmap``.
 Both swap tensors in for one call (``torch.func.functional_call``) and leave the module's own
 tensors as they were, also when the call raises.
+
+Fast paths. When a target is built only from layers this module knows (``nn.Sequential`` of
+``Linear``, ``Conv1d/2d/3d``, element-wise activations, ``Dropout``, ``Flatten``; or one
+``nn.RNN``/``nn.GRU``/``nn.LSTM``, or one ``nn.RNNCell``/``nn.GRUCell``/``nn.LSTMCell``), exact
+types, no hooks, the same results are computed without ``functional_call``'s reparametrisation:
+:func:`call` runs ``F.linear``/``_conv_forward`` on the given tensors directly, and
+:func:`call_batched` runs hand-batched kernels (``bmm`` for linear maps, one grouped convolution
+for a batch of convolutions, batched recurrent steps) instead of ``vmap``. Anything else goes
+through ``functional_call`` (and ``vmap``) as before. ``tests/test_fastpaths.py`` checks every
+fast path against that general path, outputs and gradients.
 """
 
 from __future__ import annotations
@@ -93,7 +103,13 @@ def call(target: nn.Module, weights: Weights, *args: Any, **kwargs: Any) -> Any:
                 [1., 1.],
                 [1., 1.]])
     """
-    check_weights(target, weights, batch_dims=0)
+    by_id = _resolve(target, weights, 0)
+    if by_id is None:
+        check_weights(target, weights, batch_dims=0)  # raises, naming the problems
+    elif not kwargs and len(args) == 1 and isinstance(args[0], Tensor):
+        layers = _layers(target)
+        if layers is not None:
+            return _run_direct(layers, by_id, args[0])
     return functional_call(target, dict(weights), args, kwargs, tie_weights=True, strict=False)
 
 
@@ -111,6 +127,13 @@ def call_batched(target: nn.Module, weights: Weights, *args: Any, **kwargs: Any)
     training mode normalises each slice with its own batch statistics; its running statistics
     are not updated (each weight set would need its own), so evaluate with per-slice
     ``eval()``-mode statistics only after training them another way.
+
+    Targets built only from known layers (``nn.Sequential`` of ``Linear``/``Conv*d``/element-wise
+    activations/``Dropout``/``Flatten``, a recurrent module, or a recurrent cell, exact types
+    without hooks) skip vmap: linear maps run as one ``bmm`` with a backward that returns the
+    weight gradient in the weights' own layout, convolutions as one grouped convolution,
+    recurrent steps as batched matmuls; the results are the vmap path's (see
+    ``docs/performance.md``). ``nn.LSTMCell``, which vmap cannot batch, works through this path.
 
     Args:
         target: any ``nn.Module``.
@@ -130,7 +153,9 @@ def call_batched(target: nn.Module, weights: Weights, *args: Any, **kwargs: Any)
         >>> call_batched(net, ws, torch.randn(5, 3)).shape
         torch.Size([5, 2])
     """
-    check_weights(target, weights, batch_dims=1)
+    by_id = _resolve(target, weights, 1)
+    if by_id is None:
+        check_weights(target, weights, batch_dims=1)  # raises, naming the problems
     if not weights:
         raise ValueError("call_batched needs at least one weight tensor to batch over")
     n = next(iter(weights.values())).shape[0]
@@ -146,30 +171,52 @@ def call_batched(target: nn.Module, weights: Weights, *args: Any, **kwargs: Any)
             in_leaves.append(0)
         else:
             in_leaves.append(None)
-    in_dims_inputs = pytree.tree_unflatten(in_leaves, spec)
-    buffers = _batch_norm_buffers(target, n)
+    if by_id is not None:
+        run = _batched_plan(target, args, kwargs)
+        if run is not None:
+            return run(by_id)
+    return _call_batched_vmap(
+        target, weights, n, pytree.tree_unflatten(in_leaves, spec), args, kwargs
+    )
 
-    def one(w: dict[str, Tensor], b: dict[str, Tensor], inputs: tuple) -> Any:
+
+def _call_batched_vmap(
+    target: nn.Module, weights: Weights, n: int, in_dims_inputs: Any, args: tuple, kwargs: dict
+) -> Any:
+    """The general path of :func:`call_batched`: ``vmap`` over ``functional_call``."""
+    stats, counts = _running_statistics(target, n)
+
+    def one(w: dict[str, Tensor], s: dict[str, Tensor], c: dict[str, Tensor], inputs: tuple):
         a, kw = inputs
-        return functional_call(target, {**w, **b}, a, kw, tie_weights=True, strict=False)
+        return functional_call(target, {**w, **s, **c}, a, kw, tie_weights=True, strict=False)
 
     with _functional_recurrent(target):
-        return vmap(one, in_dims=(0, 0, in_dims_inputs), randomness="different")(
-            dict(weights), buffers, (args, kwargs)
+        return vmap(one, in_dims=(0, 0, None, in_dims_inputs), randomness="different")(
+            dict(weights), stats, counts, (args, kwargs)
         )
 
 
-def _batch_norm_buffers(target: nn.Module, n: int) -> dict[str, Tensor]:
-    """Per-slice copies of the running statistics that BatchNorm updates in place in training."""
-    out: dict[str, Tensor] = {}
+def _running_statistics(target: nn.Module, n: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Copies of the statistics that normalisation layers update in place in training.
+
+    Running means and variances get one copy per slice (each weight set would need its own);
+    the batch counter, the same for every slice and read with ``float()`` by BatchNorm with
+    ``momentum=None``, gets one unbatched copy. The module's own buffers are never written.
+    """
+    stats: dict[str, Tensor] = {}
+    counts: dict[str, Tensor] = {}
     for prefix, m in target.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.training and m.track_running_stats:
             for local in ("running_mean", "running_var", "num_batches_tracked"):
-                buf = getattr(m, local)
-                if buf is not None:
-                    name = f"{prefix}.{local}" if prefix else local
-                    out[name] = buf.detach().unsqueeze(0).expand(n, *buf.shape).clone()
-    return out
+                buf = getattr(m, local, None)
+                if buf is None:
+                    continue
+                name = f"{prefix}.{local}" if prefix else local
+                if local == "num_batches_tracked":
+                    counts[name] = buf.detach().clone()
+                else:
+                    stats[name] = buf.detach().unsqueeze(0).expand(n, *buf.shape).clone()
+    return stats, counts
 
 
 @contextlib.contextmanager
@@ -220,71 +267,385 @@ def rnn_forward(module: nn.RNNBase, input: Tensor, hx: Any = None) -> Any:
         raise TypeError("rnn_forward takes padded tensors, not a PackedSequence")
     if getattr(module, "proj_size", 0):
         raise ValueError(f"rnn_forward does not support proj_size={module.proj_size}")
+    return _rnn(module, input, hx, lambda name: getattr(module, name), lead=0)
+
+
+def _rnn(module: nn.RNNBase, input: Tensor, hx: Any, get: Any, *, lead: int) -> Any:
+    """:func:`rnn_forward` for one weight set (``lead=0``) or a leading batch of them (``lead=1``).
+
+    With ``lead=1`` the input, ``hx`` and every tensor that ``get(local_name)`` returns with one
+    more dimension than the module's own parameter carry a leading dimension ``N``: slice ``i``
+    of the result is ``rnn_forward`` with weight set ``i`` on input slice ``i``.
+    """
     mode = module.mode  # 'LSTM', 'GRU', 'RNN_TANH', 'RNN_RELU'
     is_lstm = mode == "LSTM"
-    unbatched = input.dim() == 2
+    t_dim = lead  # the time dimension once the input is time-major
+    unbatched = input.dim() == lead + 2
     if unbatched:
-        x = input.unsqueeze(1)  # (T, 1, in)
+        x = input.unsqueeze(lead + 1)  # (*N, T, 1, in)
     else:
-        x = input.transpose(0, 1) if module.batch_first else input  # (T, B, in)
+        x = input.transpose(lead, lead + 1) if module.batch_first else input  # (*N, T, B, in)
     n_dir = 2 if module.bidirectional else 1
     n_layers, hidden = module.num_layers, module.hidden_size
-    batch = x.shape[1]
+    batch = x.shape[lead + 1]
     if hx is None:
-        h0 = x.new_zeros(n_layers * n_dir, batch, hidden)
+        h0 = x.new_zeros(*x.shape[:lead], n_layers * n_dir, batch, hidden)  # (*N, L*D, B, H)
         c0 = h0 if is_lstm else None
     else:
         h0, c0 = hx if is_lstm else (hx, None)
         if unbatched:
-            h0 = h0.unsqueeze(1)
-            c0 = c0.unsqueeze(1) if c0 is not None else None
+            h0 = h0.unsqueeze(lead + 1)
+            c0 = c0.unsqueeze(lead + 1) if c0 is not None else None
     h_last, c_last = [], []
     for layer in range(n_layers):
         outs = []
         for direction in range(n_dir):
             suffix = f"_l{layer}" + ("_reverse" if direction else "")
-            w_ih = getattr(module, "weight_ih" + suffix)
-            w_hh = getattr(module, "weight_hh" + suffix)
-            b_ih = getattr(module, "bias_ih" + suffix) if module.bias else None
-            b_hh = getattr(module, "bias_hh" + suffix) if module.bias else None
+            w_ih = get("weight_ih" + suffix)
+            w_hh = get("weight_hh" + suffix)
+            b_ih = get("bias_ih" + suffix) if module.bias else None
+            b_hh = get("bias_hh" + suffix) if module.bias else None
             k = layer * n_dir + direction
-            h = h0[k]
-            c = c0[k] if c0 is not None else None
-            seq = x.flip(0) if direction else x
-            gates_x = F.linear(seq, w_ih, b_ih)  # (T, B, G*H)
+            h = h0.select(lead, k)  # (*N, B, H)
+            c = c0.select(lead, k) if c0 is not None else None
+            seq = x.flip(t_dim) if direction else x
+            gates_x = _linear(seq, w_ih, b_ih, lead)  # (*N, T, B, G*H)
             steps = []
-            for t in range(seq.shape[0]):
-                gx = gates_x[t]
-                gh = F.linear(h, w_hh, b_hh)  # (B, G*H)
-                if is_lstm:
-                    i, f, g, o = (gx + gh).chunk(4, dim=-1)
-                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                    h = torch.sigmoid(o) * torch.tanh(c)
-                elif mode == "GRU":
-                    xr, xz, xn = gx.chunk(3, dim=-1)
-                    hr, hz, hn = gh.chunk(3, dim=-1)
-                    r = torch.sigmoid(xr + hr)
-                    z = torch.sigmoid(xz + hz)
-                    n = torch.tanh(xn + r * hn)
-                    h = (1 - z) * n + z * h
-                else:
-                    pre = gx + gh
-                    h = torch.tanh(pre) if mode == "RNN_TANH" else torch.relu(pre)
+            for t in range(seq.shape[t_dim]):
+                gh = _linear(h, w_hh, b_hh, lead)  # (*N, B, G*H)
+                h, c = _cell_step(mode, gates_x.select(t_dim, t), gh, h, c)
                 steps.append(h)
-            out = torch.stack(steps)  # (T, B, H)
-            outs.append(out.flip(0) if direction else out)
+            out = torch.stack(steps, dim=t_dim)  # (*N, T, B, H)
+            outs.append(out.flip(t_dim) if direction else out)
             h_last.append(h)
             if is_lstm:
                 c_last.append(c)
-        x = torch.cat(outs, dim=-1) if n_dir == 2 else outs[0]  # (T, B, D*H)
+        x = torch.cat(outs, dim=-1) if n_dir == 2 else outs[0]  # (*N, T, B, D*H)
         if module.dropout and module.training and layer < n_layers - 1:
             x = F.dropout(x, module.dropout, training=True)
-    h_n = torch.stack(h_last)  # (L*D, B, H)
-    c_n = torch.stack(c_last) if is_lstm else None
+    h_n = torch.stack(h_last, dim=lead)  # (*N, L*D, B, H)
+    c_n = torch.stack(c_last, dim=lead) if is_lstm else None
     if unbatched:
-        output = x.squeeze(1)
-        h_n = h_n.squeeze(1)
-        c_n = c_n.squeeze(1) if c_n is not None else None
+        output = x.squeeze(lead + 1)
+        h_n = h_n.squeeze(lead + 1)
+        c_n = c_n.squeeze(lead + 1) if c_n is not None else None
     else:
-        output = x.transpose(0, 1) if module.batch_first else x
+        output = x.transpose(lead, lead + 1) if module.batch_first else x
     return (output, (h_n, c_n)) if is_lstm else (output, h_n)
+
+
+def _cell_step(
+    mode: str, gx: Tensor, gh: Tensor, h: Tensor, c: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """One recurrent step from the input and hidden pre-activations ``(*, G*H)``."""
+    if mode == "LSTM":
+        i, f, g, o = (gx + gh).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    if mode == "GRU":
+        xr, xz, xn = gx.chunk(3, dim=-1)
+        hr, hz, hn = gh.chunk(3, dim=-1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return (1 - z) * n + z * h, None
+    pre = gx + gh
+    return (torch.tanh(pre) if mode == "RNN_TANH" else torch.relu(pre)), None
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast paths: the same results as functional_call / vmap for targets built from known layers.
+
+_ELEMENTWISE = frozenset(
+    {
+        nn.Identity,
+        nn.ReLU,
+        nn.ReLU6,
+        nn.LeakyReLU,
+        nn.ELU,
+        nn.SELU,
+        nn.CELU,
+        nn.GELU,
+        nn.SiLU,
+        nn.Mish,
+        nn.Sigmoid,
+        nn.LogSigmoid,
+        nn.Tanh,
+        nn.Softplus,
+        nn.Softsign,
+        nn.Tanhshrink,
+        nn.Hardtanh,
+        nn.Hardswish,
+        nn.Hardsigmoid,
+        nn.Dropout,  # element-wise masks: under vmap(randomness="different") too
+    }
+)
+_CONVS = frozenset({nn.Conv1d, nn.Conv2d, nn.Conv3d})
+_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_LAYERS = _ELEMENTWISE | _CONVS | {nn.Linear, nn.Flatten}
+_CELLS = frozenset({nn.RNNCell, nn.GRUCell, nn.LSTMCell})
+
+
+def _resolve(target: nn.Module, weights: Weights, batch_dims: int) -> dict[int, Tensor] | None:
+    """``id(own parameter) -> given tensor`` when every name and shape fits, else ``None``.
+
+    The cheap form of :func:`check_weights`: each name is looked up along the module tree
+    instead of listing ``named_parameters()``, and ``None`` sends the caller to
+    :func:`check_weights` for the full error message (or to ``functional_call``, which decides
+    what two names of one tied parameter mean).
+    """
+    by_id: dict[int, Tensor] = {}
+    lead = None
+    for name, t in weights.items():
+        if not isinstance(name, str) or not isinstance(t, Tensor):
+            return None
+        path, _, local = name.rpartition(".")
+        owner: nn.Module | None = target
+        if path:
+            for part in path.split("."):
+                owner = owner._modules.get(part)  # type: ignore[union-attr]
+                if owner is None:
+                    return None
+        own = owner._parameters.get(local)  # type: ignore[union-attr]
+        if own is None or id(own) in by_id:
+            return None
+        shape = t.shape
+        if len(shape) != batch_dims + own.dim() or shape[batch_dims:] != own.shape:
+            return None
+        if batch_dims:
+            if lead is None:
+                lead = shape[:batch_dims]
+            elif shape[:batch_dims] != lead:
+                return None
+        by_id[id(own)] = t
+    return by_id
+
+
+def _plain(m: nn.Module) -> bool:
+    """No hooks and no instance-level ``forward``: running the layer's maths skips nothing."""
+    return not (
+        m._forward_hooks
+        or m._forward_pre_hooks
+        or m._backward_hooks
+        or m._backward_pre_hooks
+        or "forward" in m.__dict__
+    )
+
+
+def _global_hooks() -> bool:
+    g = nn.modules.module
+    return bool(
+        g._global_forward_hooks
+        or g._global_forward_pre_hooks
+        or g._global_backward_hooks
+        or g._global_backward_pre_hooks
+    )
+
+
+def _layers(target: nn.Module) -> list[nn.Module] | None:
+    """The layers ``target`` runs one after another, when the fast paths know every one.
+
+    ``target`` is one known layer or an ``nn.Sequential`` (nested ones included) of them, all of
+    their exact types (a subclass may override ``forward``) and without hooks.
+    """
+    if _global_hooks():
+        return None
+    out: list[nn.Module] = []
+    stack = [target]
+    while stack:
+        m = stack.pop()
+        if not _plain(m):
+            return None
+        kind = type(m)
+        if kind is nn.Sequential:
+            stack.extend(reversed(m._modules.values()))
+        elif kind in _LAYERS:
+            out.append(m)
+        else:
+            return None
+    return out
+
+
+def _pick(by_id: dict[int, Tensor], own: Tensor | None) -> Tensor | None:
+    """The given tensor for a parameter (tied names share one id), else the module's own."""
+    return None if own is None else by_id.get(id(own), own)
+
+
+def _run_direct(layers: list[nn.Module], by_id: dict[int, Tensor], x: Tensor) -> Tensor:
+    """:func:`call` for a stack of known layers: each layer's own maths on the given tensors."""
+    for m in layers:
+        if type(m) is nn.Linear:
+            x = F.linear(x, _pick(by_id, m.weight), _pick(by_id, m.bias))
+        elif type(m) in _CONVS:
+            x = m._conv_forward(x, _pick(by_id, m.weight), _pick(by_id, m.bias))
+        else:  # parameter-free: element-wise or Flatten
+            x = m.forward(x)
+    return x
+
+
+def _batched_plan(target: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """A function ``by_id -> outputs`` computing :func:`call_batched` without vmap, or ``None``.
+
+    Only for inputs already checked by :func:`call_batched` (leading dimension ``N``).
+    """
+    if kwargs or not args or not isinstance(args[0], Tensor):
+        return None
+    x = args[0]
+    kind = type(target)
+    if kind in (nn.RNN, nn.GRU, nn.LSTM):
+        if len(args) > 2 or target.proj_size or _global_hooks() or not _plain(target):
+            return None
+        if x.dim() not in (3, 4):
+            return None  # the general path raises the module's own error
+        hx = args[1] if len(args) == 2 else None
+
+        def run_rnn(by_id: dict[int, Tensor]) -> Any:
+            return _rnn(target, x, hx, lambda n: _pick(by_id, getattr(target, n)), lead=1)
+
+        return run_rnn
+    if kind in _CELLS:
+        if len(args) > 2 or _global_hooks() or not _plain(target) or x.dim() not in (2, 3):
+            return None
+        hx = args[1] if len(args) == 2 else None
+        return lambda by_id: _cell_batched(target, by_id, x, hx)
+    if len(args) != 1:
+        return None
+    layers = _layers(target)
+    if layers is None:
+        return None
+    return lambda by_id: _run_batched(layers, by_id, x)
+
+
+def _linear(x: Tensor, w: Tensor, b: Tensor | None, lead: int) -> Tensor:
+    """``F.linear`` where ``w`` (and ``b``) may carry a leading batch of weight sets.
+
+    ``x`` is ``(*N, ..., in)``; ``w`` is ``(out, in)`` (shared) or, with ``lead=1``,
+    ``(N, out, in)``, applied to slice ``i`` of ``x`` as one batched matmul.
+    """
+    if not lead or (w.dim() == 2 and (b is None or b.dim() == 1)):
+        return F.linear(x, w, b)
+    n = x.shape[0]
+    if w.dim() == 2:  # shared weight, batched bias
+        y = F.linear(x, w)  # (N, ..., out)
+        return y + b.view(n, *[1] * (y.dim() - 2), b.shape[-1])  # type: ignore[union-attr]
+    xs = x.reshape(n, -1, x.shape[-1])  # (N, M, in)
+    y = _BatchedLinear.apply(xs, w, b)  # (N, M, out)
+    return y.view(*x.shape[:-1], w.shape[1])
+
+
+class _BatchedLinear(torch.autograd.Function):
+    """``y[i] = x[i] @ w[i].T + b[i]``, forward and backward as ``bmm`` in fast layouts.
+
+    ``x`` is ``(N, M, in)``, ``w`` is ``(N, out, in)``, ``b`` is ``(N, out)``, ``(out,)`` or
+    ``None``. Forward reads ``w`` transposed in place; backward returns ``grad_w`` directly in
+    ``w``'s own ``(out, in)`` layout (``gy^T @ x``). Autograd's formula for the same ``bmm`` gives
+    ``(in, out)`` and transposes it, and that strided copy of every generated weight took longer
+    than the rest of a per-sample training step (``benchmarks/results.md``). The backward is
+    built from differentiable ops, so higher-order gradients work; ``vmap`` is generated.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:  # type: ignore[override]
+        wt = w.transpose(1, 2)  # (N, in, out), a view
+        if b is None:
+            return torch.bmm(x, wt)
+        return torch.baddbmm(b.unsqueeze(1) if b.dim() == 2 else b, x, wt)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        x, w, b = inputs
+        ctx.save_for_backward(x, w)
+        ctx.bias_dim = None if b is None else b.dim()
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, w = ctx.saved_tensors
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.bmm(gy, w)  # (N, M, in)
+        if ctx.needs_input_grad[1]:
+            gw = torch.bmm(gy.transpose(1, 2), x)  # (N, out, in), w's own layout
+        if ctx.bias_dim is not None and ctx.needs_input_grad[2]:
+            gb = gy.sum(1) if ctx.bias_dim == 2 else gy.sum((0, 1))
+        return gx, gw, gb
+
+
+def _conv_batched(m: nn.Module, by_id: dict[int, Tensor], x: Tensor) -> Tensor:
+    """Slice ``i`` of ``x`` through conv ``m`` with weight set ``i``: one grouped convolution.
+
+    ``x`` is ``(N, G, C, *S)`` (or ``(N, C, *S)`` when each slice is unbatched); the ``N`` weight
+    sets become ``N * groups`` groups of one convolution over ``(G, N * C, *S)``.
+    """
+    w, b = _pick(by_id, m.weight), _pick(by_id, m.bias)
+    d = m.weight.dim() - 2  # spatial dimensions
+    unbatched = x.dim() == d + 2
+    if unbatched:
+        x = x.unsqueeze(1)  # (N, 1, C, *S)
+    n, g = x.shape[:2]
+    if w.dim() == d + 2:  # shared weight: one ordinary convolution over N * G samples
+        y = m._conv_forward(x.flatten(0, 1), w, b if b is None or b.dim() == 1 else None)
+        y = y.unflatten(0, (n, g))  # (N, G, O, *S')
+        if b is not None and b.dim() == 2:
+            y = y + b.view(n, 1, -1, *[1] * d)
+    else:
+        xs = x.transpose(0, 1).flatten(1, 2)  # (G, N*C, *S)
+        if m.padding_mode != "zeros":
+            xs = F.pad(xs, m._reversed_padding_repeated_twice, mode=m.padding_mode)
+            padding: Any = 0
+        else:
+            padding = m.padding
+        bias = None
+        if b is not None:
+            bias = b.flatten() if b.dim() == 2 else b.repeat(n)  # (N*O,)
+        y = _CONV_FN[d](
+            xs, w.flatten(0, 1), bias, m.stride, padding, m.dilation, m.groups * n
+        )  # (G, N*O, *S')
+        y = y.unflatten(1, (n, w.shape[1])).transpose(0, 1)  # (N, G, O, *S')
+    return y.squeeze(1) if unbatched else y
+
+
+def _run_batched(layers: list[nn.Module], by_id: dict[int, Tensor], x: Tensor) -> Tensor:
+    """:func:`call_batched` for a stack of known layers, hand-batched over the leading ``N``."""
+    for m in layers:
+        kind = type(m)
+        if kind is nn.Linear:
+            x = _linear(x, _pick(by_id, m.weight), _pick(by_id, m.bias), 1)  # type: ignore[arg-type]
+        elif kind in _CONVS:
+            x = _conv_batched(m, by_id, x)
+        elif kind is nn.Flatten:  # its dims count within one slice: shift them past N
+            start, end = m.start_dim, m.end_dim
+            x = x.flatten(start + 1 if start >= 0 else start, end + 1 if end >= 0 else end)
+        else:  # element-wise: the same on the whole batch
+            x = m.forward(x)
+    return x
+
+
+def _cell_batched(m: nn.Module, by_id: dict[int, Tensor], x: Tensor, hx: Any) -> Any:
+    """``nn.RNNCell``/``GRUCell``/``LSTMCell`` with one weight set per slice of ``x``.
+
+    ``x`` is ``(N, B, in)`` or ``(N, in)`` (unbatched slices); ``hx`` likewise, or ``None``.
+    """
+    kind = type(m)
+    unbatched = x.dim() == 2
+    if unbatched:
+        x = x.unsqueeze(1)  # (N, 1, in)
+        hx = pytree.tree_map(lambda t: t.unsqueeze(1) if isinstance(t, Tensor) else t, hx)
+    if hx is None:
+        zeros = x.new_zeros(x.shape[0], x.shape[1], m.hidden_size)  # (N, B, H)
+        hx = (zeros, zeros) if kind is nn.LSTMCell else zeros
+    h, c = hx if kind is nn.LSTMCell else (hx, None)
+    gx = _linear(x, _pick(by_id, m.weight_ih), _pick(by_id, m.bias_ih), 1)  # type: ignore[arg-type]
+    gh = _linear(h, _pick(by_id, m.weight_hh), _pick(by_id, m.bias_hh), 1)  # type: ignore[arg-type]
+    if kind is nn.LSTMCell:
+        mode = "LSTM"
+    elif kind is nn.GRUCell:
+        mode = "GRU"
+    else:
+        mode = "RNN_TANH" if m.nonlinearity == "tanh" else "RNN_RELU"
+    h, c = _cell_step(mode, gx, gh, h, c)
+    out: Any = (h, c) if kind is nn.LSTMCell else h
+    if unbatched:
+        out = pytree.tree_map(lambda t: t.squeeze(1), out)
+    return out

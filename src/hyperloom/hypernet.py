@@ -195,6 +195,47 @@ class HyperNetwork(nn.Module):
             plain.get_parameter(name).copy_(t)
         return plain
 
+    @torch.no_grad()
+    def cached(self, **context: Any) -> nn.Module:
+        """The target with one static context's weights generated once, for inference.
+
+        The weights are generated here, once; the returned module is the target's own structure
+        holding them as frozen parameters (``requires_grad=False``), so calling it costs what the
+        plain target costs: no conditioner, no generator, no reparametrisation. Unlike
+        :meth:`export` it copies nothing else: the target's other parameters and its buffers are
+        shared with it. It is a snapshot: call ``cached`` again after the hypernetwork changed.
+
+        Args:
+            **context: one static context, as for :meth:`generate` (``task=3``).
+
+        Returns:
+            An ``nn.Module`` of the target's type.
+
+        Raises:
+            ValueError: when ``context`` gives more than one weight set.
+
+        Example:
+            >>> import hyperloom as hl
+            >>> target = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, 8), hl.FlatGenerator())
+            >>> fast = hnet.cached(task=1)
+            >>> x = torch.randn(5, 4)
+            >>> torch.allclose(fast(x), hnet(x, task=1))
+            True
+        """
+        weights = self.generate(**context)
+        memo: dict[int, Any] = {id(t): t for t in self.target.parameters()}
+        memo.update({id(t): t for t in self.target.buffers()})  # shared, not copied
+        for name, t in weights.items():
+            if t.shape != self.spec[name].shape:
+                raise ValueError(
+                    f"cached() needs one context, got weights of shape {tuple(t.shape)} for "
+                    f"{name!r} (one weight set has shape {self.spec[name].shape})"
+                )
+            own = self.target.get_parameter(name)  # tied names share it: replaced together
+            memo[id(own)] = nn.Parameter(t.detach(), requires_grad=False)
+        return copy.deepcopy(self.target, memo)
+
     def describe(self) -> Criteria:
         """The five design criteria of this hypernetwork, as values.
 

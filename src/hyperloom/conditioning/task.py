@@ -74,8 +74,12 @@ class TaskEmbedding(Conditioner):
         return torch.stack(list(self.rows))
 
     def forward(self, task: Tensor) -> Tensor:
-        task = _as_ids(task, self.num)
-        return self.weight[task]  # (*, dim)
+        return self._lookup(_as_ids(task, self.num))  # (*, dim)
+
+    def _lookup(self, ids: Tensor) -> Tensor:
+        if ids.dim() == 0:  # one row: no need to stack the table
+            return self.rows[int(ids)]
+        return self.weight[ids]
 
     def from_call(self, args: tuple, context: Mapping[str, Any]) -> tuple[Tensor, Tensor | None]:
         if "task" not in context:
@@ -86,11 +90,11 @@ class TaskEmbedding(Conditioner):
         device = self.rows[0].device
         task = _as_ids(context["task"], self.num, device=device)
         if task.dim() == 0:
-            return self(task), None
+            return self._lookup(task), None
         if task.dim() != 1:
             raise ValueError(f"task ids must be a scalar or of shape (B,), got {tuple(task.shape)}")
         unique, index = torch.unique(task, return_inverse=True)
-        return self(unique), index  # (U, dim), (B,)
+        return self._lookup(unique), index  # (U, dim), (B,)
 
     def config(self) -> dict:
         return {"type": "task", "num": self.num, "dim": self.dim, "init_std": self.init_std}

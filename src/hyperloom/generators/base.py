@@ -93,7 +93,10 @@ class Generator(nn.Module):
             t = raw[p.name]
             if p.init_const:
                 t = t + p.init_const
-            out[p.name] = t.reshape(*lead, *p.shape).to(p.dtype)
+            if t.dtype != p.dtype:
+                t = t.to(p.dtype)
+            want = (*lead, *p.shape)
+            out[p.name] = t if t.shape == want else t.reshape(want)
         return out
 
     def config(self) -> dict[str, Any]:
