@@ -36,6 +36,15 @@ from .init import target_variance as target_variance
 from .hypernet import Criteria as Criteria
 from .hypernet import HyperNetwork as HyperNetwork
 from .hyperlstm import HyperLSTM as HyperLSTM
+from .continual import snapshot_outputs as snapshot_outputs
+from .continual import output_regularizer as output_regularizer
+from .continual import lookahead_delta as lookahead_delta
+from .continual import predictive_entropy as predictive_entropy
+from .continual import task_logits as task_logits
+from .continual import infer_task as infer_task
+from .continual import quadratic_penalty as quadratic_penalty
+from .continual import fisher_diagonal as fisher_diagonal
+from .continual import si_importance as si_importance
 from .uncertainty import ClassPrediction as ClassPrediction
 from .uncertainty import GaussianPosterior as GaussianPosterior
 from .uncertainty import RegressionPrediction as RegressionPrediction

@@ -1,0 +1,349 @@
+"""Continual learning: the hypernetwork output regulariser, task inference and EWC/SI penalties.
+
+Plain functions to call from your own training loop (von Oswald et al., "Continual learning
+with hypernetworks", ICLR 2020). A task-conditioned hypernetwork ``H(e; Phi)`` keeps one
+embedding ``e_t`` per task; after task ``t`` is learned, its generated weights are snapshotted
+and every later task is trained with
+
+.. math:: L = L_{task}(\\Phi, e_T) + \\frac{\\beta}{T-1} \\sum_{t<T}
+          \\lVert H(e_t; \\Phi^*) - H(e_t; \\Phi + \\Delta\\Phi) \\rVert^2
+
+where ``H(e_t; Phi*)`` is the snapshot and ``Delta Phi`` an optional one-step lookahead (the
+step the task loss alone would take; zero without it). No data of earlier tasks is replayed.
+When the task id is unknown at test time, :func:`infer_task` picks the stored embedding whose
+predictions have the lowest entropy (HNET+ENT).
+
+The baselines' penalties are here too: :func:`fisher_diagonal` (online EWC) and
+:func:`si_importance` (synaptic intelligence) give importances for :func:`quadratic_penalty`.
+
+Example:
+    >>> import torch, hyperloom as hl
+    >>> from torch import nn
+    >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), hl.FlatGenerator())
+    >>> old = snapshot_outputs(hnet, [0, 1])          # after training tasks 0 and 1
+    >>> output_regularizer(hnet, old, [0, 1], beta=0.01).item()  # outputs unchanged
+    0.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from .functional import call_batched
+
+__all__ = [
+    "fisher_diagonal",
+    "infer_task",
+    "lookahead_delta",
+    "output_regularizer",
+    "predictive_entropy",
+    "quadratic_penalty",
+    "si_importance",
+    "snapshot_outputs",
+    "task_logits",
+]
+
+
+def _task_ids(tasks: Tensor | Sequence[int] | int, device: torch.device) -> Tensor:
+    ids = torch.as_tensor(tasks, dtype=torch.long, device=device).reshape(-1)  # (n,)
+    if len(torch.unique(ids)) != len(ids):
+        raise ValueError(f"tasks {ids.tolist()} repeat an id")
+    return ids
+
+
+def _device(module: nn.Module) -> torch.device:
+    first = next(module.parameters(), None)
+    return torch.device("cpu") if first is None else first.device
+
+
+@torch.no_grad()
+def snapshot_outputs(hnet: nn.Module, tasks: Tensor | Sequence[int]) -> dict[str, Tensor]:
+    """The hypernetwork's current outputs for ``tasks``, detached: the regulariser's targets.
+
+    Take it once after training a task, for every task learned so far.
+
+    Args:
+        hnet: a task-conditioned :class:`~hyperloom.HyperNetwork` (anything with
+            ``generate(task=ids) -> {name: (n, *shape)}``).
+        tasks: the task ids, e.g. ``range(t + 1)`` after task ``t``.
+
+    Returns:
+        ``{name: (n, *shape)}``, row ``i`` for ``tasks[i]``.
+
+    Example:
+        >>> import hyperloom as hl
+        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), hl.FlatGenerator())
+        >>> snapshot_outputs(hnet, [0, 1])["weight"].shape
+        torch.Size([2, 2, 4])
+    """
+    ids = _task_ids(tasks, _device(hnet))
+    if len(ids) == 0:
+        return {}
+    return {k: v.detach().clone() for k, v in hnet.generate(task=ids).items()}
+
+
+class _Generate(nn.Module):
+    """``hnet.generate(task=ids)`` as a forward, so that ``functional_call`` can swap Phi."""
+
+    def __init__(self, hnet: nn.Module) -> None:
+        super().__init__()
+        self.hnet = hnet
+
+    def forward(self, ids: Tensor) -> dict[str, Tensor]:
+        return self.hnet.generate(task=ids)
+
+
+def output_regularizer(
+    hnet: nn.Module,
+    snapshot: Mapping[str, Tensor],
+    tasks: Tensor | Sequence[int],
+    *,
+    beta: float = 1.0,
+    delta: Mapping[str, Tensor] | None = None,
+    sample: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``beta / n * sum_t ||H(e_t; Phi + delta) - snapshot_t||^2`` over the ``n`` earlier tasks.
+
+    The squared norm is the sum over every generated number of task ``t``; the sum over tasks
+    is divided by their number (``T - 1`` when training task ``T``), as in von Oswald et al.
+    Gradients reach the hypernetwork's parameters and, if they are trained, the embeddings of
+    the earlier tasks (keep those out of the optimizer to hold them fixed, as the paper does).
+    With ``sample``, each call regularises only that many earlier tasks drawn at random
+    (without replacement) and averages over them: an unbiased estimate of the full term at a
+    fraction of its cost, as hypercl's regulariser batch size.
+
+    Args:
+        hnet: the hypernetwork (``generate(task=ids) -> {name: (n, *shape)}``).
+        snapshot: :func:`snapshot_outputs` for the same ``tasks``, ``{name: (n, *shape)}``.
+        tasks: the earlier task ids, in the snapshot's row order.
+        beta: the regularisation strength.
+        delta: optional lookahead ``{parameter name: step}`` added to the named parameters of
+            ``hnet`` (names as in ``hnet.named_parameters()``), e.g. :func:`lookahead_delta`;
+            the step should be detached. ``None`` evaluates at the current parameters.
+        sample: the number of earlier tasks to draw per call; ``None`` (or at least ``n``)
+            uses them all.
+        generator: the random generator of the draw (default: torch's global one).
+
+    Returns:
+        A scalar tensor; exactly zero when there are no earlier tasks.
+
+    Raises:
+        ValueError: when the snapshot's names or row count do not match, or ``delta`` names a
+            parameter ``hnet`` does not have.
+
+    Example:
+        >>> import hyperloom as hl
+        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), hl.FlatGenerator())
+        >>> old = snapshot_outputs(hnet, [0])
+        >>> with torch.no_grad():
+        ...     _ = hnet.generator.readout.bias.add_(1.0)  # every output moves by 1
+        >>> output_regularizer(hnet, old, [0], beta=0.5).item()  # 0.5 * (8 + 2) numbers
+        5.0
+    """
+    device = _device(hnet)
+    ids = _task_ids(tasks, device)
+    if len(ids) == 0:
+        return torch.zeros((), device=device)
+    bad = {k: tuple(v.shape) for k, v in snapshot.items() if v.dim() == 0 or len(v) != len(ids)}
+    if bad:
+        raise ValueError(f"snapshot rows do not match the {len(ids)} tasks: shapes {bad}")
+    rows = None
+    if sample is not None:
+        if sample < 1:
+            raise ValueError(f"sample must be >= 1 or None, got {sample}")
+        if sample < len(ids):
+            rows = torch.randperm(len(ids), generator=generator)[:sample].sort().values
+            ids = ids[rows.to(device)]
+    if delta:
+        own = dict(hnet.named_parameters())
+        unknown = sorted(set(delta) - set(own))
+        if unknown:
+            raise ValueError(f"delta names {unknown}, which are not parameters of the hnet")
+        wrapper = _Generate(hnet)
+        moved = {f"hnet.{k}": own[k] + d for k, d in delta.items()}
+        current = functional_call(wrapper, moved, (ids,), strict=False)
+    else:
+        current = hnet.generate(task=ids)
+    if set(current) != set(snapshot):
+        raise ValueError(
+            f"snapshot has names {sorted(snapshot)}, the hypernetwork generates {sorted(current)}"
+        )
+    total = torch.zeros((), device=device)
+    for name, now in current.items():
+        old = snapshot[name]
+        if rows is not None:
+            old = old[rows.to(old.device)]  # (sample, *shape)
+        if old.shape != now.shape:
+            raise ValueError(
+                f"snapshot[{name!r}] has shape {tuple(old.shape)}, but {len(ids)} tasks give "
+                f"{tuple(now.shape)}"
+            )
+        total = total + (now - old).pow(2).sum()
+    return beta * total / len(ids)
+
+
+def lookahead_delta(named_params: Iterable[tuple[str, Tensor]], lr: float) -> dict[str, Tensor]:
+    """The one-step lookahead ``Delta Phi = -lr * grad`` from the gradients already in ``.grad``.
+
+    Call it after ``task_loss.backward()`` and before the regulariser's backward, so that the
+    regulariser is evaluated where the task loss alone would move the parameters (the SGD form
+    of the paper's ``Delta Phi``). Parameters without a gradient get no entry.
+
+    Args:
+        named_params: ``(name, parameter)`` pairs, e.g. ``hnet.named_parameters()``.
+        lr: the step size.
+
+    Returns:
+        ``{name: step}``, detached.
+    """
+    return {n: -lr * p.grad.detach() for n, p in named_params if p.grad is not None}
+
+
+def predictive_entropy(logits: Tensor) -> Tensor:
+    """Entropy of ``softmax(logits)`` over the last dimension, ``(*, C) -> (*)``, in nats."""
+    logp = F.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def infer_task(logits: Tensor) -> Tensor:
+    """For each sample, the task whose predictions have the lowest entropy (HNET+ENT).
+
+    Args:
+        logits: ``(T, B, C)``: the outputs of each of ``T`` candidate tasks' networks (or
+            heads) on the same ``B`` samples.
+
+    Returns:
+        ``(B,)`` long: the inferred task index in ``range(T)``.
+
+    Example:
+        >>> logits = torch.tensor([[[0.0, 0.0], [9.0, 0.0]],    # task 0: unsure, sure
+        ...                        [[5.0, 0.0], [0.0, 0.0]]])   # task 1: sure, unsure
+        >>> infer_task(logits).tolist()
+        [1, 0]
+    """
+    if logits.dim() != 3:
+        raise ValueError(f"logits must have shape (T, B, C), got {tuple(logits.shape)}")
+    return predictive_entropy(logits).argmin(dim=0)
+
+
+def task_logits(hnet: nn.Module, x: Tensor, tasks: Tensor | Sequence[int], *args: Any) -> Tensor:
+    """The target's outputs on ``x`` with the weights of every task in ``tasks``.
+
+    Each task's weights are generated once and the ``T`` weight sets run in one
+    :func:`~hyperloom.call_batched`; the target's non-generated parameters are shared.
+
+    Args:
+        hnet: a task-conditioned :class:`~hyperloom.HyperNetwork`.
+        x: inputs ``(B, ...)``.
+        tasks: ``T`` task ids.
+        *args: further inputs of the target, passed unchanged.
+
+    Returns:
+        ``(T, B, ...)``: for classifiers, the ``(T, B, C)`` logits :func:`infer_task` takes.
+    """
+    ids = _task_ids(tasks, _device(hnet))
+    weights = hnet.generate(task=ids)  # {name: (T, *shape)}
+    xs = x.unsqueeze(0).expand(len(ids), *x.shape)  # (T, B, ...)
+    return call_batched(hnet.target, weights, xs, *args)
+
+
+def quadratic_penalty(
+    params: Mapping[str, Tensor], anchor: Mapping[str, Tensor], importance: Mapping[str, Tensor]
+) -> Tensor:
+    """``sum_i importance_i * (theta_i - anchor_i)^2`` over the names in ``importance``.
+
+    The penalty of online EWC (``lambda / 2`` times it, with the Fisher diagonal as importance)
+    and of synaptic intelligence (``c`` times it, with :func:`si_importance`).
+
+    Args:
+        params: current ``{name: tensor}`` (e.g. ``dict(model.named_parameters())``).
+        anchor: the values after the previous task, same names.
+        importance: non-negative ``{name: tensor}`` of the same shapes.
+
+    Returns:
+        A scalar tensor; zero for an empty ``importance``.
+
+    Example:
+        >>> p = {"w": torch.tensor([1.0, 2.0])}
+        >>> float(quadratic_penalty(p, {"w": torch.zeros(2)}, {"w": torch.tensor([1.0, 0.5])}))
+        3.0
+    """
+    missing = sorted(set(importance) - set(params)) + sorted(set(importance) - set(anchor))
+    if missing:
+        raise ValueError(f"importance names {sorted(set(missing))} missing from params/anchor")
+    total = None
+    for name, f in importance.items():
+        term = (f * (params[name] - anchor[name]).pow(2)).sum()
+        total = term if total is None else total + term
+    if total is None:
+        first = next(iter(params.values()), None)
+        return torch.zeros((), device=None if first is None else first.device)
+    return total
+
+
+def fisher_diagonal(
+    fn: Callable[[dict[str, Tensor], Tensor], Tensor],
+    params: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    *,
+    batch_size: int = 32,
+) -> dict[str, Tensor]:
+    """Diagonal empirical Fisher: the mean over samples of ``(d log p(y_i | x_i) / d theta)^2``.
+
+    Per-sample gradients come from ``torch.func.vmap(grad(...))`` in batches of ``batch_size``.
+
+    Args:
+        fn: ``fn(params, x_batch) -> logits (B, C)``, e.g. ``lambda p, x:
+            torch.func.functional_call(model, p, (x,))[:, head]``.
+        params: ``{name: tensor}`` at which to take the gradients (detached here).
+        x: inputs ``(N, ...)``.
+        y: labels ``(N,)``.
+        batch_size: samples per vectorised gradient call (memory: ``batch_size`` x the
+            number of parameters).
+
+    Returns:
+        ``{name: tensor}`` of the parameters' shapes.
+    """
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"x and y need the same non-zero length, got {len(x)} and {len(y)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    detached = {k: v.detach() for k, v in params.items()}
+
+    def nll_one(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        return F.cross_entropy(fn(p, xi.unsqueeze(0)), yi.unsqueeze(0))
+
+    per_sample = vmap(grad(nll_one), in_dims=(None, 0, 0))
+    fisher = {k: torch.zeros_like(v) for k, v in detached.items()}
+    for start in range(0, len(x), batch_size):
+        grads = per_sample(detached, x[start : start + batch_size], y[start : start + batch_size])
+        for k, g in grads.items():  # g: (b, *shape)
+            fisher[k] += g.pow(2).sum(dim=0)
+    return {k: f / len(x) for k, f in fisher.items()}
+
+
+def si_importance(
+    path: Mapping[str, Tensor], delta: Mapping[str, Tensor], *, xi: float = 0.1
+) -> dict[str, Tensor]:
+    """Synaptic intelligence's per-task importance ``omega / (Delta^2 + xi)`` (Zenke et al.).
+
+    Args:
+        path: the path integral of the task, ``omega = sum over steps of -g * step`` (``g``
+            the task loss gradient, ``step`` the parameter change), accumulated in the loop.
+        delta: the total change of each parameter over the task.
+        xi: damping.
+
+    Returns:
+        ``{name: tensor}``, clamped at zero; add it to the running importance.
+    """
+    if xi <= 0:
+        raise ValueError(f"xi must be positive, got {xi}")
+    return {k: (w / (delta[k].pow(2) + xi)).clamp(min=0) for k, w in path.items()}

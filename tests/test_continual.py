@@ -1,0 +1,300 @@
+"""Continual learning: the output regulariser, task inference, EWC/SI helpers and the recipe."""
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import hyperloom as hl
+import hyperloom.continual as hyperloom_continual
+from hyperloom.continual import (
+    fisher_diagonal,
+    infer_task,
+    lookahead_delta,
+    output_regularizer,
+    predictive_entropy,
+    quadratic_penalty,
+    si_importance,
+    snapshot_outputs,
+    task_logits,
+)
+
+
+def _hnet(num_tasks=3, generator=None):
+    target = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
+    generator = generator or hl.ChunkedGenerator(chunk_size=64, chunk_dim=4, hidden=(16,))
+    return hl.HyperNetwork(target, hl.TaskEmbedding(num_tasks, 8), generator)
+
+
+def _flat(weights):
+    return torch.cat([w.flatten(1) for w in weights.values()], dim=1)  # (n, numel)
+
+
+# ---- output regulariser ---------------------------------------------------------------------
+def test_regularizer_is_zero_when_outputs_unchanged():
+    hnet = _hnet()
+    old = snapshot_outputs(hnet, [0, 1])
+    reg = output_regularizer(hnet, old, [0, 1], beta=0.3)
+    assert reg.item() == 0.0
+    assert output_regularizer(hnet, {}, [], beta=0.3).item() == 0.0  # no earlier task
+
+
+def test_regularizer_value_and_gradient_oracle():
+    # FlatGenerator: outputs = readout(trunk(e)); adding c to the readout bias moves every
+    # output by c, so the value is beta * numel * c^2 (averaged over tasks) and the gradient
+    # on the bias is 2 beta / n * sum_t (now_t - old_t) = 2 beta c.
+    hnet = _hnet(generator=hl.FlatGenerator(hidden=(8,)))
+    old = snapshot_outputs(hnet, [0, 2])
+    with torch.no_grad():
+        hnet.generator.readout.bias.add_(0.5)
+    beta = 0.2
+    reg = output_regularizer(hnet, old, [0, 2], beta=beta)
+    numel = hnet.spec.numel
+    assert reg.item() == pytest.approx(beta * numel * 0.25, rel=1e-5)
+    reg.backward()
+    expected = torch.full((numel,), 2 * beta * 0.5)
+    torch.testing.assert_close(hnet.generator.readout.bias.grad, expected)
+
+
+def test_regularizer_gradient_moves_outputs_back():
+    hnet = _hnet()
+    tasks = [0, 1]
+    old = snapshot_outputs(hnet, tasks)
+    with torch.no_grad():  # disturb the hypernetwork as training a new task would
+        for p in hnet.generator.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    params = list(hnet.generator.parameters())
+    opt = torch.optim.SGD(params, lr=3e-3)
+    distances = []
+    for _ in range(20):
+        opt.zero_grad()
+        reg = output_regularizer(hnet, old, tasks, beta=1.0)
+        distances.append(reg.item())
+        reg.backward()
+        opt.step()
+    assert distances[0] > 0
+    assert distances[-1] < 0.2 * distances[0]
+    assert all(b <= a for a, b in itertools.pairwise(distances))
+
+
+def test_regularizer_lookahead():
+    hnet = _hnet(generator=hl.FlatGenerator(hidden=(8,)))
+    old = snapshot_outputs(hnet, [1])
+    with torch.no_grad():
+        hnet.generator.readout.bias.add_(1.0)
+    plain = output_regularizer(hnet, old, [1])
+    zero = {"generator.readout.bias": torch.zeros_like(hnet.generator.readout.bias)}
+    assert output_regularizer(hnet, old, [1], delta=zero).item() == pytest.approx(plain.item())
+    back = {"generator.readout.bias": -torch.ones_like(hnet.generator.readout.bias)}
+    assert output_regularizer(hnet, old, [1], delta=back).item() == pytest.approx(0.0, abs=1e-8)
+    # the parameter itself is not moved by the lookahead evaluation
+    assert torch.all(hnet.generator.readout.bias != 0)
+    with pytest.raises(ValueError, match="not parameters"):
+        output_regularizer(hnet, old, [1], delta={"nope": torch.zeros(1)})
+
+
+def test_regularizer_sampled_tasks_is_unbiased():
+    hnet = _hnet(num_tasks=4, generator=hl.FlatGenerator(hidden=(8,)))
+    old = snapshot_outputs(hnet, [0, 1, 2])
+    with torch.no_grad():
+        for p in hnet.generator.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        full = output_regularizer(hnet, old, [0, 1, 2], beta=0.5).item()
+        per_task = [
+            output_regularizer(hnet, {k: v[i : i + 1] for k, v in old.items()}, [i], beta=0.5)
+            for i in range(3)
+        ]
+        g = torch.Generator().manual_seed(0)
+        draws = [
+            output_regularizer(hnet, old, [0, 1, 2], beta=0.5, sample=1, generator=g).item()
+            for _ in range(30)
+        ]
+    assert full == pytest.approx(sum(v.item() for v in per_task) / 3, rel=1e-5)
+    assert {round(d, 4) for d in draws} == {round(v.item(), 4) for v in per_task}
+    same = output_regularizer(hnet, old, [0, 1, 2], beta=0.5, sample=3).item()
+    assert same == pytest.approx(full, rel=1e-6)
+    with pytest.raises(ValueError, match="sample"):
+        output_regularizer(hnet, old, [0, 1, 2], sample=0)
+
+
+def test_public_names():
+    for name in ("output_regularizer", "snapshot_outputs", "infer_task", "task_logits"):
+        assert getattr(hl, name) is getattr(hyperloom_continual, name)
+
+
+def test_lookahead_delta_is_minus_lr_grad():
+    hnet = _hnet()
+    loss = hnet(torch.randn(4, 6), task=0).pow(2).sum()
+    loss.backward()
+    delta = lookahead_delta(hnet.generator.named_parameters("generator"), lr=0.1)
+    p = hnet.generator.readout.weight
+    torch.testing.assert_close(delta["generator.readout.weight"], -0.1 * p.grad)
+    assert not delta["generator.readout.weight"].requires_grad
+
+
+def test_regularizer_errors():
+    hnet = _hnet()
+    old = snapshot_outputs(hnet, [0, 1])
+    with pytest.raises(ValueError, match="shape"):
+        output_regularizer(hnet, old, [0])
+    with pytest.raises(ValueError, match="repeat"):
+        snapshot_outputs(hnet, [1, 1])
+
+
+def _train_tasks(beta, steps=150):
+    """Train task 0, snapshot, train task 1 with the regulariser; return task 0's drift."""
+    torch.manual_seed(0)
+    hnet = _hnet(num_tasks=2)
+    xs = [torch.randn(64, 6) for _ in range(2)]
+    ys = [(x[:, 0] > 0).long() for x in xs]
+    ys[1] = 1 - ys[1]  # task 1 wants the opposite mapping: it pulls the shared weights away
+    params = list(hnet.generator.parameters())
+    old = {}
+    for t in range(2):
+        opt = torch.optim.Adam([*params, hnet.conditioner.rows[t]], lr=1e-2)
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = F.cross_entropy(hnet(xs[t], task=t), ys[t])
+            if t == 1:
+                loss = loss + output_regularizer(hnet, old, [0], beta=beta)
+            loss.backward()
+            opt.step()
+        if t == 0:
+            old = snapshot_outputs(hnet, [0])
+    with torch.no_grad():
+        now = _flat(hnet.generate(task=torch.tensor([0])))
+        acc0 = (hnet(xs[0], task=0).argmax(-1) == ys[0]).float().mean().item()
+        acc1 = (hnet(xs[1], task=1).argmax(-1) == ys[1]).float().mean().item()
+    drift = ((now - _flat(old)).norm() / _flat(old).norm()).item()
+    return drift, acc0, acc1
+
+
+def test_old_task_weights_barely_move_with_beta_and_drift_without():
+    drift_reg, acc0_reg, acc1_reg = _train_tasks(beta=0.5)
+    drift_free, _, acc1_free = _train_tasks(beta=0.0)
+    assert drift_reg < 0.02, drift_reg
+    assert drift_free > 10 * drift_reg, (drift_free, drift_reg)
+    assert acc0_reg > 0.95 and acc1_reg > 0.95  # both tasks solved with the regulariser
+    assert acc1_free > 0.95
+
+
+# ---- task inference -------------------------------------------------------------------------
+def test_predictive_entropy():
+    h = predictive_entropy(torch.tensor([[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(h, torch.tensor([math.log(4), 0.0]))
+
+
+def test_infer_task_picks_lowest_entropy():
+    torch.manual_seed(0)
+    n_tasks, batch, classes = 4, 12, 3
+    truth = torch.randint(0, n_tasks, (batch,))
+    logits = 0.1 * torch.randn(n_tasks, batch, classes)  # every head unsure...
+    logits[truth, torch.arange(batch), torch.randint(0, classes, (batch,))] += 8.0  # ...but one
+    assert torch.equal(infer_task(logits), truth)
+    with pytest.raises(ValueError, match="shape"):
+        infer_task(logits[0])
+
+
+def test_task_logits_match_per_task_calls():
+    hnet = _hnet()
+    x = torch.randn(5, 6)
+    out = task_logits(hnet, x, [2, 0])
+    assert out.shape == (2, 5, 2)
+    torch.testing.assert_close(out[0], hnet(x, task=2))
+    torch.testing.assert_close(out[1], hnet(x, task=0))
+
+
+# ---- EWC / SI helpers -----------------------------------------------------------------------
+def test_quadratic_penalty():
+    p = {"a": torch.tensor([1.0, 3.0]), "b": torch.tensor(2.0)}
+    anchor = {"a": torch.tensor([0.0, 1.0]), "b": torch.tensor(0.0)}
+    importance = {"a": torch.tensor([2.0, 0.5]), "b": torch.tensor(0.25)}
+    assert quadratic_penalty(p, anchor, importance).item() == pytest.approx(2 + 2 + 1)
+    assert quadratic_penalty(p, anchor, {}).item() == 0.0
+    with pytest.raises(ValueError, match="missing"):
+        quadratic_penalty(p, anchor, {"c": torch.tensor(1.0)})
+
+
+def test_fisher_diagonal_matches_per_sample_loop():
+    net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    params = dict(net.named_parameters())
+    x, y = torch.randn(7, 4), torch.randint(0, 3, (7,))
+    fisher = fisher_diagonal(
+        lambda p, xb: torch.func.functional_call(net, p, (xb,)), params, x, y, batch_size=3
+    )
+    expected = {n: torch.zeros_like(p) for n, p in params.items()}
+    for i in range(7):
+        net.zero_grad()
+        F.cross_entropy(net(x[i : i + 1]), y[i : i + 1]).backward()
+        for n, p in params.items():
+            expected[n] += p.grad.pow(2) / 7
+    for n in params:
+        torch.testing.assert_close(fisher[n], expected[n])
+
+
+def test_si_importance():
+    out = si_importance(
+        {"w": torch.tensor([1.0, -1.0, 0.5])}, {"w": torch.tensor([1.0, 1.0, 0.0])}, xi=1.0
+    )
+    torch.testing.assert_close(out["w"], torch.tensor([0.5, 0.0, 0.5]))
+    with pytest.raises(ValueError, match="xi"):
+        si_importance({}, {}, xi=0.0)
+
+
+# ---- the recipe -----------------------------------------------------------------------------
+def test_recipe_runs_end_to_end(tmp_path):
+    from hyperloom.recipes import continual
+
+    config = continual.Config(iters=8, max_train=64, test_limit=30, out=str(tmp_path), quiet=True)
+    out = continual.run(config)
+    results = out["results"]
+    assert list(results) == list(continual.METHODS)
+    for r in results.values():
+        acc = torch.tensor(r["acc_matrix"])
+        assert acc.shape == (5, 5)
+        done = torch.ones(5, 5, dtype=torch.bool).triu()  # acc[i, j] exists for i <= j
+        assert torch.isnan(acc[~done]).all()
+        assert ((acc[done] >= 0) & (acc[done] <= 100)).all()
+        assert r["forgetting"] == pytest.approx(-r["bwt"])
+        assert 0 <= r["ci_acc"] <= r["task_inference_acc"] <= 100
+    assert results["separate"]["trainable_params"] == 5 * results["separate"]["params_per_task"]
+    assert results["hnet"]["params_per_task"] == 32
+    run_dir = tmp_path / next(p.name for p in tmp_path.iterdir())
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["results"]["hnet"]["avg_acc"] == pytest.approx(results["hnet"]["avg_acc"])
+    for name in ("heatmap.png", "average_accuracy.png", "results.csv", "hypernetwork.safetensors"):
+        assert (run_dir / name).stat().st_size > 0
+
+
+def test_recipe_lookahead_and_errors(tmp_path):
+    from hyperloom.recipes import continual
+
+    config = continual.Config(
+        methods=("hnet",),
+        iters=3,
+        max_train=32,
+        test_limit=10,
+        lookahead=True,
+        out=str(tmp_path),
+        quiet=True,
+    )
+    r = continual.run(config)["results"]["hnet"]
+    assert math.isfinite(r["avg_acc"])
+    with pytest.raises(ValueError, match="unknown methods"):
+        continual.resolve(continual.Config(methods=("hnet", "replay")))
+
+
+def test_summary_metrics():
+    from hyperloom.recipes.continual import _summary
+
+    nan = float("nan")
+    acc = torch.tensor([[90.0, 80.0, 70.0], [nan, 95.0, 93.0], [nan, nan, 99.0]])
+    s = _summary(acc)
+    assert s["avg_acc"] == pytest.approx((70 + 93 + 99) / 3)
+    assert s["bwt"] == pytest.approx(((70 - 90) + (93 - 95)) / 2)
+    assert s["forgetting"] == pytest.approx(11.0)
+    assert s["avg_acc_curve"] == pytest.approx([90.0, 87.5, (70 + 93 + 99) / 3])
