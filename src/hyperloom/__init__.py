@@ -67,6 +67,17 @@ from .uncertainty import predictive_regression as predictive_regression
 from .uncertainty import reliability_diagram as reliability_diagram
 from .uncertainty import sample_outputs as sample_outputs
 from .uncertainty import sample_weights as sample_weights
+from .federated import class_shares as class_shares
+from .federated import dirichlet_shares as dirichlet_shares
+from .federated import partition as partition
+from .federated import train_local as train_local
+from .federated import personal_weights as personal_weights
+from .federated import check_reply as check_reply
+from .federated import collect_replies as collect_replies
+from .federated import pfedhn_grads as pfedhn_grads
+from .federated import pfedhn_step as pfedhn_step
+from .federated import embedding_optimizer as embedding_optimizer
+from .federated import fedavg as fedavg
 from .targets import build_target as build_target
 from .checkpoint import save as save
 from .checkpoint import load as load

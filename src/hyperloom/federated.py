@@ -1,0 +1,623 @@
+"""Personalised federated learning with hypernetworks (pFedHN, Shamsian et al., ICML 2021).
+
+Flower-free building blocks, usable from any loop (the ``federated`` recipe's in-process engine
+and its Flower app both use them):
+
+- the paper's LeNet-style target, :func:`lenet`;
+- non-IID partitions: :func:`class_shares` (each client gets a few classes) and
+  :func:`dirichlet_shares` (Dirichlet(alpha) class proportions), applied to a split's labels by
+  :func:`partition` (the same shares for the train and the test split);
+- the client's side: :func:`train_local` (inner SGD steps from the received weights) and
+  :func:`evaluate`;
+- the server's side: :func:`pfedhn_grads` and :func:`pfedhn_step`, which push the client's weight
+  change back through the hypernetwork,
+
+  .. math:: \\nabla_{\\Phi, e_i} = (\\partial \\theta_i / \\partial (\\Phi, e_i))^\\top
+            (\\theta_i - \\tilde\\theta_i),
+
+  computed as one vector-Jacobian product, ``torch.autograd.grad(theta, params,
+  grad_outputs=theta - theta_tilde)``. Which parameters move is the optimizer's choice: the
+  whole hypernetwork and the client's embedding in training; the new client's embedding row
+  alone (the hypernetwork frozen) when a client joins after training (:func:`embedding_optimizer`);
+- pFedHN-PC: the parameters the hypernetwork does not generate (the classifier head) stay on the
+  client, :func:`personal_weights`;
+- robustness: :func:`check_reply` (names, shapes, dtype, finiteness; a reason or ``None``),
+  :func:`collect_replies` (failing, timed-out or dropped clients are skipped and logged), and
+  :func:`fedavg` (weighted average, for the baselines of the in-process engine).
+
+Logging goes to the ``hyperloom.federated`` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .functional import call
+from .target import TargetSpec
+
+LOGGER = logging.getLogger("hyperloom.federated")
+
+__all__ = [
+    "Replies",
+    "check_reply",
+    "class_shares",
+    "collect_replies",
+    "dirichlet_shares",
+    "embedding_optimizer",
+    "evaluate",
+    "fedavg",
+    "lenet",
+    "partition",
+    "personal_weights",
+    "pfedhn_grads",
+    "pfedhn_step",
+    "train_local",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# The target
+
+
+def lenet(in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> nn.Sequential:
+    """The pFedHN paper's LeNet-style target: conv 5x5 16, pool, conv 5x5 32, pool, fc 120, 84, out.
+
+    Images of 28x28 or more use unpadded convolutions (28 -> 24 -> 12 -> 8 -> 4, as the paper's
+    32 -> 28 -> 14 -> 10 -> 5); smaller ones (the 8x8 digits) pad both convolutions by 2 so that
+    the two poolings leave a 2x2 map.
+
+    Args:
+        in_channels: image channels.
+        image_size: height = width of the images.
+        num_classes: outputs of the last layer (named ``out``).
+
+    Returns:
+        An ``nn.Sequential`` with named layers ``conv1, conv2, fc1, fc2, out`` (and activations).
+
+    Example:
+        >>> lenet()(torch.randn(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+        >>> lenet(image_size=8)(torch.randn(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
+    if image_size < 4:
+        raise ValueError(f"lenet needs images of at least 4x4, got image_size={image_size}")
+    pad = 0 if image_size >= 28 else 2
+    side = image_size
+    for _ in range(2):
+        side = (side + 2 * pad - 4) // 2  # conv 5x5, then pool 2x2
+    if side < 1:
+        raise ValueError(f"image_size={image_size} is too small for two conv+pool stages")
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("conv1", nn.Conv2d(in_channels, 16, 5, padding=pad)),
+                ("act1", nn.ReLU()),
+                ("pool1", nn.MaxPool2d(2)),
+                ("conv2", nn.Conv2d(16, 32, 5, padding=pad)),
+                ("act2", nn.ReLU()),
+                ("pool2", nn.MaxPool2d(2)),
+                ("flatten", nn.Flatten()),
+                ("fc1", nn.Linear(32 * side * side, 120)),
+                ("act3", nn.ReLU()),
+                ("fc2", nn.Linear(120, 84)),
+                ("act4", nn.ReLU()),
+                ("out", nn.Linear(84, num_classes)),
+            ]
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Non-IID partitions
+
+
+def class_shares(
+    num_clients: int, num_classes: int, classes_per_client: int = 2, *, seed: int = 0
+) -> Tensor:
+    """Shares of each class per client when every client sees only ``classes_per_client`` classes.
+
+    As in pFedHN's code: the ``num_clients * classes_per_client`` (client, class) slots are spread
+    evenly over the classes (each client takes distinct classes among those with the most free
+    slots, ties broken at random), and each class's examples are split among its clients in
+    proportions drawn from U(0.4, 0.6) and normalised.
+
+    Args:
+        num_clients: number of clients.
+        num_classes: number of classes.
+        classes_per_client: classes each client sees.
+        seed: seed of the draw.
+
+    Returns:
+        ``(num_clients, num_classes)`` shares; each column sums to 1 (or is all zero for a class
+        no client took), each row has ``classes_per_client`` non-zero entries.
+
+    Example:
+        >>> s = class_shares(10, 10, 2)
+        >>> (s > 0).sum(1).tolist() == [2] * 10, s.sum(0).allclose(torch.ones(10))
+        (True, True)
+    """
+    if num_clients < 1 or num_classes < 1:
+        raise ValueError(
+            f"need num_clients >= 1 and num_classes >= 1, got {num_clients}, {num_classes}"
+        )
+    if not 1 <= classes_per_client <= num_classes:
+        raise ValueError(
+            f"classes_per_client must be in [1, {num_classes}], got {classes_per_client}"
+        )
+    g = torch.Generator().manual_seed(seed)
+    slots = num_clients * classes_per_client
+    free = torch.full((num_classes,), slots // num_classes, dtype=torch.long)
+    free[torch.randperm(num_classes, generator=g)[: slots % num_classes]] += 1  # (C,)
+    raw = torch.zeros(num_clients, num_classes)
+    for i in range(num_clients):
+        taken: list[int] = []
+        for _ in range(classes_per_client):
+            avail = free.clone()
+            avail[taken] = -1
+            best = torch.nonzero(avail == avail.max()).flatten()
+            c = int(best[torch.randint(len(best), (1,), generator=g)])
+            taken.append(c)
+            free[c] -= 1
+            raw[i, c] = 0.4 + 0.2 * float(torch.rand((), generator=g))
+    total = raw.sum(0, keepdim=True)  # (1, C)
+    return torch.where(total > 0, raw / total.clamp_min(1e-12), raw)
+
+
+def dirichlet_shares(num_clients: int, num_classes: int, alpha: float, *, seed: int = 0) -> Tensor:
+    """Shares of each class per client drawn from Dirichlet(alpha, ..., alpha), class by class.
+
+    Small ``alpha`` (0.1) gives each client a few dominant classes; large ``alpha`` (100) is close
+    to an IID split.
+
+    Args:
+        num_clients: number of clients.
+        num_classes: number of classes.
+        alpha: concentration, > 0.
+        seed: seed of the draw.
+
+    Returns:
+        ``(num_clients, num_classes)`` shares; each column sums to 1.
+
+    Example:
+        >>> dirichlet_shares(5, 10, alpha=0.5).sum(0).allclose(torch.ones(10))
+        True
+    """
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    if num_clients < 1 or num_classes < 1:
+        raise ValueError(
+            f"need num_clients >= 1 and num_classes >= 1, got {num_clients}, {num_classes}"
+        )
+    rng = np.random.default_rng(seed)
+    draws = rng.dirichlet(np.full(num_clients, float(alpha)), size=num_classes)  # (C, N)
+    return torch.from_numpy(draws.T.astype(np.float32)).contiguous()  # (N, C)
+
+
+def partition(labels: Tensor, shares: Tensor, *, seed: int = 0) -> list[Tensor]:
+    """Split a split's example indices among clients following per-class ``shares``.
+
+    Args:
+        labels: ``(n,)`` int64 labels.
+        shares: ``(num_clients, num_classes)`` from :func:`class_shares` or
+            :func:`dirichlet_shares`; column ``c`` is how class ``c`` is divided.
+        seed: seed of the shuffle within each class.
+
+    Returns:
+        One sorted index tensor per client; every example goes to at most one client (all of
+        them, when every column sums to 1).
+
+    Example:
+        >>> y = torch.arange(10).repeat(20)
+        >>> parts = partition(y, class_shares(5, 10, 2))
+        >>> sorted(torch.unique(y[parts[0]]).tolist()) == sorted(
+        ...     torch.nonzero(class_shares(5, 10, 2)[0]).flatten().tolist())
+        True
+    """
+    if labels.ndim != 1:
+        raise ValueError(f"labels must have shape (n,), got {tuple(labels.shape)}")
+    if shares.ndim != 2:
+        raise ValueError(f"shares must have shape (clients, classes), got {tuple(shares.shape)}")
+    if len(labels) and int(labels.max()) >= shares.shape[1]:
+        raise ValueError(
+            f"label {int(labels.max())} has no column in shares of shape {tuple(shares.shape)}"
+        )
+    g = torch.Generator().manual_seed(seed)
+    parts: list[list[Tensor]] = [[] for _ in range(shares.shape[0])]
+    for c in range(shares.shape[1]):
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=g)]  # (n_c,)
+        bounds = (torch.cumsum(shares[:, c].double(), 0) * len(members)).round().long()  # (N,)
+        bounds = bounds.clamp(max=len(members))
+        start = 0
+        for i, end in enumerate(bounds.tolist()):
+            if end > start:
+                parts[i].append(members[start:end])
+            start = max(start, end)
+    return [
+        torch.sort(torch.cat(p)).values if p else torch.zeros(0, dtype=torch.long) for p in parts
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# The client's side
+
+
+def train_local(
+    target: nn.Module,
+    weights: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int = 64,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-5,
+    seed: int = 0,
+) -> tuple[dict[str, Tensor], float]:
+    """Inner SGD steps on a client's data, starting from ``weights``; the target is not touched.
+
+    Args:
+        target: the model whose parameters ``weights`` replaces (any subset of its parameters;
+            the others keep the module's values and are not trained).
+        weights: ``name -> tensor``, the starting point (never modified).
+        x: the client's inputs ``(n, ...)``.
+        y: its labels ``(n,)``.
+        steps: number of SGD steps, each on a minibatch drawn with replacement.
+        lr: learning rate.
+        batch_size: minibatch size (capped at ``n``).
+        momentum: SGD momentum.
+        weight_decay: L2 penalty.
+        seed: seed of the minibatch draws.
+
+    Returns:
+        ``(new_weights, mean_loss)``: detached tensors with the same names and shapes, and the
+        mean training loss over the steps.
+
+    Example:
+        >>> net = nn.Linear(4, 2)
+        >>> w = {k: v.detach() for k, v in net.named_parameters()}
+        >>> x, y = torch.randn(8, 4), torch.randint(2, (8,))
+        >>> new, loss = train_local(net, w, x, y, steps=3, lr=0.1)
+        >>> sorted(new) == sorted(w) and not torch.equal(new["weight"], w["weight"])
+        True
+    """
+    if len(x) == 0:
+        raise ValueError("train_local got a client with no examples")
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
+    params = {n: w.detach().clone().requires_grad_(True) for n, w in weights.items()}
+    opt = torch.optim.SGD(params.values(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    g = torch.Generator().manual_seed(seed)
+    b = min(batch_size, len(x))
+    total = torch.zeros(())
+    for _ in range(steps):
+        idx = torch.randint(len(x), (b,), generator=g)
+        loss = F.cross_entropy(call(target, params, x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.detach()
+    return {n: p.detach() for n, p in params.items()}, float(total) / max(steps, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    target: nn.Module,
+    weights: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    *,
+    batch_size: int = 2048,
+) -> tuple[float, float, int]:
+    """Loss, accuracy and number of examples of ``target`` with ``weights`` on ``(x, y)``.
+
+    Returns ``(nan, nan, 0)`` for an empty set.
+
+    Example:
+        >>> net = nn.Linear(4, 2)
+        >>> loss, acc, n = evaluate(net, {}, torch.randn(8, 4), torch.zeros(8, dtype=torch.long))
+        >>> n, 0.0 <= acc <= 1.0
+        (8, True)
+    """
+    if len(x) == 0:
+        return math.nan, math.nan, 0
+    loss, correct = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        logits = call(target, dict(weights), x[i : i + batch_size])
+        loss += float(F.cross_entropy(logits, y[i : i + batch_size], reduction="sum"))
+        correct += int((logits.argmax(-1) == y[i : i + batch_size]).sum())
+    return loss / len(x), correct / len(x), len(x)
+
+
+def personal_weights(target: nn.Module, spec: TargetSpec) -> dict[str, Tensor]:
+    """A fresh copy of the target's parameters that the hypernetwork does not generate.
+
+    In pFedHN-PC these (the classifier head) are personal: each client keeps its own copy, trains
+    it with the generated ones, and never sends it.
+
+    Example:
+        >>> import hyperloom as hl
+        >>> net = lenet()
+        >>> sorted(personal_weights(net, hl.select(net, "conv*", "fc*")))
+        ['out.bias', 'out.weight']
+    """
+    return {n: p.detach().clone() for n, p in target.named_parameters() if n not in spec.names}
+
+
+# --------------------------------------------------------------------------------------------
+# Replies: validation and collection
+
+
+def check_reply(spec: TargetSpec, weights: Any) -> str | None:
+    """Why a client's reply cannot be used, or ``None`` when it can.
+
+    A reply must name exactly the spec's tensors, each with its shape, a floating dtype and only
+    finite values. Nothing is modified.
+
+    Args:
+        spec: what the server sent (the generated tensors).
+        weights: the reply, ``name -> tensor``.
+
+    Returns:
+        A human-readable reason, or ``None``.
+
+    Example:
+        >>> import hyperloom as hl
+        >>> spec = hl.select(nn.Linear(3, 2))
+        >>> check_reply(spec, {"weight": torch.zeros(2, 3), "bias": torch.zeros(2)}) is None
+        True
+        >>> nan = torch.tensor([0.0, float("nan")])
+        >>> check_reply(spec, {"weight": torch.zeros(2, 3), "bias": nan})
+        "'bias' has 1 non-finite values of 2"
+    """
+    if not isinstance(weights, Mapping):
+        return f"expected a mapping of name -> tensor, got {type(weights).__name__}"
+    for name, t in weights.items():
+        if not isinstance(t, Tensor):
+            return f"{name!r} is a {type(t).__name__}, not a tensor"
+    try:
+        spec.check(weights)
+    except ValueError as e:
+        return str(e)
+    for name, t in weights.items():
+        if not t.is_floating_point():
+            return f"{name!r} has dtype {t.dtype}, expected a floating dtype"
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            return f"{name!r} has {bad} non-finite values of {t.numel()}"
+    return None
+
+
+@dataclass
+class Replies:
+    """What :func:`collect_replies` got back in one round.
+
+    Attributes:
+        ok: ``client -> reply`` for the clients that answered in time.
+        skipped: ``client -> reason`` for those that failed, timed out or dropped out.
+    """
+
+    ok: dict[Any, Any] = field(default_factory=dict)
+    skipped: dict[Any, str] = field(default_factory=dict)
+
+
+def collect_replies(
+    clients: Sequence[Any],
+    work: Callable[[Any], Any],
+    *,
+    timeout: float | None = None,
+    round_: int | None = None,
+) -> Replies:
+    """Run ``work(client)`` for each client; skip and log the ones that fail, time out or drop.
+
+    A client fails when ``work`` raises, drops out when it returns ``None``, and times out when
+    it takes longer than ``timeout`` seconds (it then runs on in a worker thread, whose result is
+    ignored; in a real deployment Flower's ``send_and_receive(timeout=...)`` does the same). The
+    round goes on with the others.
+
+    Args:
+        clients: client ids.
+        work: ``client -> reply`` (``None`` means the client dropped out).
+        timeout: seconds per client; ``None`` waits as long as it takes (and runs ``work`` in
+            the calling thread).
+        round_: the round number, for the log lines.
+
+    Returns:
+        :class:`Replies`.
+
+    Example:
+        >>> r = collect_replies([0, 1, 2], lambda c: None if c == 1 else c * 10)
+        >>> r.ok, r.skipped
+        ({0: 0, 2: 20}, {1: 'dropped out (no reply)'})
+    """
+    out = Replies()
+    where = f"round {round_}: " if round_ is not None else ""
+    pool = ThreadPoolExecutor(max_workers=1) if timeout is not None else None
+    try:
+        for c in clients:
+            try:
+                if pool is None:
+                    reply = work(c)
+                else:
+                    future = pool.submit(work, c)
+                    try:
+                        reply = future.result(timeout=timeout)
+                    except FutureTimeout:
+                        # The stuck worker keeps its thread: later clients get a fresh pool.
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        pool = ThreadPoolExecutor(max_workers=1)
+                        raise
+            except FutureTimeout:
+                out.skipped[c] = f"timed out after {timeout} s"
+            except Exception as e:  # a failing client must not stop the round
+                out.skipped[c] = f"failed: {type(e).__name__}: {e}"
+            else:
+                if reply is None:
+                    out.skipped[c] = "dropped out (no reply)"
+                else:
+                    out.ok[c] = reply
+            if c in out.skipped:
+                LOGGER.warning("%sskipped client %s: %s", where, c, out.skipped[c])
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The server's side
+
+
+def pfedhn_grads(
+    generated: Mapping[str, Tensor],
+    returned: Mapping[str, Tensor],
+    params: Sequence[Tensor],
+) -> list[Tensor | None]:
+    """The pFedHN gradient ``(d theta / d params)^T (theta - theta_tilde)`` as one VJP.
+
+    It is the gradient of ``0.5 * ||theta - theta_tilde||^2`` with ``theta_tilde`` held fixed,
+    and Shamsian et al.'s update direction for the hypernetwork and the client's embedding.
+
+    Args:
+        generated: ``theta``, the weights generated for the client (still attached to the graph
+            of ``params``).
+        returned: ``theta_tilde``, the client's weights after local training (same names and
+            shapes).
+        params: the tensors to differentiate with respect to.
+
+    Returns:
+        One gradient per entry of ``params``; ``None`` for those ``theta`` does not depend on.
+
+    Example:
+        >>> W = torch.randn(3, 2, requires_grad=True)
+        >>> e = torch.randn(2)
+        >>> theta = {"w": W @ e}
+        >>> (g,) = pfedhn_grads(theta, {"w": torch.zeros(3)}, [W])
+        >>> torch.allclose(g, torch.outer(W @ e, e).detach())
+        True
+    """
+    names = list(generated)
+    missing = [n for n in names if n not in returned]
+    if missing:
+        raise ValueError(f"returned weights lack {missing}")
+    outputs = [generated[n] for n in names]
+    deltas = [
+        generated[n].detach() - returned[n].to(generated[n].device, generated[n].dtype)
+        for n in names
+    ]
+    return list(torch.autograd.grad(outputs, list(params), grad_outputs=deltas, allow_unused=True))
+
+
+def pfedhn_step(
+    hnet: nn.Module,
+    client: int,
+    returned: Mapping[str, Tensor] | Sequence[Mapping[str, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    clients: Sequence[int] | None = None,
+    max_grad_norm: float | None = 50.0,
+) -> float:
+    """One pFedHN server step: regenerate, take the VJP with ``theta - theta_tilde``, step.
+
+    The parameters that move are those in ``optimizer`` (the hypernetwork and the embeddings in
+    training; one new client's embedding with :func:`embedding_optimizer`). With several
+    clients (``clients=[...]`` and one reply each), their gradients are averaged before one step.
+
+    Args:
+        hnet: a :class:`~hyperloom.HyperNetwork` with a task-conditioned input (``task=`` ids).
+        client: the client's id (its embedding row); ignored when ``clients`` is given.
+        returned: the client's trained weights (the generated names only), or a list of them
+            matching ``clients``.
+        optimizer: the server optimizer.
+        clients: several client ids for one averaged step.
+        max_grad_norm: clip the total gradient norm (the paper uses 50); ``None`` to skip.
+
+    Returns:
+        The mean ``||theta - theta_tilde||`` over the clients (how far the clients moved).
+
+    Example:
+        >>> import hyperloom as hl
+        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 2), hl.HeadsGenerator())
+        >>> opt = torch.optim.SGD(hnet.parameters(), lr=0.1)
+        >>> w = {k: v.detach() + 0.1 for k, v in hnet.generate(task=torch.tensor(1)).items()}
+        >>> round(pfedhn_step(hnet, 1, w, opt), 3)
+        0.316
+    """
+    ids = [client] if clients is None else list(clients)
+    replies = [returned] if clients is None else list(returned)  # type: ignore[arg-type]
+    if len(replies) != len(ids) or not ids:
+        raise ValueError(f"got {len(replies)} replies for clients {ids}")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    total: list[Tensor | None] = [None] * len(params)
+    moved = 0.0
+    for c, reply in zip(ids, replies, strict=True):
+        theta = hnet.generate(task=torch.tensor(c))
+        moved += math.sqrt(sum(float((theta[n].detach() - reply[n]).pow(2).sum()) for n in theta))
+        grads = pfedhn_grads(theta, reply, params)
+        for i, g in enumerate(grads):
+            if g is not None:
+                total[i] = g / len(ids) if total[i] is None else total[i] + g / len(ids)
+    for p, g in zip(params, total, strict=True):
+        p.grad = g
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return moved / len(ids)
+
+
+def embedding_optimizer(hnet: nn.Module, client: int, lr: float) -> torch.optim.Optimizer:
+    """An optimizer over one client's embedding row only: the hypernetwork stays frozen.
+
+    Used for a client that joins after training (pFedHN's generalisation to novel clients):
+    run the usual rounds for it with :func:`pfedhn_step` and this optimizer.
+
+    Example:
+        >>> import hyperloom as hl
+        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 2), hl.HeadsGenerator())
+        >>> new = hnet.conditioner.add(1)[0]
+        >>> len(embedding_optimizer(hnet, new, lr=0.1).param_groups[0]["params"])
+        1
+    """
+    rows = getattr(getattr(hnet, "conditioner", None), "rows", None)
+    if rows is None:
+        raise TypeError("embedding_optimizer needs a HyperNetwork with a TaskEmbedding conditioner")
+    if not 0 <= client < len(rows):
+        raise IndexError(f"client {client} has no embedding (there are {len(rows)})")
+    return torch.optim.Adam([rows[client]], lr=lr)
+
+
+@torch.no_grad()
+def fedavg(
+    weight_sets: Sequence[Mapping[str, Tensor]], counts: Sequence[float]
+) -> dict[str, Tensor]:
+    """Average of weight sets weighted by ``counts`` (FedAvg's aggregation).
+
+    Example:
+        >>> fedavg([{"w": torch.zeros(2)}, {"w": torch.ones(2)}], [1, 3])["w"].tolist()
+        [0.75, 0.75]
+    """
+    if not weight_sets or len(weight_sets) != len(counts):
+        raise ValueError(f"got {len(weight_sets)} weight sets and {len(counts)} counts")
+    total = float(sum(counts))
+    if not total > 0:
+        raise ValueError(f"counts must sum to > 0, got {list(counts)}")
+    names = list(weight_sets[0])
+    return {
+        n: sum(w[n] * (c / total) for w, c in zip(weight_sets, counts, strict=True))  # type: ignore[misc]
+        for n in names
+    }

@@ -1,0 +1,534 @@
+"""Personalised federated learning with hypernetworks (pFedHN, Shamsian et al., ICML 2021).
+
+A server-side hypernetwork holds one learned embedding per client and generates each client's
+personal LeNet-style model (conv 5x5 16, pool, conv 5x5 32, pool, fc 120, fc 84, out). A sampled
+client trains the weights it receives for a few inner SGD steps and sends them back; the server
+pushes the change back through the hypernetwork, ``grad = (d theta / d Phi)^T (theta -
+theta_tilde)`` (:func:`hyperloom.federated.pfedhn_step`), and takes a step of its optimizer on
+Phi and the embedding. What travels is the size of the target, never of the hypernetwork. On the
+same non-IID partitions (each client sees 2 classes, or Dirichlet(alpha) proportions) and seeds:
+
+* ``pfedhn``: the hypernetwork generates the whole target;
+* ``pfedhn-pc``: it generates everything but the classifier head, which each client keeps;
+* ``fedavg``: one global model, the weighted average of the clients' updates;
+* ``fedavg-ft``: the FedAvg model fine-tuned on each client's data before testing;
+* ``local``: each client trains its own model alone, with the same number of SGD steps.
+
+Every method gets the same rounds x clients per round x inner steps of client training. After
+training, ``new_clients`` clients that never took part join: pFedHN trains only their new
+embeddings with the hypernetwork frozen (:func:`hyperloom.federated.embedding_optimizer`), with
+the same protocol; FedAvg-FT fine-tunes, local-only trains from scratch, FedAvg uses its model.
+
+Engines: ``inprocess`` (no Ray, no sockets: the round loop below, for quick runs and tests) and
+``flower`` (the same algorithms as Flower apps, :mod:`.flower_app`, in Flower's simulation
+engine; FedAvg is Flower's own ``FedAvg`` strategy). Local-only training has no server, so it
+always runs in-process. Failing, timed-out (``client_timeout``) and dropped clients are skipped
+and logged; replies with wrong names, shapes or non-finite values are rejected and logged.
+
+Outputs under ``runs/<timestamp>-federated/``: results.json (per-client accuracies, new-client
+accuracies, times, skipped replies), results.csv.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ...conditioning import TaskEmbedding
+from ...data import DATASET_NAMES, fashion_mnist_available, load_dataset
+from ...federated import (
+    check_reply,
+    class_shares,
+    collect_replies,
+    dirichlet_shares,
+    embedding_optimizer,
+    evaluate,
+    fedavg,
+    lenet,
+    partition,
+    personal_weights,
+    pfedhn_step,
+    train_local,
+)
+from ...generators import HeadsGenerator
+from ...hypernet import HyperNetwork
+from ...runs import Stopwatch, format_table, make_run_dir, progress, write_csv, write_json
+from ...target import select
+
+LOGGER = logging.getLogger("hyperloom.federated")
+
+METHODS = ("pfedhn", "pfedhn-pc", "fedavg", "fedavg-ft", "local")
+PERSONAL_HEAD = ("out.*",)
+"""pFedHN-PC: the target's parameters that stay on the client (the classifier head)."""
+
+
+@dataclass
+class Config:
+    """Options of ``hyperloom train federated`` (also the Flower apps' run config)."""
+
+    dataset: str = field(
+        default="fashion-mnist",
+        metadata={
+            "help": "dataset ('auto': Fashion-MNIST if present, else digits)",
+            "choices": DATASET_NAMES,
+        },
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "Fashion-MNIST IDX folder"})
+    split: str = field(
+        default="classes",
+        metadata={
+            "help": "non-IID split: a few classes per client, or Dirichlet(alpha)",
+            "choices": ("classes", "dirichlet"),
+        },
+    )
+    classes_per_client: int = field(
+        default=2, metadata={"help": "classes per client (split=classes)"}
+    )
+    alpha: float = field(
+        default=0.5, metadata={"help": "Dirichlet concentration (split=dirichlet)"}
+    )
+    num_clients: int = field(default=10, metadata={"help": "clients that take part in training"})
+    new_clients: int = field(
+        default=2, metadata={"help": "further clients that join after training (0: none)"}
+    )
+    methods: tuple[str, ...] = field(
+        default=METHODS, metadata={"help": f"methods to run, from {','.join(METHODS)}"}
+    )
+    engine: str = field(
+        default="inprocess",
+        metadata={
+            "help": "inprocess (no Ray) or flower (Flower's simulation engine)",
+            "choices": ("inprocess", "flower"),
+        },
+    )
+    rounds: int = field(default=100, metadata={"help": "communication rounds"})
+    clients_per_round: int = field(default=5, metadata={"help": "clients sampled per round"})
+    inner_steps: int = field(default=10, metadata={"help": "client SGD steps per round"})
+    inner_lr: float = field(default=5e-3, metadata={"help": "client learning rate"})
+    inner_momentum: float = field(default=0.9, metadata={"help": "client SGD momentum"})
+    inner_wd: float = field(default=5e-5, metadata={"help": "client weight decay"})
+    batch_size: int = field(default=64, metadata={"help": "client minibatch size"})
+    hn_optimizer: str = field(
+        default="sgd", metadata={"help": "server optimizer on Phi", "choices": ("sgd", "adam")}
+    )
+    hn_lr: float = field(default=1e-3, metadata={"help": "server learning rate"})
+    hn_momentum: float = field(default=0.9, metadata={"help": "server SGD momentum"})
+    hn_wd: float = field(default=1e-3, metadata={"help": "server weight decay"})
+    hn_hidden: int = field(default=100, metadata={"help": "hypernetwork MLP width"})
+    hn_layers: int = field(default=3, metadata={"help": "hypernetwork hidden layers"})
+    embed_dim: int | None = field(
+        default=None, metadata={"help": "client embedding size (none: 1 + num_clients // 4)"}
+    )
+    max_grad_norm: float = field(default=50.0, metadata={"help": "server gradient clipping"})
+    finetune_steps: int = field(default=50, metadata={"help": "fedavg-ft fine-tuning steps"})
+    new_client_rounds: int = field(
+        default=10, metadata={"help": "rounds a new client trains (its embedding, for pFedHN)"}
+    )
+    embed_lr: float = field(default=0.1, metadata={"help": "new clients' embedding lr (Adam)"})
+    client_timeout: float | None = field(
+        default=None, metadata={"help": "seconds a client may take per round (none: no limit)"}
+    )
+    flower_cpus: int = field(default=1, metadata={"help": "CPUs Flower's simulation may use"})
+    out: str = field(default="runs", metadata={"help": "root folder of the run folders"})
+    seed: int = field(default=0, metadata={"help": "seed of partition, models and sampling"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's train and test examples."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+
+
+def check_config(config: Config) -> None:
+    """Raise ValueError naming the first option that cannot work."""
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown or not config.methods:
+        raise ValueError(f"unknown methods {unknown or '()'}; choose from {', '.join(METHODS)}")
+    if config.num_clients < 2:
+        raise ValueError(f"num_clients must be >= 2, got {config.num_clients}")
+    if not 1 <= config.clients_per_round <= config.num_clients:
+        raise ValueError(
+            f"clients_per_round must be in [1, num_clients={config.num_clients}], "
+            f"got {config.clients_per_round}"
+        )
+    for name in ("rounds", "inner_steps", "batch_size", "hn_hidden", "hn_layers"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.new_clients < 0:
+        raise ValueError(f"new_clients must be >= 0, got {config.new_clients}")
+
+
+def load_clients(config: Config) -> tuple[list[ClientData], int, tuple[int, ...]]:
+    """Partition the dataset among ``num_clients + new_clients`` clients (same shares for test).
+
+    Returns:
+        ``(clients, num_classes, image_shape)``; the last ``new_clients`` are the new ones.
+    """
+    data = load_dataset(config.dataset, config.data_dir)
+    total = config.num_clients + config.new_clients
+    if config.split == "classes":
+        shares = class_shares(total, data.num_classes, config.classes_per_client, seed=config.seed)
+    else:
+        shares = dirichlet_shares(total, data.num_classes, config.alpha, seed=config.seed)
+    train = partition(data.y_train, shares, seed=config.seed)
+    test = partition(data.y_test, shares, seed=config.seed + 1)
+    clients = [
+        ClientData(data.x_train[a], data.y_train[a], data.x_test[b], data.y_test[b])
+        for a, b in zip(train, test, strict=True)
+    ]
+    empty = [i for i, c in enumerate(clients) if len(c.y_train) == 0]
+    if empty:
+        raise ValueError(f"clients {empty} got no training examples; use fewer clients")
+    return clients, data.num_classes, data.input_shape
+
+
+def dataset_geometry(config: Config) -> tuple[int, tuple[int, ...]]:
+    """``(num_classes, image_shape)`` of the configured dataset, without loading it."""
+    name = config.dataset
+    if name == "auto":
+        name = "fashion-mnist" if fashion_mnist_available(config.data_dir) else "digits"
+    shapes = {"fashion-mnist": (10, (1, 28, 28)), "digits": (10, (1, 8, 8))}
+    if name not in shapes:
+        raise ValueError(f"unknown dataset {name!r}; accepted names: {', '.join(DATASET_NAMES)}")
+    return shapes[name]
+
+
+def build_target(num_classes: int, image_shape: tuple[int, ...]) -> nn.Module:
+    """The paper's LeNet-style target for images of ``image_shape`` (C, H, W)."""
+    return lenet(image_shape[0], image_shape[-1], num_classes)
+
+
+def build_hypernet(config: Config, target: nn.Module, personal_head: bool) -> HyperNetwork:
+    """Client embeddings of size 1 + N/4, an MLP trunk (100 x 3), one head per target tensor."""
+    dim = config.embed_dim or 1 + config.num_clients // 4
+    return HyperNetwork(
+        target,
+        TaskEmbedding(config.num_clients, dim),
+        HeadsGenerator(hidden=(config.hn_hidden,) * config.hn_layers),
+        generate=(lambda n, p: not n.startswith("out.")) if personal_head else None,
+        gain=math.sqrt(2.0),  # ReLU target
+    )
+
+
+def server_optimizer(config: Config, hnet: HyperNetwork) -> torch.optim.Optimizer:
+    """The server's optimizer on Phi and the embeddings (the target's own tensors excluded)."""
+    params = [p for n, p in hnet.named_parameters() if not n.startswith("target.")]
+    if config.hn_optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.hn_lr, weight_decay=config.hn_wd)
+    return torch.optim.SGD(
+        params, lr=config.hn_lr, momentum=config.hn_momentum, weight_decay=config.hn_wd
+    )
+
+
+def inner(config: Config) -> dict[str, Any]:
+    """The client training options shared by every method and engine."""
+    return {
+        "lr": config.inner_lr,
+        "batch_size": config.batch_size,
+        "momentum": config.inner_momentum,
+        "weight_decay": config.inner_wd,
+    }
+
+
+def client_seed(config: Config, rnd: int, client: int) -> int:
+    """Seed of one client's minibatches in one round."""
+    return (config.seed * 1_000_003 + rnd * 10_007 + client) % (2**62)
+
+
+def generated(hnet: HyperNetwork, client: int) -> dict[str, Tensor]:
+    """The weights the server sends to ``client`` (detached)."""
+    with torch.no_grad():
+        return {k: v.detach() for k, v in hnet.generate(task=torch.tensor(client)).items()}
+
+
+def pfedhn_client(
+    target: nn.Module,
+    clients: list[ClientData],
+    sent: dict[int, dict[str, Tensor]],
+    personal: dict[int, dict[str, Tensor]],
+    config: Config,
+    rnd: int,
+    c: int,
+) -> dict[str, Tensor]:
+    """A pFedHN client's round: train the received (and personal) weights, return the received."""
+    d = clients[c]
+    new, _ = train_local(
+        target,
+        {**sent[c], **personal.get(c, {})},
+        d.x_train,
+        d.y_train,
+        steps=config.inner_steps,
+        seed=client_seed(config, rnd, c),
+        **inner(config),
+    )
+    if c in personal:  # pFedHN-PC: the head stays here
+        personal[c] = {name: new[name] for name in personal[c]}
+    return {name: new[name] for name in sent[c]}
+
+
+def fedavg_client(
+    target: nn.Module,
+    clients: list[ClientData],
+    weights: dict[str, Tensor],
+    config: Config,
+    rnd: int,
+    c: int,
+) -> dict[str, Tensor]:
+    """A FedAvg (or local-only) client's round: train the given weights on its data."""
+    d = clients[c]
+    new, _ = train_local(
+        target,
+        weights,
+        d.x_train,
+        d.y_train,
+        steps=config.inner_steps,
+        seed=client_seed(config, rnd, c),
+        **inner(config),
+    )
+    return new
+
+
+def test_client(
+    target: nn.Module, clients: list[ClientData], weights: dict[str, Tensor], c: int
+) -> float:
+    """Accuracy of ``weights`` on client ``c``'s test split."""
+    return evaluate(target, weights, clients[c].x_test, clients[c].y_test)[1]
+
+
+def finetune_client(
+    target: nn.Module,
+    clients: list[ClientData],
+    config: Config,
+    weights: dict[str, Tensor],
+    c: int,
+    steps: int,
+) -> dict[str, Tensor]:
+    """``steps`` SGD steps on client ``c``'s training data from ``weights``."""
+    d = clients[c]
+    return train_local(
+        target,
+        weights,
+        d.x_train,
+        d.y_train,
+        steps=steps,
+        seed=client_seed(config, -1, c),
+        **inner(config),
+    )[0]
+
+
+def summarise(method: str, engine: str, accs: list[float], new_accs: list[float], **extra) -> dict:
+    """One result: per-client accuracies (%) and their means."""
+    mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
+    return {
+        "method": method,
+        "engine": engine,
+        "acc": 100 * mean(accs),
+        "new_client_acc": 100 * mean(new_accs),
+        "client_accs": [100 * a for a in accs],
+        "new_client_accs": [100 * a for a in new_accs],
+        **extra,
+    }
+
+
+def run(config: Config) -> dict:
+    check_config(config)
+    clients, num_classes, image_shape = load_clients(config)
+    n, m, k = config.num_clients, config.new_clients, config.clients_per_round
+    run_dir = make_run_dir(config.out, "federated")
+    print(
+        f"{config.dataset}, {config.split} split: {n} clients (+{m} new), "
+        f"{sum(len(c.y_train) for c in clients):,} train / "
+        f"{sum(len(c.y_test) for c in clients):,} test images; {config.rounds} rounds x {k} "
+        f"clients x {config.inner_steps} steps; engine {config.engine}"
+    )
+    trainings = [t for t in ("pfedhn", "pfedhn-pc", "fedavg", "local") if t in config.methods]
+    if "fedavg-ft" in config.methods and "fedavg" not in trainings:
+        trainings.insert(2, "fedavg")  # fedavg-ft fine-tunes the FedAvg model
+
+    results: dict[str, dict] = {}
+    for method in trainings:
+        if config.engine == "flower" and method != "local":
+            from .flower_app import simulate
+
+            with Stopwatch() as sw:
+                flower = simulate(config, method)
+            for name, res in flower.items():
+                if name in config.methods:
+                    results[name] = {**res, "train_seconds": sw.seconds}
+            continue
+
+        torch.manual_seed(config.seed)
+        target = build_target(num_classes, image_shape)
+        sampler = torch.Generator().manual_seed(config.seed)
+        skipped: list[dict] = []
+        hnet = opt = spec = None
+        personal: dict[int, dict[str, Tensor]] = {}
+        if method.startswith("pfedhn"):
+            hnet = build_hypernet(config, target, personal_head=method == "pfedhn-pc")
+            opt, spec = server_optimizer(config, hnet), hnet.spec
+            if method == "pfedhn-pc":
+                personal = {c: personal_weights(target, spec) for c in range(n + m)}
+        start = {k_: v.detach().clone() for k_, v in target.named_parameters()}
+        global_w = dict(start)
+        local_w = {c: dict(start) for c in range(n)}
+        full_spec = select(target)
+
+        with Stopwatch() as sw:
+            for rnd in progress(range(1, config.rounds + 1), quiet=config.quiet, desc=method):
+                sampled = torch.randperm(n, generator=sampler)[:k].tolist()
+                if hnet is not None:  # pFedHN: personal weights out, trained weights back
+                    sent = {c: generated(hnet, c) for c in sampled}
+
+                    work = partial(pfedhn_client, target, clients, sent, personal, config, rnd)
+                    replies = collect_replies(
+                        sampled, work, timeout=config.client_timeout, round_=rnd
+                    )
+                    for c, reply in replies.ok.items():
+                        reason = check_reply(spec, reply)
+                        if reason is not None:
+                            LOGGER.warning(
+                                "round %d: rejected reply of client %d: %s", rnd, c, reason
+                            )
+                            skipped.append({"round": rnd, "client": c, "reason": reason})
+                            continue
+                        pfedhn_step(hnet, c, reply, opt, max_grad_norm=config.max_grad_norm)
+                elif method == "fedavg":  # one global model
+                    work = partial(fedavg_client, target, clients, global_w, config, rnd)
+                    replies = collect_replies(
+                        sampled, work, timeout=config.client_timeout, round_=rnd
+                    )
+                    good = {}
+                    for c, reply in replies.ok.items():
+                        reason = check_reply(full_spec, reply)
+                        if reason is not None:
+                            LOGGER.warning(
+                                "round %d: rejected reply of client %d: %s", rnd, c, reason
+                            )
+                            skipped.append({"round": rnd, "client": c, "reason": reason})
+                            continue
+                        good[c] = reply
+                    if good:
+                        global_w = fedavg(
+                            list(good.values()), [len(clients[c].y_train) for c in good]
+                        )
+                else:  # local only: no server
+                    replies = None
+                    for c in sampled:
+                        local_w[c] = fedavg_client(target, clients, local_w[c], config, rnd, c)
+                if replies is not None:
+                    skipped += [
+                        {"round": rnd, "client": c, "reason": r} for c, r in replies.skipped.items()
+                    ]
+
+        # Evaluation on each client's own test split, then the clients that join now.
+        test = partial(test_client, target, clients)
+        finetune = partial(finetune_client, target, clients, config)
+        new_ids = list(range(n, n + m))
+        with Stopwatch() as sw_new:
+            if hnet is not None:
+                accs = [test({**generated(hnet, c), **personal.get(c, {})}, c) for c in range(n)]
+                if m:
+                    hnet.conditioner.add(m)
+                new_accs = []
+                for c in new_ids:  # only the new embedding moves; Phi is frozen
+                    opt_e = embedding_optimizer(hnet, c, lr=config.embed_lr)
+                    for _ in range(config.new_client_rounds):
+                        theta = generated(hnet, c)
+                        new = finetune({**theta, **personal.get(c, {})}, c, config.inner_steps)
+                        if c in personal:
+                            personal[c] = {name: new[name] for name in personal[c]}
+                        pfedhn_step(
+                            hnet, c, {name: new[name] for name in theta}, opt_e, max_grad_norm=None
+                        )
+                    new_accs.append(test({**generated(hnet, c), **personal.get(c, {})}, c))
+                results[method] = summarise(method, "inprocess", accs, new_accs)
+            elif method == "fedavg":
+                if "fedavg" in config.methods:
+                    results["fedavg"] = summarise(
+                        "fedavg",
+                        "inprocess",
+                        [test(global_w, c) for c in range(n)],
+                        [test(global_w, c) for c in new_ids],
+                    )
+                if "fedavg-ft" in config.methods:
+                    steps = config.finetune_steps
+                    results["fedavg-ft"] = summarise(
+                        "fedavg-ft",
+                        "inprocess",
+                        [test(finetune(global_w, c, steps), c) for c in range(n)],
+                        [test(finetune(global_w, c, steps), c) for c in new_ids],
+                    )
+            else:
+                new_budget = config.new_client_rounds * config.inner_steps
+                results["local"] = summarise(
+                    "local",
+                    "inprocess",
+                    [test(local_w[c], c) for c in range(n)],
+                    [test(finetune(start, c, new_budget), c) for c in new_ids],
+                )
+        for name in ("fedavg", "fedavg-ft") if method == "fedavg" else (method,):
+            if name in results:
+                results[name].update(
+                    train_seconds=sw.seconds, eval_seconds=sw_new.seconds, skipped=skipped
+                )
+        if hnet is not None:
+            results[method]["hypernet_params"] = sum(
+                p.numel() for p in opt.param_groups[0]["params"]
+            )
+            results[method]["floats_per_message"] = spec.numel
+
+    order = [mth for mth in METHODS if mth in results]
+    rows = [
+        {
+            "method": mth,
+            "engine": results[mth]["engine"],
+            "clients": n,
+            "acc %": round(results[mth]["acc"], 2),
+            "new-client acc %": round(results[mth]["new_client_acc"], 2),
+            "skipped": len(results[mth].get("skipped", [])),
+            "train s": round(results[mth]["train_seconds"], 1),
+        }
+        for mth in order
+    ]
+    summary = {"config": asdict(config), "results": {mth: results[mth] for mth in order}}
+    write_json(run_dir / "results.json", summary)
+    write_csv(run_dir / "results.csv", rows)
+    print(format_table(rows))
+    print(run_dir)
+    return summary
+
+
+def config_from_mapping(values: dict[str, Any]) -> Config:
+    """A :class:`Config` from plain values (Flower's run config: tuples as comma strings)."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            continue
+        if name == "methods" and isinstance(value, str):
+            value = tuple(v for v in value.split(",") if v)
+        elif isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(value, str) and value.lower() == "none":
+            value = None
+        kwargs[name] = value
+    return Config(**kwargs)
+
+
+def config_json(config: Config) -> str:
+    """The config as a JSON string (how the Flower apps receive it in simulation)."""
+    return json.dumps(asdict(config))

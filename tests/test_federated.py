@@ -1,0 +1,390 @@
+"""pFedHN: the server step against a hand-computed VJP, partitions, faults, and a Flower run."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import hyperloom as hl
+from hyperloom.federated import (
+    check_reply,
+    class_shares,
+    collect_replies,
+    dirichlet_shares,
+    embedding_optimizer,
+    fedavg,
+    lenet,
+    partition,
+    personal_weights,
+    pfedhn_grads,
+    pfedhn_step,
+    train_local,
+)
+
+HAS_FLWR = importlib.util.find_spec("flwr") is not None
+needs_flwr = pytest.mark.skipif(not HAS_FLWR, reason="the fl extra (flwr[simulation]) is missing")
+
+
+def small_hnet(num: int = 3, personal_head: bool = False) -> hl.HyperNetwork:
+    target = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    return hl.HyperNetwork(
+        target,
+        hl.TaskEmbedding(num, 2),
+        hl.HeadsGenerator(hidden=(5, 5)),
+        generate="0.*" if personal_head else None,
+    )
+
+
+def hand_vjp(hnet: hl.HyperNetwork, client: int, returned: dict, params: list) -> list:
+    """J^T (theta - theta_tilde) with J the full Jacobian of the flattened weights."""
+
+    def flat_theta(*values):
+        swapped = dict(zip([id(p) for p in params], values, strict=True))
+        named = {n: swapped.get(id(p), p) for n, p in hnet.named_parameters()}
+        gen = {n[len("generator.") :]: v for n, v in named.items() if n.startswith("generator.")}
+        row = named[f"conditioner.rows.{client}"]
+        out = torch.func.functional_call(hnet.generator, gen, (row,))
+        return torch.cat([out[n].reshape(-1) for n in hnet.spec.names])  # (T,)
+
+    values = tuple(p.detach() for p in params)
+    jac = torch.func.jacrev(flat_theta, argnums=tuple(range(len(params))))(*values)
+    theta = flat_theta(*values)
+    delta = theta - torch.cat([returned[n].reshape(-1) for n in hnet.spec.names])  # (T,)
+    return [
+        (j.reshape(theta.numel(), -1).T @ delta).reshape(p.shape)
+        for j, p in zip(jac, params, strict=True)
+    ]
+
+
+def moved_weights(hnet: hl.HyperNetwork, client: int, scale: float = 0.1) -> dict:
+    torch.manual_seed(client)
+    w = hnet.generate(task=torch.tensor(client))
+    return {n: (v + scale * torch.randn_like(v)).detach() for n, v in w.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# The server step
+
+
+def test_pfedhn_grads_equal_hand_vjp():
+    hnet = small_hnet()
+    params = [p for n, p in hnet.named_parameters() if not n.startswith("target.")]
+    returned = moved_weights(hnet, 1)
+    got = pfedhn_grads(hnet.generate(task=torch.tensor(1)), returned, params)
+    want = hand_vjp(hnet, 1, returned, params)
+    names = [n for n, _ in hnet.named_parameters() if not n.startswith("target.")]
+    for name, g, w in zip(names, got, want, strict=True):
+        if name.startswith("conditioner.rows.") and name != "conditioner.rows.1":
+            assert g is None or torch.count_nonzero(g) == 0  # other clients' rows: no signal
+            assert torch.count_nonzero(w) == 0
+        else:
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_pfedhn_step_is_sgd_on_the_vjp():
+    hnet = small_hnet()
+    params = [p for n, p in hnet.named_parameters() if not n.startswith("target.")]
+    before = [p.detach().clone() for p in params]
+    returned = moved_weights(hnet, 2)
+    want = hand_vjp(hnet, 2, returned, params)
+    opt = torch.optim.SGD(params, lr=0.05)
+    pfedhn_step(hnet, 2, returned, opt, max_grad_norm=None)
+    for p, b, g in zip(params, before, want, strict=True):
+        torch.testing.assert_close(p.detach(), b - 0.05 * g, rtol=1e-5, atol=1e-6)
+
+
+def test_new_client_moves_only_its_embedding():
+    hnet = small_hnet()
+    (new,) = hnet.conditioner.add(1)
+    before = {n: p.detach().clone() for n, p in hnet.named_parameters()}
+    opt = embedding_optimizer(hnet, new, lr=0.1)
+    pfedhn_step(hnet, new, moved_weights(hnet, new), opt, max_grad_norm=None)
+    for n, p in hnet.named_parameters():
+        if n == f"conditioner.rows.{new}":
+            assert not torch.equal(p, before[n])
+        else:
+            assert torch.equal(p, before[n]), n
+
+
+def test_personal_head_is_not_generated():
+    net = lenet()
+    spec = hl.select(net, "conv*", "fc*")
+    head = personal_weights(net, spec)
+    assert sorted(head) == ["out.bias", "out.weight"]
+    assert not set(head) & set(spec.names)
+
+
+# --------------------------------------------------------------------------------------------
+# Replies: validation and faults
+
+
+def test_check_reply_reasons():
+    spec = hl.select(nn.Linear(3, 2))
+    good = {"weight": torch.zeros(2, 3), "bias": torch.zeros(2)}
+    assert check_reply(spec, good) is None
+    assert "missing" in check_reply(spec, {"weight": torch.zeros(2, 3)})
+    assert "unexpected" in check_reply(spec, {**good, "extra": torch.zeros(1)})
+    assert "shape" in check_reply(spec, {**good, "bias": torch.zeros(3)})
+    assert "non-finite" in check_reply(spec, {**good, "bias": torch.tensor([0.0, float("inf")])})
+    assert "dtype" in check_reply(spec, {**good, "bias": torch.zeros(2, dtype=torch.long)})
+    assert "mapping" in check_reply(spec, [1, 2])
+    assert "not a tensor" in check_reply(spec, {**good, "bias": [0.0, 0.0]})
+
+
+def test_collect_replies_skips_and_logs_faults(caplog):
+    def work(c):
+        if c == "fails":
+            raise RuntimeError("disk full")
+        if c == "slow":
+            time.sleep(1.0)
+            return "late"
+        if c == "drops":
+            return None
+        return f"ok-{c}"
+
+    with caplog.at_level(logging.WARNING, logger="hyperloom.federated"):
+        r = collect_replies(["a", "fails", "slow", "drops", "b"], work, timeout=0.2, round_=7)
+    assert r.ok == {"a": "ok-a", "b": "ok-b"}
+    assert set(r.skipped) == {"fails", "slow", "drops"}
+    assert "disk full" in r.skipped["fails"]
+    assert "timed out" in r.skipped["slow"]
+    assert "dropped" in r.skipped["drops"]
+    logged = caplog.text
+    assert "round 7" in logged and "disk full" in logged and "timed out" in logged
+
+
+# --------------------------------------------------------------------------------------------
+# Partitions and baselines
+
+
+def test_class_shares_two_classes_per_client():
+    s = class_shares(10, 10, 2, seed=3)
+    assert ((s > 0).sum(1) == 2).all()
+    torch.testing.assert_close(s.sum(0), torch.ones(10))
+    y = torch.arange(10).repeat(50)
+    parts = partition(y, s, seed=0)
+    allidx = torch.cat(parts)
+    assert len(allidx) == len(y) and len(torch.unique(allidx)) == len(y)  # disjoint, complete
+    for i, idx in enumerate(parts):
+        assert set(y[idx].tolist()) <= set(torch.nonzero(s[i]).flatten().tolist())
+
+
+def test_class_shares_fifty_clients_use_every_class_evenly():
+    s = class_shares(50, 10, 2, seed=0)
+    assert ((s > 0).sum(0) == 10).all()  # 100 slots over 10 classes
+
+
+def test_dirichlet_shares_reproducible():
+    a, b = dirichlet_shares(6, 10, 0.3, seed=1), dirichlet_shares(6, 10, 0.3, seed=1)
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a.sum(0), torch.ones(10))
+    assert not torch.equal(a, dirichlet_shares(6, 10, 0.3, seed=2))
+
+
+def test_fedavg_weighted_mean():
+    out = fedavg([{"w": torch.zeros(3)}, {"w": torch.full((3,), 4.0)}], [3, 1])
+    torch.testing.assert_close(out["w"], torch.ones(3))
+
+
+def test_train_local_leaves_inputs_and_target_alone():
+    net = lenet(image_size=8)
+    start = {n: p.detach().clone() for n, p in net.named_parameters()}
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    new, loss = train_local(net, start, x, y, steps=3, lr=0.1)
+    assert loss > 0
+    for n, p in net.named_parameters():
+        assert torch.equal(p, start[n])
+    assert any(not torch.equal(new[n], start[n]) for n in start)
+
+
+def test_recipe_inprocess_all_methods(tmp_path):
+    from hyperloom.recipes.federated.recipe import Config, run
+
+    cfg = Config(
+        dataset="digits",
+        num_clients=4,
+        new_clients=1,
+        rounds=3,
+        clients_per_round=2,
+        inner_steps=3,
+        finetune_steps=3,
+        new_client_rounds=2,
+        hn_hidden=16,
+        hn_layers=1,
+        out=str(tmp_path),
+        quiet=True,
+    )
+    out = run(cfg)["results"]
+    assert list(out) == ["pfedhn", "pfedhn-pc", "fedavg", "fedavg-ft", "local"]
+    for res in out.values():
+        assert len(res["client_accs"]) == 4 and len(res["new_client_accs"]) == 1
+        assert all(0 <= a <= 100 for a in res["client_accs"] + res["new_client_accs"])
+        assert res["skipped"] == []
+    assert (tmp_path / next(p.name for p in tmp_path.iterdir()) / "results.json").exists()
+
+
+def test_recipe_imports_without_flower():
+    code = (
+        "import sys, hyperloom.recipes.federated.recipe as r; "
+        "print(any(m.split('.')[0] in ('flwr', 'ray') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------------------------
+# The Flower strategy without Ray, and a Flower simulation
+
+
+class FakeGrid:
+    """The part of Flower's Grid the strategy uses: the connected node ids."""
+
+    def __init__(self, nodes):
+        self.nodes = list(nodes)
+
+    def get_node_ids(self):
+        return self.nodes
+
+
+@pytest.fixture
+def task_identity():
+    """Outside a running ServerApp, Flower's messages need a run, node and task id set."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def strategy_setup(clients_per_round=4, lr=0.05):
+    from hyperloom.recipes.federated.flower_app import PFedHNStrategy
+
+    hnet = small_hnet(num=4)
+    params = [p for n, p in hnet.named_parameters() if not n.startswith("target.")]
+    strategy = PFedHNStrategy(
+        hnet,
+        torch.optim.SGD(params, lr=lr),
+        clients_per_round=clients_per_round,
+        min_available_nodes=4,
+        max_grad_norm=None,
+    )
+    return strategy, hnet, params
+
+
+def reply(msg, arrays, n=10):
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    from hyperloom.recipes.federated.flower_app import to_record
+
+    content = RecordDict(
+        {"arrays": to_record(arrays), "metrics": MetricRecord({"num-examples": n})}
+    )
+    return Message(content, reply_to=msg)
+
+
+@needs_flwr
+def test_strategy_update_equals_hand_vjp(task_identity):
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from hyperloom.recipes.federated.flower_app import from_record
+
+    strategy, hnet, params = strategy_setup(clients_per_round=1)
+    (msg,) = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), FakeGrid([40, 10, 30, 20]))
+    node = msg.metadata.dst_node_id
+    slot = strategy.slots[node]
+    assert strategy.slots == {10: 0, 20: 1, 30: 2, 40: 3}  # sorted node ids
+    sent = from_record(msg.content["arrays"])
+    for name, t in hnet.generate(task=torch.tensor(slot)).items():
+        torch.testing.assert_close(sent[name], t.detach())
+    returned = {n: v + 0.1 * torch.randn_like(v) for n, v in sent.items()}
+    before = [p.detach().clone() for p in params]
+    want = hand_vjp(hnet, slot, returned, params)
+    _, metrics = strategy.aggregate_train(1, [reply(msg, returned)])
+    assert metrics["num-updates"] == 1
+    for p, b, g in zip(params, before, want, strict=True):
+        torch.testing.assert_close(p.detach(), b - 0.05 * g, rtol=1e-5, atol=1e-6)
+
+
+@needs_flwr
+def test_strategy_skips_faults_and_rejects_bad_replies(task_identity, caplog):
+    from flwr.app import ArrayRecord, ConfigRecord, Error, Message
+
+    from hyperloom.recipes.federated.flower_app import from_record
+
+    strategy, hnet, params = strategy_setup(clients_per_round=4)
+    msgs = list(strategy.configure_train(3, ArrayRecord(), ConfigRecord(), FakeGrid([1, 2, 3, 4])))
+    by_node = {m.metadata.dst_node_id: m for m in msgs}
+    sent = {node: from_record(m.content["arrays"]) for node, m in by_node.items()}
+    bad_names = {("renamed." + n): v for n, v in sent[1].items()}
+    bad_shape = {**sent[2], "2.bias": torch.zeros(5)}
+    not_finite = {**sent[3], "0.weight": torch.full_like(sent[3]["0.weight"], float("nan"))}
+    replies = [
+        reply(by_node[1], bad_names),
+        reply(by_node[2], bad_shape),
+        reply(by_node[3], not_finite),
+        Message(Error(code=0, reason="client crashed"), reply_to=by_node[4]),
+    ]
+    before = {n: p.detach().clone() for n, p in hnet.named_parameters()}
+    with caplog.at_level(logging.WARNING, logger="hyperloom.federated"):
+        _, metrics = strategy.aggregate_train(3, replies)
+    assert metrics["num-updates"] == 0
+    for n, p in hnet.named_parameters():
+        assert torch.equal(p, before[n]), n
+    reasons = {s["node"]: s["reason"] for s in strategy.skipped}
+    assert "unexpected" in reasons[1] or "missing" in reasons[1]
+    assert "shape" in reasons[2]
+    assert "non-finite" in reasons[3]
+    assert "client crashed" in reasons[4]
+    for node in (1, 2, 3, 4):
+        assert f"skipped node {node}" in caplog.text
+
+    # Round 4: one good reply, two nodes never answer (timed out or dropped): only node 1 counts.
+    msgs = list(strategy.configure_train(4, ArrayRecord(), ConfigRecord(), FakeGrid([1, 2, 3, 4])))
+    by_node = {m.metadata.dst_node_id: m for m in msgs}
+    good = {n: v + 0.05 for n, v in from_record(by_node[1].content["arrays"]).items()}
+    want = hand_vjp(hnet, strategy.slots[1], good, params)
+    before = [p.detach().clone() for p in params]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hyperloom.federated"):
+        _, metrics = strategy.aggregate_train(
+            4, [reply(by_node[1], good), reply(by_node[2], {"x": torch.zeros(1)})]
+        )
+    assert metrics["num-updates"] == 1
+    for p, b, g in zip(params, before, want, strict=True):
+        torch.testing.assert_close(p.detach(), b - 0.05 * g, rtol=1e-5, atol=1e-6)
+    assert "no reply (timed out or dropped out)" in caplog.text
+    late = [s for s in strategy.skipped if s["round"] == 4]
+    assert {s["node"] for s in late} == {2, 3, 4}
+
+
+@needs_flwr
+def test_flower_simulation_end_to_end(tmp_path):
+    from hyperloom.recipes.federated.flower_app import simulate
+    from hyperloom.recipes.federated.recipe import Config
+
+    cfg = Config(
+        dataset="digits",
+        num_clients=4,
+        new_clients=0,
+        rounds=2,
+        clients_per_round=2,
+        inner_steps=3,
+        hn_hidden=16,
+        hn_layers=1,
+        out=str(tmp_path),
+        quiet=True,
+    )
+    res = simulate(cfg, "pfedhn-pc")["pfedhn-pc"]
+    assert res["engine"] == "flower"
+    assert sorted(res["partitions"]) == [0, 1, 2, 3]  # every SuperNode evaluated
+    assert all(0 <= a <= 100 for a in res["client_accs"])
+    assert res["skipped"] == []
+    assert list(tmp_path.glob("*-federated-flower-pfedhn-pc/results.json"))
