@@ -116,6 +116,24 @@ def config_from_args(config_cls: type, namespace: argparse.Namespace) -> Any:
     return config_cls(**values)
 
 
+def dataset_field(default: str = "auto") -> Any:
+    """The ``dataset`` option every recipe on real data shares (a dataclass ``field``)."""
+    return dataclasses.field(
+        default=default,
+        metadata={
+            "help": "fashion-mnist, digits, or auto (Fashion-MNIST when its files are present)",
+            "choices": ("auto", "fashion-mnist", "digits"),
+        },
+    )
+
+
+def data_dir_field() -> Any:
+    """The ``data_dir`` option: a folder holding Fashion-MNIST's four IDX files."""
+    return dataclasses.field(
+        default=None, metadata={"help": "folder of the 4 IDX files (default: Debian's)"}
+    )
+
+
 def parse_config(config_cls: type, argv: Sequence[str], prog: str = "") -> Any:
     """Parse ``argv`` (``--key=value`` options) into a ``config_cls`` instance."""
     parser = ArgumentParser(prog=prog or config_cls.__name__)

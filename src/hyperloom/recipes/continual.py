@@ -41,6 +41,7 @@ from torch.func import functional_call
 
 from .. import checkpoint
 from ..conditioning import TaskEmbedding
+from ..config import data_dir_field
 from ..continual import (
     fisher_diagonal,
     infer_task,
@@ -170,7 +171,7 @@ class Config:
     max_train: int | None = field(
         default=None, metadata={"help": "training images per task (none: all)"}
     )
-    data_dir: str | None = field(default=None, metadata={"help": "folder of the 4 IDX files"})
+    data_dir: str | None = data_dir_field()
     seed: int = field(default=0, metadata={"help": "random seed (data order, init, permutations)"})
     out: str = field(default="runs", metadata={"help": "folder for the run folder"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})

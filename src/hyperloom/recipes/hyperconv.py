@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..conditioning import TaskEmbedding
+from ..config import data_dir_field, dataset_field
 from ..data import load_dataset
 from ..generators import ConvGenerator
 from ..hypernet import HyperNetwork
@@ -45,14 +46,8 @@ BUDGET = 4240  # Ha et al.'s hypernetwork size for this layer
 class Config:
     """Options of ``hyperloom train hyperconv``."""
 
-    dataset: str = field(
-        default="auto",
-        metadata={
-            "help": "fashion-mnist, digits, or auto (Fashion-MNIST when its files are present)",
-            "choices": ("auto", "fashion-mnist", "digits"),
-        },
-    )
-    data_dir: str | None = field(default=None, metadata={"help": "folder of the 4 IDX files"})
+    dataset: str = dataset_field()
+    data_dir: str | None = data_dir_field()
     epochs: int = field(default=8, metadata={"help": "training epochs (each model)"})
     batch_size: int = field(default=128, metadata={"help": "minibatch size"})
     lr: float = field(default=2e-3, metadata={"help": "Adam learning rate (cosine to 0)"})

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .. import checkpoint
 from ..conditioning import TaskEmbedding
+from ..config import data_dir_field, dataset_field
 from ..data import Dataset, load_dataset, split_by_classes
 from ..data.datasets import fashion_mnist_available
 from ..generators import get_generator
@@ -47,14 +48,8 @@ GENERATORS = ("once", "heads", "chunked", "component")
 class Config:
     """Options of ``hyperloom demo`` / ``hyperloom train illustrative``."""
 
-    dataset: str = field(
-        default="auto",
-        metadata={
-            "help": "fashion-mnist, digits, or auto (Fashion-MNIST when its files are present)",
-            "choices": ("auto", "fashion-mnist", "digits"),
-        },
-    )
-    data_dir: str | None = field(default=None, metadata={"help": "folder of the 4 IDX files"})
+    dataset: str = dataset_field()
+    data_dir: str | None = data_dir_field()
     hidden: tuple[int, ...] = field(default=(100,), metadata={"help": "target MLP hidden sizes"})
     epochs: int = field(default=3, metadata={"help": "epochs of the single-task part"})
     shared_epochs: int = field(default=3, metadata={"help": "epochs of the multi-task part"})

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.func import stack_module_state
 
 from ..conditioning import Noise
+from ..config import data_dir_field, dataset_field
 from ..data import Dataset, load_dataset, load_digits
 from ..data.datasets import fashion_mnist_available
 from ..generators import FlatGenerator
@@ -80,14 +81,8 @@ NAMES = {
 class Config:
     """Options of ``hyperloom train uncertainty``."""
 
-    dataset: str = field(
-        default="auto",
-        metadata={
-            "help": "fashion-mnist, digits, or auto (Fashion-MNIST when its files are present)",
-            "choices": ("auto", "fashion-mnist", "digits"),
-        },
-    )
-    data_dir: str | None = field(default=None, metadata={"help": "folder of the 4 IDX files"})
+    dataset: str = dataset_field()
+    data_dir: str | None = data_dir_field()
     ood: str = field(
         default="auto",
         metadata={
