@@ -264,16 +264,7 @@ def pfedhn_client(
     c: int,
 ) -> dict[str, Tensor]:
     """A pFedHN client's round: train the received (and personal) weights, return the received."""
-    d = clients[c]
-    new, _ = train_local(
-        target,
-        {**sent[c], **personal.get(c, {})},
-        d.x_train,
-        d.y_train,
-        steps=config.inner_steps,
-        seed=client_seed(config, rnd, c),
-        **inner(config),
-    )
+    new = fedavg_client(target, clients, {**sent[c], **personal.get(c, {})}, config, rnd, c)
     if c in personal:  # pFedHN-PC: the head stays here
         personal[c] = {name: new[name] for name in personal[c]}
     return {name: new[name] for name in sent[c]}
