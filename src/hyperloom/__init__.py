@@ -25,6 +25,7 @@ from .generators import HeadsGenerator as HeadsGenerator
 from .generators import LowRankGenerator as LowRankGenerator
 from .generators import AttentionGenerator as AttentionGenerator
 from .generators import ConvGenerator as ConvGenerator
+from .generators import TiledGenerator as TiledGenerator
 from .generators import MLPTrunk as MLPTrunk
 from .generators import build_generator as build_generator
 from .generators import get_generator as get_generator
@@ -36,6 +37,9 @@ from .init import target_variance as target_variance
 from .hypernet import Criteria as Criteria
 from .hypernet import HyperNetwork as HyperNetwork
 from .hyperlstm import HyperLSTM as HyperLSTM
+from .graph import ModuleGraph as ModuleGraph
+from .graph import trace_graph as trace_graph
+from .ghn import GraphHyperNetwork as GraphHyperNetwork
 from .continual import snapshot_outputs as snapshot_outputs
 from .continual import output_regularizer as output_regularizer
 from .continual import lookahead_delta as lookahead_delta

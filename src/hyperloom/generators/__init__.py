@@ -11,6 +11,7 @@ from .component import ComponentGenerator as ComponentGenerator
 from .lowrank import LowRankGenerator as LowRankGenerator
 from .attention import AttentionGenerator as AttentionGenerator
 from .conv import ConvGenerator as ConvGenerator
+from .tiled import TiledGenerator as TiledGenerator
 from .registry import build_generator as build_generator
 from .registry import get_generator as get_generator
 from .registry import list_generators as list_generators

@@ -12,6 +12,7 @@ RECIPES: dict[str, str] = {
     "charlm": "hyperloom.recipes.charlm",
     "hyperconv": "hyperloom.recipes.hyperconv",
     "federated": "hyperloom.recipes.federated.recipe",
+    "ghn": "hyperloom.recipes.ghn",
 }
 
 

@@ -1,0 +1,194 @@
+r"""Graph hypernetworks: weights for architectures never seen in training (criterion 4: dynamic).
+
+A :class:`GraphHyperNetwork` (Zhang, Ren and Urtasun, 2019; Knyazev et al., 2021 and 2023)
+reads the target's graph of operations (:func:`~hyperloom.trace_graph`), gives every node an
+embedding by message passing, and decodes each node's embedding into that node's parameters
+with a shape-agnostic :class:`~hyperloom.TiledGenerator`. Nothing in it is sized by one target,
+so one trained GHN predicts weights for any module whose operations it knows.
+
+Message passing is a gated graph network run as GHN-2 runs it: nodes are updated in
+topological order, each from the sum of messages of its already-updated predecessors
+(:math:`h_v \leftarrow \mathrm{GRU}(\sum_{u \to v} \mathrm{MLP}(h_u), h_v)`), then in reverse
+order from its successors, so that after one round every node has seen the whole graph. Nodes
+at the same depth are updated together.
+
+Example:
+    >>> import hyperloom as hl
+    >>> ghn = hl.GraphHyperNetwork(hidden=16, tile=(8, 8))
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    >>> weights = ghn(net)
+    >>> hl.call(net, weights, torch.randn(2, 1, 8, 8)).shape
+    torch.Size([2, 3])
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .generators.tiled import TiledGenerator
+from .graph import FEATURES, ModuleGraph, trace_graph
+from .hypernet import Criteria
+from .target import TargetSpec, select
+
+_CACHE_SIZE = 256
+
+
+class GraphHyperNetwork(nn.Module):
+    """Predict the parameters of any module from its graph of operations.
+
+    Args:
+        hidden: node embedding size.
+        rounds: rounds of message passing (each a forward and a backward sweep).
+        tile: tile size of the decoder (:class:`~hyperloom.TiledGenerator`).
+        decoder_hidden: hidden sizes of the decoder's MLP.
+        frequencies: sine/cosine pairs of the decoder's tile positions.
+        gain: the activation gain the predicted weights start at (``sqrt(2)`` for ReLU
+            targets): the decoder's readouts are scaled so that, at initialisation, weights of
+            fan-in ``d`` have variance ``gain^2 / d``.
+        method: how targets are traced (see :func:`~hyperloom.trace_graph`).
+
+    Calls:
+        ``ghn(target)`` returns ``{name: tensor}`` for every floating-point parameter the
+        target's forward uses, to be run with :func:`~hyperloom.call`; ``ghn.export(target)``
+        returns a plain copy holding them.
+    """
+
+    def __init__(
+        self,
+        *,
+        hidden: int = 64,
+        rounds: int = 1,
+        tile: Sequence[int] = (16, 16),
+        decoder_hidden: Sequence[int] = (64,),
+        frequencies: int = 6,
+        gain: float = 2**0.5,
+        method: str = "auto",
+    ) -> None:
+        super().__init__()
+        if hidden < 1 or rounds < 0:
+            raise ValueError(f"hidden must be >= 1 and rounds >= 0, got {hidden} and {rounds}")
+        if not gain > 0:
+            raise ValueError(f"gain must be > 0, got {gain}")
+        if method not in ("auto", "fx", "module-tree"):
+            raise ValueError(f"method must be 'auto', 'fx' or 'module-tree', got {method!r}")
+        self.options = {
+            "hidden": int(hidden),
+            "rounds": int(rounds),
+            "tile": tuple(int(t) for t in tile),
+            "decoder_hidden": tuple(int(h) for h in decoder_hidden),
+            "frequencies": int(frequencies),
+            "gain": float(gain),
+            "method": method,
+        }
+        self.embed = nn.Linear(FEATURES, hidden)
+        self.message = nn.ModuleList(
+            nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU()) for _ in range(2)
+        )
+        self.update = nn.ModuleList(nn.GRUCell(hidden, hidden) for _ in range(2))
+        self.decoder = TiledGenerator(
+            None, hidden, tile=tile, hidden=decoder_hidden, frequencies=frequencies
+        )
+        width = self.options["decoder_hidden"][-1]
+        for readout, var in (
+            (self.decoder.matrix_readout, gain**2),
+            (self.decoder.vector_readout, 1.0),
+        ):
+            # the decoder's features are RMS-normalised (sum of squares = width), so this gives
+            # readout outputs of variance var, which fan-in normalisation turns into var / fan_in
+            nn.init.normal_(readout.weight, std=(var / width) ** 0.5)
+            nn.init.zeros_(readout.bias)
+        self._graphs: dict[tuple, tuple[nn.Module, ModuleGraph, TargetSpec]] = {}
+
+    def graph(self, target: nn.Module) -> tuple[ModuleGraph, TargetSpec]:
+        """The traced graph and the spec of the parameters :meth:`forward` predicts (cached)."""
+        if not isinstance(target, nn.Module):
+            raise TypeError(f"a GraphHyperNetwork takes an nn.Module, got {type(target).__name__}")
+        key = (id(target), tuple((n, p.shape) for n, p in target.named_parameters()))
+        hit = self._graphs.get(key)
+        if hit is not None and hit[0] is target:  # the same module, parameters unchanged
+            return hit[1], hit[2]
+        graph = trace_graph(target, method=self.options["method"])
+        owners = graph.params
+        spec = select(target, lambda name, p: name in owners and p.dtype.is_floating_point)
+        if len(self._graphs) >= _CACHE_SIZE:
+            self._graphs.clear()
+        self._graphs[key] = (target, graph, spec)
+        return graph, spec
+
+    def embed_nodes(self, graph: ModuleGraph) -> Tensor:
+        """``(n_nodes, hidden)`` node embeddings after message passing."""
+        ref = self.embed.weight
+        h = self.embed(graph.features().to(ref))  # (n, hidden)
+        n = len(graph)
+        adj = torch.zeros(n, n, dtype=ref.dtype, device=ref.device)  # adj[dst, src] = 1
+        if graph.edges:
+            src, dst = zip(*graph.edges, strict=True)
+            adj[list(dst), list(src)] = 1.0
+        levels = [idx.to(ref.device) for idx in _levels(graph.depths())]
+        for _ in range(self.options["rounds"]):
+            for direction, order, a in ((0, levels, adj), (1, levels[::-1], adj.T)):
+                for idx in order:
+                    rows = a[idx]  # (k, n): who sends to these nodes
+                    if not bool(rows.any()):
+                        continue
+                    m = rows @ self.message[direction](h)  # (k, hidden)
+                    h = h.index_copy(0, idx, self.update[direction](m, h[idx]))
+        return h
+
+    def forward(self, target: nn.Module) -> dict[str, Tensor]:
+        """Predicted parameters of ``target``: ``{name: tensor}`` for :func:`~hyperloom.call`."""
+        graph, spec = self.graph(target)
+        h = self.embed_nodes(graph)
+        owners = graph.params
+        if not len(spec):
+            return {}
+        cond = {p.name: h[owners[p.name]] for p in spec}
+        return self.decoder(cond, spec=spec)
+
+    @torch.no_grad()
+    def export(self, target: nn.Module) -> nn.Module:
+        """A plain copy of ``target`` holding the predicted parameters.
+
+        Example:
+            >>> ghn = GraphHyperNetwork(hidden=8, tile=(4, 4))
+            >>> net = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 2))
+            >>> x = torch.randn(3, 5)
+            >>> from hyperloom import call
+            >>> torch.allclose(ghn.export(net)(x), call(net, ghn(net), x))
+            True
+        """
+        weights = self(target)
+        plain = copy.deepcopy(target)
+        for name, t in weights.items():
+            plain.get_parameter(name).copy_(t)
+        return plain
+
+    def describe(self) -> Criteria:
+        """The five design criteria: the input is the architecture, the outputs are dynamic."""
+        return Criteria(
+            inputs="architecture graph",
+            outputs=self.decoder.strategy,
+            input_variability="static",
+            output_variability="dynamic",
+            architecture=f"graph (gated GNN, {self.options['rounds']} round(s))",
+        )
+
+    def config(self) -> dict[str, Any]:
+        """The constructor options, JSON-ready."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items()}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+def _levels(depths: list[int]) -> list[Tensor]:
+    """Node indices grouped by depth, shallowest first."""
+    by_depth: dict[int, list[int]] = {}
+    for i, d in enumerate(depths):
+        by_depth.setdefault(d, []).append(i)
+    return [torch.tensor(by_depth[d]) for d in sorted(by_depth)]

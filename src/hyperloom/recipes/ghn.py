@@ -1,0 +1,341 @@
+"""Graph hypernetwork: predict the weights of image classifiers it never saw (Knyazev et al.).
+
+One :class:`~hyperloom.GraphHyperNetwork` is trained on a family of architectures sampled at
+random at every step (MLPs of 1 to 3 hidden layers of 32 to 128 units; CNNs of 1 or 2
+convolutions of 8 to 32 channels with 3x3 or 5x5 kernels, each followed by ReLU and 2x2
+max-pooling, then average pooling to 4x4 and a linear classifier): each step predicts the
+weights of ``archs_per_step`` sampled networks, runs them on one minibatch and backpropagates
+their mean cross-entropy into the GHN. Nothing else is trained.
+
+It is then evaluated on architectures held out from that family (:data:`HELD_OUT`: wider,
+deeper, more channels, more convolutions, 7x7 kernels): the test accuracy of the predicted
+weights with no training step at all, and after 1 and 100 fine-tuning steps (Adam) from them,
+against the same architecture fine-tuned from PyTorch's random initialisation on the same
+minibatches. Architectures of the training family are evaluated too, for reference.
+
+Outputs under ``runs/<timestamp>-ghn/``: results.json, results.csv, finetune.png (accuracy
+against fine-tuning steps, predicted against random initialisation) and ghn.safetensors with
+ghn.json (the trained GHN and its options).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import data_dir_field, dataset_field
+from ..data import load_dataset
+from ..functional import call
+from ..ghn import GraphHyperNetwork
+from ..runs import (
+    Stopwatch,
+    count_trainable,
+    format_table,
+    make_run_dir,
+    progress,
+    write_csv,
+    write_json,
+)
+
+MLP_WIDTHS = (32, 64, 96, 128)
+MLP_DEPTHS = (1, 2, 3)
+CNN_CHANNELS = (8, 16, 24, 32)
+CNN_DEPTHS = (1, 2)
+CNN_KERNELS = (3, 5)
+POOLED = 4  # CNN features are average-pooled to POOLED x POOLED before the classifier
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture of the family: an MLP (``widths``) or a CNN (``channels``, ``kernel``).
+
+    Every convolution is ``kernel x kernel`` with padding ``kernel // 2``, then ReLU; the first
+    two are followed by 2x2 max-pooling. A CNN ends with average pooling to ``POOLED x POOLED``
+    (so the classifier reads the same layout whatever the depth) and a linear classifier.
+    """
+
+    kind: str
+    widths: tuple[int, ...] = ()
+    channels: tuple[int, ...] = ()
+    kernel: int = 3
+
+    @property
+    def name(self) -> str:
+        if self.kind == "mlp":
+            return "mlp-" + "-".join(map(str, self.widths))
+        return f"cnn-{'-'.join(map(str, self.channels))}-k{self.kernel}"
+
+    def build(self, in_shape: tuple[int, ...], classes: int) -> nn.Module:
+        """The module, with PyTorch's default initialisation."""
+        c, h, w = in_shape
+        layers: list[nn.Module] = []
+        if self.kind == "mlp":
+            layers.append(nn.Flatten())
+            prev = c * h * w
+            for width in self.widths:
+                layers += [nn.Linear(prev, width), nn.ReLU()]
+                prev = width
+            layers.append(nn.Linear(prev, classes))
+            return nn.Sequential(*layers)
+        if self.kind != "cnn":
+            raise ValueError(f"kind must be 'mlp' or 'cnn', got {self.kind!r}")
+        prev = c
+        for i, ch in enumerate(self.channels):
+            layers += [nn.Conv2d(prev, ch, self.kernel, padding=self.kernel // 2), nn.ReLU()]
+            if i < 2:
+                layers.append(nn.MaxPool2d(2))
+            prev = ch
+        layers += [nn.AdaptiveAvgPool2d(POOLED), nn.Flatten(), nn.Linear(prev * POOLED**2, classes)]
+        return nn.Sequential(*layers)
+
+
+HELD_OUT = (
+    Arch("mlp", widths=(256, 256)),  # wider than any training MLP
+    Arch("mlp", widths=(64, 64, 64, 64, 64)),  # deeper
+    Arch("cnn", channels=(48, 48), kernel=3),  # more channels
+    Arch("cnn", channels=(16, 16, 16), kernel=3),  # more convolutions
+    Arch("cnn", channels=(16, 16), kernel=7),  # a kernel size never seen
+)
+IN_FAMILY = (
+    Arch("mlp", widths=(128, 64)),
+    Arch("cnn", channels=(16, 32), kernel=5),
+)
+
+
+def sample_arch(rng: random.Random) -> Arch:
+    """An architecture of the training family, uniformly by kind, depth, width and kernel."""
+    if rng.random() < 0.5:
+        depth = rng.choice(MLP_DEPTHS)
+        return Arch("mlp", widths=tuple(rng.choice(MLP_WIDTHS) for _ in range(depth)))
+    depth = rng.choice(CNN_DEPTHS)
+    return Arch(
+        "cnn",
+        channels=tuple(rng.choice(CNN_CHANNELS) for _ in range(depth)),
+        kernel=rng.choice(CNN_KERNELS),
+    )
+
+
+@dataclass
+class Config:
+    """Options of ``hyperloom train ghn``."""
+
+    dataset: str = dataset_field()
+    data_dir: str | None = data_dir_field()
+    steps: int = field(default=15000, metadata={"help": "GHN training steps"})
+    archs_per_step: int = field(default=2, metadata={"help": "architectures sampled per step"})
+    batch_size: int = field(default=64, metadata={"help": "minibatch size"})
+    lr: float = field(default=1e-3, metadata={"help": "GHN Adam learning rate (cosine to 0)"})
+    hidden: int = field(default=64, metadata={"help": "GHN node embedding size"})
+    rounds: int = field(default=1, metadata={"help": "message-passing rounds"})
+    tile: tuple[int, ...] = field(default=(16, 16), metadata={"help": "decoder tile (rows,cols)"})
+    decoder_hidden: tuple[int, ...] = field(
+        default=(64,), metadata={"help": "decoder MLP hidden sizes"}
+    )
+    frequencies: int = field(default=6, metadata={"help": "decoder position frequencies"})
+    finetune_steps: int = field(default=100, metadata={"help": "fine-tuning steps to compare"})
+    finetune_lr: float = field(default=1e-3, metadata={"help": "fine-tuning Adam learning rate"})
+    eval_split: str = field(
+        default="test",
+        metadata={
+            "help": "evaluate on the test split, or on a validation split (the last 10,000 "
+            "training images, then left out of training) for choosing settings",
+            "choices": ("test", "val"),
+        },
+    )
+    eval_images: int | None = field(
+        default=None, metadata={"help": "evaluate on at most this many images (none: all)"}
+    )
+    out: str = field(default="runs", metadata={"help": "folder for the run folder"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+    seed: int = field(default=0, metadata={"help": "seed of sampling, minibatches and inits"})
+
+
+@torch.no_grad()
+def accuracy(forward, x: Tensor, y: Tensor, batch: int = 2000) -> float:
+    """Accuracy in percent of ``forward`` on ``(x, y)``, in batches."""
+    right = 0
+    for i in range(0, len(x), batch):
+        right += (forward(x[i : i + batch]).argmax(-1) == y[i : i + batch]).sum().item()
+    return 100.0 * right / len(x)
+
+
+def run(config: Config) -> dict:
+    if config.steps < 0 or config.archs_per_step < 1 or config.finetune_steps < 1:
+        raise ValueError(
+            f"steps must be >= 0, archs_per_step and finetune_steps >= 1; got {config.steps}, "
+            f"{config.archs_per_step} and {config.finetune_steps}"
+        )
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    data = load_dataset(config.dataset, config.data_dir)
+    x_train, y_train = data.x_train, data.y_train
+    if config.eval_split == "val":
+        n_val = min(10_000, len(x_train) // 5)
+        x_eval, y_eval = x_train[-n_val:], y_train[-n_val:]
+        x_train, y_train = x_train[:-n_val], y_train[:-n_val]
+    else:
+        x_eval, y_eval = data.x_test, data.y_test
+    if config.eval_images is not None:
+        x_eval, y_eval = x_eval[: config.eval_images], y_eval[: config.eval_images]
+    in_shape, classes = data.input_shape, data.num_classes
+    print(
+        f"data: {data.name}, {len(x_train):,} training images, {len(x_eval):,} "
+        f"{config.eval_split} images"
+    )
+    run_dir = make_run_dir(config.out, "ghn")
+    ghn = GraphHyperNetwork(
+        hidden=config.hidden,
+        rounds=config.rounds,
+        tile=config.tile,
+        decoder_hidden=config.decoder_hidden,
+        frequencies=config.frequencies,
+    )
+    print(f"GHN: {count_trainable(ghn):,} parameters; {ghn.describe().architecture}")
+    opt = torch.optim.Adam(ghn.parameters(), lr=config.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(config.steps, 1))
+    g = torch.Generator().manual_seed(config.seed)
+    modules: dict[Arch, nn.Module] = {}  # one module per architecture: traced once
+    log: list[dict] = []
+    running_loss, running_acc = 0.0, 0.0
+    with Stopwatch() as train_time:
+        for step in progress(range(1, config.steps + 1), quiet=config.quiet, desc="GHN"):
+            idx = torch.randint(len(x_train), (config.batch_size,), generator=g)
+            x, y = x_train[idx], y_train[idx]
+            loss = x.new_zeros(())
+            correct = 0.0
+            for _ in range(config.archs_per_step):
+                arch = sample_arch(rng)
+                net = modules.get(arch)
+                if net is None:
+                    net = modules[arch] = arch.build(in_shape, classes)
+                logits = call(net, ghn(net), x)
+                loss = loss + F.cross_entropy(logits, y) / config.archs_per_step
+                correct += (logits.argmax(-1) == y).float().mean().item()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(ghn.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            running_loss = 0.98 * running_loss + 0.02 * loss.item() if step > 1 else loss.item()
+            acc = 100.0 * correct / config.archs_per_step
+            running_acc = 0.98 * running_acc + 0.02 * acc if step > 1 else acc
+            if step % 100 == 0 or step == config.steps:
+                log.append({"step": step, "loss": running_loss, "train_acc": running_acc})
+    print(
+        f"GHN trained {config.steps} steps in {train_time.seconds / 60:.1f} min; "
+        f"{len(modules)} distinct architectures seen"
+    )
+
+    # Evaluation: predicted weights with no training step, then fine-tuning from them against
+    # fine-tuning from a random initialisation, on the same minibatches.
+    ghn.eval()
+    checkpoints = sorted({0, 1, min(10, config.finetune_steps), config.finetune_steps})
+    rows, curves = [], []
+    evaluated = [(a, "held-out") for a in HELD_OUT] + [(a, "in family") for a in IN_FAMILY]
+    for arch, group in progress(evaluated, quiet=config.quiet, desc="evaluate"):
+        torch.manual_seed(config.seed + 1)
+        random_net = arch.build(in_shape, classes)
+        predicted_net = ghn.export(random_net)
+        row = {"architecture": arch.name, "group": group, "params": count_trainable(random_net)}
+        for init, net in (("predicted", predicted_net), ("random", random_net)):
+            ft = torch.optim.Adam(net.parameters(), lr=config.finetune_lr)
+            gb = torch.Generator().manual_seed(config.seed + 2)  # the same batches for both
+            for step in range(config.finetune_steps + 1):
+                if step in checkpoints:
+                    acc = accuracy(net, x_eval, y_eval)
+                    curves.append(
+                        {"architecture": arch.name, "init": init, "step": step, "acc": acc}
+                    )
+                    if step in (0, 1, config.finetune_steps):
+                        row[f"{init}_{step}"] = acc
+                if step == config.finetune_steps:
+                    break
+                idx = torch.randint(len(x_train), (config.batch_size,), generator=gb)
+                loss = F.cross_entropy(net(x_train[idx]), y_train[idx])
+                ft.zero_grad(set_to_none=True)
+                loss.backward()
+                ft.step()
+        rows.append(row)
+
+    held = [r for r in rows if r["group"] == "held-out"]
+    n = config.finetune_steps
+    summary = {
+        "held_out_zero_shot_mean": statistics.fmean(r["predicted_0"] for r in held),
+        "held_out_zero_shot_min": min(r["predicted_0"] for r in held),
+        f"held_out_predicted_{n}_mean": statistics.fmean(r[f"predicted_{n}"] for r in held),
+        f"held_out_random_{n}_mean": statistics.fmean(r[f"random_{n}"] for r in held),
+        f"held_out_predicted_beats_random_at_{n}": sum(
+            r[f"predicted_{n}"] > r[f"random_{n}"] for r in held
+        ),
+        "held_out_count": len(held),
+        "ghn_params": count_trainable(ghn),
+        "train_minutes": train_time.seconds / 60,
+        "architectures_seen": len(modules),
+    }
+    write_csv(run_dir / "results.csv", rows)
+    write_json(
+        run_dir / "results.json",
+        {
+            "config": asdict(config),
+            "ghn": ghn.config(),
+            "criteria": ghn.describe().to_dict(),
+            "results": rows,
+            "summary": summary,
+            "train_log": log,
+            "curves": curves,
+        },
+    )
+    _save_ghn(ghn, run_dir)
+    _plot(curves, run_dir / "finetune.png", config.eval_split)
+    print(format_table(rows))
+    print(
+        f"held-out ({len(held)} architectures, {config.eval_split} split): predicted weights "
+        f"{summary['held_out_zero_shot_mean']:.1f}% with no training (min "
+        f"{summary['held_out_zero_shot_min']:.1f}%); after {n} steps "
+        f"{summary[f'held_out_predicted_{n}_mean']:.1f}% from predicted vs "
+        f"{summary[f'held_out_random_{n}_mean']:.1f}% from random "
+        f"(predicted ahead on {summary[f'held_out_predicted_beats_random_at_{n}']} of {len(held)})"
+    )
+    print(run_dir)
+    return {"results": rows, "summary": summary, "run_dir": str(run_dir)}
+
+
+def _save_ghn(ghn: GraphHyperNetwork, run_dir) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in ghn.state_dict().items()}, run_dir / "ghn.safetensors")
+    (run_dir / "ghn.json").write_text(json.dumps(ghn.config(), indent=2) + "\n")
+
+
+def _plot(curves: list[dict], path, split: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(c["architecture"] for c in curves))
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        for init, style in (("predicted", "o-"), ("random", "s--")):
+            pts = [c for c in curves if c["architecture"] == name and c["init"] == init]
+            ax.plot([c["step"] + 1 for c in pts], [c["acc"] for c in pts], style, label=init)
+        ax.set_xscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("fine-tuning steps + 1")
+        ax.set_ylabel(f"{split} accuracy (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("GHN-predicted vs random initialisation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

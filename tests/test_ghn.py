@@ -1,0 +1,359 @@
+"""Dynamic outputs: the tiled generator on unseen specs, graph tracing, the graph hypernetwork."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+import hyperloom as hl
+from hyperloom.generators.tiled import tensor_role
+
+
+class Residual(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 6)
+        self.b = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        if h.sum() > 0:
+            h = h.relu()
+        return self.b(h)
+
+
+def mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3))
+
+
+def cnn():
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 5, 5, padding=2),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(5, 3),
+    )
+
+
+def resnet():
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), Residual(8), Residual(8),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    )  # fmt: skip
+
+
+# Tiled generator -----------------------------------------------------------------------------
+def test_tiled_fills_every_parameter_of_specs_it_never_saw():
+    gen = hl.TiledGenerator(hl.select(mlp()), 6, tile=(4, 4), hidden=(16,))
+    unseen = [
+        nn.Linear(37, 5),
+        nn.Conv2d(3, 11, (7, 2)),
+        nn.Conv1d(2, 9, 4),
+        nn.LayerNorm(13),
+        nn.GRU(5, 7),
+        nn.Embedding(30, 4),
+        resnet(),
+    ]
+    c = torch.randn(2, 6)
+    for module in unseen:
+        spec = hl.select(module)
+        out = gen(c, spec=spec)
+        assert list(out) == list(spec.names)
+        for p in spec:
+            assert out[p.name].shape == (2, *p.shape), (type(module).__name__, p.name)
+            assert torch.isfinite(out[p.name]).all()
+        for p in spec:  # distinct contexts give distinct weights (unless constant-initialised)
+            if p.init_const is None:
+                assert not torch.allclose(out[p.name][0], out[p.name][1])
+
+
+def test_tiled_is_the_same_function_whatever_spec_it_is_bound_to():
+    a = hl.TiledGenerator(hl.select(mlp()), 6, tile=(4, 4), hidden=(16,))
+    b = hl.TiledGenerator(None, 6, tile=(4, 4), hidden=(16,))
+    b.load_state_dict(a.state_dict())
+    spec = hl.select(cnn())
+    c = torch.randn(3, 6)
+    for k, v in a(c, spec=spec).items():
+        torch.testing.assert_close(b(c, spec=spec)[k], v)
+    with pytest.raises(RuntimeError, match="not bound"):
+        b(c)  # no spec bound and none given
+    b.bind(spec, 6)
+    torch.testing.assert_close(b(c)["0.weight"], a(c, spec=spec)["0.weight"])
+
+
+def test_tiled_fan_in_normalisation_scales_unseen_shapes():
+    gen = hl.TiledGenerator(hl.select(nn.Linear(8, 8)), 16, tile=(8, 8))
+    hl.hyperfan_in_(gen, gain=2**0.5)
+    for fan_in in (20, 200, 2000):
+        w = gen(torch.randn(64, 16), spec=hl.select(nn.Linear(fan_in, 40)))["weight"]
+        assert w.var().item() == pytest.approx(2 / fan_in, rel=0.3), fan_in
+
+
+def test_tiled_per_tensor_conditioning():
+    spec = hl.select(mlp())
+    gen = hl.TiledGenerator(None, 4, tile=(4, 4), hidden=(8,))
+    conds = {n: torch.randn(4) for n in spec.names}
+    out = gen(conds, spec=spec)
+    shared = gen(conds["1.weight"], spec=spec)
+    torch.testing.assert_close(out["1.weight"], shared["1.weight"])  # same vector: same tensor
+    assert not torch.allclose(out["3.weight"], shared["3.weight"])
+    with pytest.raises(ValueError, match=r"missing \['3.bias'\], unexpected \['nope'\]"):
+        gen({**{n: conds[n] for n in spec.names[:-1]}, "nope": conds["1.bias"]}, spec=spec)
+    with pytest.raises(ValueError, match="one shape"):
+        gen({**conds, "1.bias": torch.randn(2, 4)}, spec=spec)
+
+
+def test_tiled_rejects_bad_options_and_oversized_tensors():
+    with pytest.raises(ValueError, match="tile must be two sizes"):
+        hl.TiledGenerator(tile=(4,))
+    with pytest.raises(ValueError, match="hidden"):
+        hl.TiledGenerator(hidden=())
+    with pytest.raises(ValueError, match="cond_dim"):
+        hl.TiledGenerator(None, 0)
+    gen = hl.TiledGenerator(None, 4, max_numel=100)
+    with pytest.raises(ValueError, match=r"\['weight'\] have more than max_numel=100"):
+        gen(torch.randn(4), spec=hl.select(nn.Linear(20, 10)))
+    with pytest.raises(TypeError, match="spec must be a TargetSpec"):
+        gen(torch.randn(4), spec="weight")
+
+
+def test_tensor_roles():
+    spec = hl.select(resnet())
+    roles = {p.name: tensor_role(p) for p in spec}
+    assert roles["0.weight"] == "conv" and roles["0.bias"] == "bias"
+    assert roles["1.weight"] == "scale" and roles["1.bias"] == "shift"
+    assert roles["7.weight"] == "linear"
+
+
+def test_hypernetwork_with_tiled_reports_dynamic_outputs():
+    hnet = hl.HyperNetwork(mlp(), hl.TaskEmbedding(2, 4), hl.TiledGenerator(tile=(4, 4)))
+    c = hnet.describe()
+    assert c.output_variability == "dynamic" and c.outputs == "tiled (shape-agnostic)"
+    assert hnet(torch.randn(5, 1, 4, 4), task=1).shape == (5, 3)
+
+
+# Graph tracing -------------------------------------------------------------------------------
+def _ops(graph):
+    return [n.op for n in graph.nodes]
+
+
+def test_trace_sequential_mlp():
+    g = hl.trace_graph(mlp())
+    assert g.method == "fx"
+    assert _ops(g) == ["input", "reshape", "linear", "relu", "linear", "output"]
+    assert g.edges == ((0, 1), (1, 2), (2, 3), (3, 4), (4, 5))
+    assert g.params == {"1.weight": 2, "1.bias": 2, "3.weight": 4, "3.bias": 4}
+    assert g.nodes[2].shape == (12, 16, 0, 0)
+
+
+def test_trace_cnn_with_pooling():
+    g = hl.trace_graph(cnn())
+    assert _ops(g) == [
+        "input", "conv", "relu", "maxpool", "conv", "avgpool", "reshape", "linear", "output",
+    ]  # fmt: skip
+    assert g.nodes[4].shape == (5, 6, 5, 5)
+    assert g.features().shape == (len(g), hl.graph.FEATURES)
+
+
+def test_trace_residual_blocks_and_batchnorm():
+    net = resnet()
+    g = hl.trace_graph(net)
+    adds = [i for i, n in enumerate(g.nodes) if n.op == "add"]
+    assert len(adds) == 2
+    preds = {i: sorted(s for s, d in g.edges if d == i) for i in adds}
+    for i in adds:  # a skip connection: two inputs, one of them several nodes back
+        assert len(preds[i]) == 2 and preds[i][1] - preds[i][0] > 2
+    assert sum(n.op == "batchnorm" for n in g.nodes) == 5
+    assert set(g.params) == {n for n, _ in net.named_parameters()}
+    depth = g.depths()
+    assert depth[-1] == max(depth) and all(depth[d] > depth[s] for s, d in g.edges)
+
+
+def test_trace_falls_back_to_the_module_tree():
+    net = Branchy()
+    g = hl.trace_graph(net)
+    assert g.method == "module-tree"
+    assert _ops(g) == ["input", "linear", "linear", "output"]
+    assert set(g.params) == {"a.weight", "a.bias", "b.weight", "b.bias"}
+    with pytest.raises(ValueError, match=r"torch\.fx cannot trace Branchy"):
+        hl.trace_graph(net, method="fx")
+    with pytest.raises(ValueError, match="method must be"):
+        hl.trace_graph(net, method="jit")
+    with pytest.raises(TypeError, match=r"takes an nn\.Module"):
+        hl.trace_graph("net")
+
+
+def test_trace_shared_module_owns_its_parameters_once():
+    lin = nn.Linear(4, 4)
+    net = nn.Sequential(lin, nn.ReLU(), lin)
+    g = hl.trace_graph(net)
+    assert g.params == {"0.weight": 1, "0.bias": 1}
+    assert _ops(g) == ["input", "linear", "relu", "linear", "output"]
+
+
+# Graph hypernetwork --------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [mlp, cnn, resnet, Branchy])
+def test_ghn_predicts_every_parameter_and_exports_a_plain_module(make):
+    ghn = hl.GraphHyperNetwork(hidden=16, tile=(4, 4), decoder_hidden=(16,))
+    net = make()
+    before = copy.deepcopy(net.state_dict())
+    weights = ghn(net)
+    assert set(weights) == {n for n, _ in net.named_parameters()}
+    for name, t in weights.items():
+        assert t.shape == net.get_parameter(name).shape
+    x = torch.randn(3, 1, 4, 4) if make is not Branchy else torch.randn(3, 4)
+    plain = ghn.export(net)
+    net.eval(), plain.eval()
+    torch.testing.assert_close(plain(x), hl.call(net, weights, x))
+    for k, v in net.state_dict().items():  # the target itself is untouched
+        torch.testing.assert_close(v, before[k])
+
+
+def test_ghn_gradients_reach_every_parameter():
+    ghn = hl.GraphHyperNetwork(hidden=16, rounds=2, tile=(4, 4), decoder_hidden=(16,))
+    net = resnet()
+    loss = hl.call(net, ghn(net), torch.randn(4, 1, 4, 4)).square().mean()
+    loss.backward()
+    for name, p in ghn.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_ghn_message_passing_sees_the_whole_graph():
+    ghn = hl.GraphHyperNetwork(hidden=8, tile=(4, 4))
+    short = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    longer = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    # the first layer's embedding depends on what comes after it (backward sweep)
+    a = ghn.embed_nodes(hl.trace_graph(short))[1]
+    b = ghn.embed_nodes(hl.trace_graph(longer))[1]
+    assert not torch.allclose(a, b)
+    no_rounds = hl.GraphHyperNetwork(hidden=8, rounds=0, tile=(4, 4))
+    no_rounds.load_state_dict(ghn.state_dict())
+    g = hl.trace_graph(longer)  # without message passing: each node's own features only
+    torch.testing.assert_close(no_rounds.embed_nodes(g), no_rounds.embed(g.features()))
+
+
+def test_ghn_initial_weights_have_the_fan_in_scale():
+    ghn = hl.GraphHyperNetwork(hidden=32, tile=(16, 16))
+    net = nn.Sequential(nn.Linear(300, 200), nn.ReLU(), nn.Linear(200, 10))
+    w = ghn(net)
+    assert w["0.weight"].var().item() == pytest.approx(2 / 300, rel=0.35)
+    assert w["2.weight"].var().item() == pytest.approx(2 / 200, rel=0.35)
+
+
+def test_ghn_describe_and_errors():
+    ghn = hl.GraphHyperNetwork(hidden=8, tile=(4, 4))
+    c = ghn.describe()
+    assert c.output_variability == "dynamic" and c.inputs == "architecture graph"
+    assert c.architecture.startswith("graph")
+    assert ghn.config()["tile"] == [4, 4]
+    with pytest.raises(TypeError, match=r"takes an nn\.Module"):
+        ghn("resnet")
+    with pytest.raises(ValueError, match="rounds"):
+        hl.GraphHyperNetwork(rounds=-1)
+    with pytest.raises(ValueError, match="method"):
+        hl.GraphHyperNetwork(method="jit")
+
+
+def test_ghn_trains_to_fit_a_small_task():
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    ghn = hl.GraphHyperNetwork(hidden=16, tile=(8, 8), decoder_hidden=(32,))
+    nets = [
+        nn.Sequential(nn.Linear(8, w), nn.ReLU(), nn.Linear(w, 2)) for w in (8, 16, 24)
+    ]  # fmt: skip
+    opt = torch.optim.Adam(ghn.parameters(), lr=3e-3)
+    for step in range(150):
+        net = nets[step % 3]
+        loss = F.cross_entropy(hl.call(net, ghn(net), x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    unseen = nn.Sequential(nn.Linear(8, 40), nn.ReLU(), nn.Linear(40, 2))  # wider than any
+    acc = (hl.call(unseen, ghn(unseen), x).argmax(-1) == y).float().mean().item()
+    assert acc > 0.85
+
+
+# Recipe -------------------------------------------------------------------------------------
+def test_recipe_families_keep_held_out_architectures_out_of_training():
+    import random
+
+    from hyperloom.recipes import ghn as recipe
+
+    rng = random.Random(0)
+    sampled = {recipe.sample_arch(rng) for _ in range(2000)}
+    assert not sampled & set(recipe.HELD_OUT)
+    assert set(recipe.IN_FAMILY) <= sampled
+    for arch in recipe.HELD_OUT:  # each held-out one is outside the family on some axis
+        if arch.kind == "mlp":
+            assert len(arch.widths) > max(recipe.MLP_DEPTHS) or min(arch.widths) > max(
+                recipe.MLP_WIDTHS
+            )
+        else:
+            assert (
+                len(arch.channels) > max(recipe.CNN_DEPTHS)
+                or min(arch.channels) > max(recipe.CNN_CHANNELS)
+                or arch.kernel not in recipe.CNN_KERNELS
+            )
+    for arch in (*recipe.HELD_OUT, *recipe.IN_FAMILY):
+        net = arch.build((1, 28, 28), 10)
+        assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+        assert hl.trace_graph(net).method == "fx"
+
+
+def test_recipe_runs_on_a_tiny_scenario(tmp_path):
+    from hyperloom.recipes import ghn as recipe
+
+    config = recipe.Config(
+        dataset="digits", steps=20, hidden=16, decoder_hidden=(16,), tile=(8, 8),
+        finetune_steps=2, eval_images=100, out=str(tmp_path), quiet=True,
+    )  # fmt: skip
+    result = recipe.run(config)
+    rows = result["results"]
+    assert [r["architecture"] for r in rows] == [
+        a.name for a in (*recipe.HELD_OUT, *recipe.IN_FAMILY)
+    ]
+    for r in rows:
+        for key in ("predicted_0", "predicted_1", "predicted_2", "random_0", "random_2"):
+            assert 0.0 <= r[key] <= 100.0
+    s = result["summary"]
+    assert s["held_out_count"] == len(recipe.HELD_OUT)
+    run_dir = Path(result["run_dir"])
+    for name in ("results.json", "results.csv", "finetune.png", "ghn.safetensors", "ghn.json"):
+        assert (run_dir / name).exists(), name
+    # the saved GHN reloads and predicts weights for a network it never saw
+    ghn = hl.GraphHyperNetwork(**json.loads((run_dir / "ghn.json").read_text()))
+    ghn.load_state_dict(load_file(run_dir / "ghn.safetensors"))
+    net = recipe.Arch("mlp", widths=(20,)).build((1, 8, 8), 10)
+    assert set(ghn(net)) == {"1.weight", "1.bias", "3.weight", "3.bias"}
+
+
+def test_recipe_rejects_bad_options(tmp_path):
+    from hyperloom.recipes import ghn as recipe
+
+    with pytest.raises(ValueError, match="archs_per_step"):
+        recipe.run(recipe.Config(dataset="digits", archs_per_step=0, out=str(tmp_path)))
+    with pytest.raises(ValueError, match="kind must be"):
+        recipe.Arch("rnn").build((1, 8, 8), 10)
