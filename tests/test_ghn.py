@@ -357,3 +357,9 @@ def test_recipe_rejects_bad_options(tmp_path):
         recipe.run(recipe.Config(dataset="digits", archs_per_step=0, out=str(tmp_path)))
     with pytest.raises(ValueError, match="kind must be"):
         recipe.Arch("rnn").build((1, 8, 8), 10)
+
+
+def test_tiled_hyperfan_with_only_matrices_or_only_vectors():
+    for module, name in ((nn.Linear(30, 20, bias=False), "weight"), (nn.LayerNorm(7), "bias")):
+        gen = hl.hyperfan_in_(hl.TiledGenerator(hl.select(module), 4, tile=(4, 4)))
+        assert gen(torch.randn(4))[name].shape == module.get_parameter(name).shape

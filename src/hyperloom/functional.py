@@ -566,7 +566,10 @@ class _BatchedLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = torch.bmm(gy, w)  # (N, M, in)
         if ctx.needs_input_grad[1]:
-            gw = torch.bmm(gy.transpose(1, 2), x)  # (N, out, in), w's own layout
+            if x.shape[1] == 1:  # one row per weight set: an outer product, element-wise
+                gw = gy.transpose(1, 2) * x  # (N, out, 1) * (N, 1, in) -> (N, out, in)
+            else:
+                gw = torch.bmm(gy.transpose(1, 2), x)  # (N, out, in), w's own layout
         if ctx.bias_dim is not None and ctx.needs_input_grad[2]:
             gb = gy.sum(1) if ctx.bias_dim == 2 else gy.sum((0, 1))
         return gx, gw, gb

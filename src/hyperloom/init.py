@@ -36,7 +36,7 @@ when every generated weight has the same fan and an average of the fans otherwis
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import nn
 
 from .generators.base import Generator
 from .target import ParamInfo
@@ -63,6 +63,10 @@ def target_variance(p: ParamInfo, mode: str, gain: float) -> float:
     return 1.0 / (3.0 * p.fan_in)
 
 
+class _ProbeDone(Exception):
+    """Raised by the probe's hooks once every readout has seen its features."""
+
+
 @torch.no_grad()
 def _hyperfan(gen: Generator, mode: str, gain: float, cond_std: float, probe: int) -> Generator:
     if not isinstance(gen, Generator):
@@ -70,22 +74,32 @@ def _hyperfan(gen: Generator, mode: str, gain: float, cond_std: float, probe: in
     spec = gen._bound_spec()
     variance = {p.name: target_variance(p, mode, gain) for p in spec}
     readouts = gen._readouts(variance)
-    seen: dict[int, Tensor] = {}
-    hooks = [
-        lin.register_forward_pre_hook(lambda m, args: seen.__setitem__(id(m), args[0]))
-        for lin, _ in readouts
-    ]
+    # The probe only needs the features each readout reads, sum_k E[h_k^2]: each hook reduces
+    # them to that number as they arrive, and once every readout has had its input the probe
+    # stops, before the last readout's output (probe x every generated weight) is computed.
+    moments: dict[int, float] = {}
+    waiting = {id(lin) for lin, _ in readouts}
+
+    def measure(module: nn.Module, args: tuple) -> None:
+        feats = args[0]
+        moments[id(module)] = feats.pow(2).reshape(-1, feats.shape[-1]).mean(0).sum().item()
+        waiting.discard(id(module))
+        if not waiting:
+            raise _ProbeDone
+
+    hooks = [lin.register_forward_pre_hook(measure) for lin, _ in readouts]
     try:
         ref = next(gen.parameters())
         g = torch.Generator(device="cpu").manual_seed(0)
         c = torch.randn(probe, gen.cond_dim, generator=g).to(ref.device, ref.dtype) * cond_std
         gen(c)
+    except _ProbeDone:
+        pass
     finally:
         for hook in hooks:
             hook.remove()
     for lin, row_var in readouts:
-        feats = seen[id(lin)]
-        second_moment = feats.pow(2).reshape(-1, feats.shape[-1]).mean(0).sum().item()  # sum E[h^2]
+        second_moment = moments[id(lin)]  # sum E[h^2] over the probe batch
         if not second_moment > 0:
             raise ValueError(
                 f"the features read by {type(gen).__name__}'s output layer are all zero on the "

@@ -87,8 +87,14 @@ class TaskEmbedding(Conditioner):
                 "this hypernetwork is task-conditioned: call it with task=<id> (one weight set "
                 "for the batch) or task=<ids of shape (B,)> (one per sample)"
             )
-        device = self.rows[0].device
-        task = _as_ids(context["task"], self.num, device=device)
+        task = context["task"]
+        if type(task) is int:  # one id for the whole batch: checked in Python, no tensor
+            if not 0 <= task < len(self.rows):
+                raise IndexError(
+                    f"task id {task} is out of range: this embedding has tasks 0..{self.num - 1}"
+                )
+            return self.rows[task], None
+        task = _as_ids(task, self.num, device=self.rows[0].device)
         if task.dim() == 0:
             return self._lookup(task), None
         if task.dim() != 1:

@@ -80,15 +80,27 @@ class Generator(nn.Module):
         Returns:
             ``{name: (*, *shape)}`` for every tensor of the spec, leading dimensions kept.
         """
-        spec = self._bound_spec()
-        if cond.dim() == 0 or cond.shape[-1] != self.cond_dim:
+        spec = self.spec
+        if spec is None:
+            self._bound_spec()  # raises, saying how to bind
+        shape = cond.shape
+        if not shape or shape[-1] != self.cond_dim:
             raise ValueError(
                 f"{type(self).__name__} expects conditioning of shape (*, {self.cond_dim}), "
-                f"got {tuple(cond.shape)}"
+                f"got {tuple(shape)}"
             )
-        lead = cond.shape[:-1]
-        raw = self._generate(cond.reshape(-1, self.cond_dim))  # {name: (M, *shape)}
+        lead = shape[:-1]
+        parts = self._generate_parts(cond)  # [(*, numel_p)] in spec order, or None
         out = {}
+        if parts is not None:
+            for p, t in zip(spec, parts, strict=True):
+                if len(p.shape) != 1:  # a vector's part has its shape already
+                    t = t.view(*lead, *p.shape)  # (*, numel_p) -> (*, *shape), a view
+                if p.init_const:
+                    t = t + p.init_const
+                out[p.name] = t if t.dtype == p.dtype else t.to(p.dtype)
+            return out
+        raw = self._generate(cond.reshape(-1, self.cond_dim))  # {name: (M, *shape)}
         for p in spec:
             t = raw[p.name]
             if p.init_const:
@@ -124,6 +136,16 @@ class Generator(nn.Module):
     def _generate(self, cond: Tensor) -> dict[str, Tensor]:
         """``(M, cond_dim)`` -> ``{name: (M, *shape)}`` before the constant offsets."""
         raise NotImplementedError
+
+    def _generate_parts(self, cond: Tensor) -> list[Tensor] | None:
+        """Optional fast hook: ``(*, cond_dim)`` -> ``[(*, numel)]``, one flat part per tensor.
+
+        A generator whose output is naturally flat returns the parts in spec order (each one
+        viewable as ``(*, *shape)``), leading dimensions kept, so that :meth:`forward` views them
+        into their shapes without reshaping the conditioning or copying. ``None`` (the default)
+        sends :meth:`forward` to :meth:`_generate`.
+        """
+        return None
 
     def _readouts(self, variance: dict[str, float]) -> list[tuple[nn.Linear, Tensor]]:
         """The output layers and, for each of their rows, the variance it should produce.

@@ -427,10 +427,11 @@ class TiledGenerator(Generator):
             if p.init_const is None:
                 ratios[tensor_role(p) in ("linear", "conv")].append(variance[p.name] / s**2)
         mean = {k: (sum(v) / len(v) if v else 1.0) for k, v in ratios.items()}
-        return [
-            (self.matrix_readout, torch.full((t_o * t_i,), mean[True])),
-            (self.vector_readout, torch.full((t_o,), mean[False])),
+        pairs = [
+            (self.matrix_readout, torch.full((t_o * t_i,), mean[True]), plan.matrices),
+            (self.vector_readout, torch.full((t_o,), mean[False]), plan.vectors),
         ]
+        return [(lin, var) for lin, var, group in pairs if group.layout]  # readouts the spec uses
 
     def extra_repr(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())

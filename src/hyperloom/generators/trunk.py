@@ -19,7 +19,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 class MLPTrunk(nn.Module):
-    """``Linear -> act`` for each hidden size, then RMS normalisation of the features.
+    """``Linear -> act`` for each hidden size, then (by default) RMS normalisation of the features.
 
     The features every readout layer reads have a root-mean-square of 1 for every context, so
     the scale of the generated weights is what the hyperfan initialisation set, for each
@@ -30,6 +30,10 @@ class MLPTrunk(nn.Module):
         in_dim: input size.
         hidden: hidden sizes.
         activation: one of ``relu``, ``elu``, ``gelu``, ``silu``, ``tanh``.
+        norm: RMS-normalise the features (default). ``False`` leaves them as the last
+            activation gives them, the plain MLP of most hypernetworks (Ha et al.; von Oswald et
+            al.): a few fewer operations per call, and the scale of the generated weights then
+            holds on average over contexts only.
 
     Shapes:
         ``(*, in_dim) -> (*, out_dim)`` with ``out_dim = hidden[-1]`` (``in_dim`` without
@@ -40,7 +44,9 @@ class MLPTrunk(nn.Module):
         torch.Size([3, 16])
     """
 
-    def __init__(self, in_dim: int, hidden: Sequence[int], activation: str = "relu") -> None:
+    def __init__(
+        self, in_dim: int, hidden: Sequence[int], activation: str = "relu", *, norm: bool = True
+    ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(
@@ -52,11 +58,12 @@ class MLPTrunk(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.act = ACTIVATIONS[activation]()
         self.out_dim = sizes[-1]
+        self.norm = bool(norm)
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers:
             x = self.act(layer(x))
-        return F.rms_norm(x, (x.shape[-1],))
+        return F.rms_norm(x, (x.shape[-1],)) if self.norm else x
 
     def forward_pair(self, c: Tensor, e: Tensor) -> Tensor:
         """The trunk on ``cat([c broadcast over K], e broadcast over M)`` without building it.
@@ -72,11 +79,11 @@ class MLPTrunk(nn.Module):
         if not self.layers:
             m, k = c.shape[0], e.shape[0]
             x = torch.cat([c[:, None].expand(m, k, -1), e[None].expand(m, k, -1)], dim=-1)
-            return F.rms_norm(x, (x.shape[-1],))
+            return F.rms_norm(x, (x.shape[-1],)) if self.norm else x
         first = self.layers[0]
         d = c.shape[-1]
         h = F.linear(c, first.weight[:, :d])[:, None] + F.linear(e, first.weight[:, d:], first.bias)
         x = self.act(h)  # (M, K, hidden[0])
         for layer in self.layers[1:]:
             x = self.act(layer(x))
-        return F.rms_norm(x, (x.shape[-1],))  # (M, K, out_dim)
+        return F.rms_norm(x, (x.shape[-1],)) if self.norm else x  # (M, K, out_dim)
