@@ -13,6 +13,7 @@ import hyperloom as hl
 import hyperloom.continual as hyperloom_continual
 from hyperloom.continual import (
     fisher_diagonal,
+    generate_tasks,
     infer_task,
     lookahead_delta,
     output_regularizer,
@@ -121,8 +122,74 @@ def test_regularizer_sampled_tasks_is_unbiased():
         output_regularizer(hnet, old, [0, 1, 2], sample=0)
 
 
+def test_generate_tasks_matches_generate_and_skips_the_gather():
+    hnet = _hnet(num_tasks=4)
+    for ids in ([0, 1, 2], [3, 1], [2]):  # increasing ids take the direct path, others not
+        out = generate_tasks(hnet, ids)
+        ref = hnet.generate(task=torch.tensor(ids))
+        assert set(out) == set(ref)
+        for name in ref:
+            torch.testing.assert_close(out[name], ref[name])
+    calls = []
+    hook = hnet.generator.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    generate_tasks(hnet, range(3))
+    hook.remove()
+    assert calls == [3]  # one batched call for all three tasks
+    checked = hl.HyperNetwork(
+        nn.Linear(3, 2), hl.TaskEmbedding(2, 4), hl.FlatGenerator(), check_finite=True
+    )
+    with torch.no_grad():
+        checked.generator.readout.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="not finite"):  # check_finite still honoured
+        generate_tasks(checked, [0, 1])
+    with pytest.raises(ValueError, match="repeat"):
+        generate_tasks(hnet, [1, 1])
+
+
+def test_regularizer_with_precomputed_outputs():
+    hnet = _hnet(num_tasks=4)
+    old = snapshot_outputs(hnet, [0, 1, 2])
+    with torch.no_grad():
+        for p in hnet.generator.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ref = output_regularizer(hnet, old, [0, 1, 2], beta=0.3)
+    ref.backward()
+    grads = [p.grad.clone() for p in hnet.generator.parameters()]
+    hnet.zero_grad()
+    out = generate_tasks(hnet, range(4))  # the current task 3 and the three earlier ones
+    current = {k: v[:3] for k, v in out.items()}
+    reg = output_regularizer(hnet, old, [0, 1, 2], beta=0.3, current=current)
+    assert reg.item() == pytest.approx(ref.item(), rel=1e-6)
+    reg.backward()
+    for g, p in zip(grads, hnet.generator.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, g)
+    g = torch.Generator().manual_seed(1)
+    draws = {
+        round(
+            output_regularizer(hnet, old, [0, 1, 2], sample=1, generator=g, current=current).item(),
+            5,
+        )
+        for _ in range(30)
+    }
+    singles = {
+        round(output_regularizer(hnet, {k: v[i : i + 1] for k, v in old.items()}, [i]).item(), 5)
+        for i in range(3)
+    }
+    assert draws == singles  # sampling picks matching rows of current and snapshot
+    with pytest.raises(ValueError, match="not both"):
+        output_regularizer(hnet, old, [0, 1, 2], current=current, delta={"x": torch.zeros(1)})
+    with pytest.raises(ValueError, match="shape"):
+        output_regularizer(hnet, old, [0, 1, 2], current={k: v[:2] for k, v in out.items()})
+
+
 def test_public_names():
-    for name in ("output_regularizer", "snapshot_outputs", "infer_task", "task_logits"):
+    for name in (
+        "output_regularizer",
+        "snapshot_outputs",
+        "infer_task",
+        "task_logits",
+        "generate_tasks",
+    ):
         assert getattr(hl, name) is getattr(hyperloom_continual, name)
 
 
@@ -286,6 +353,30 @@ def test_recipe_lookahead_and_errors(tmp_path):
     assert math.isfinite(r["avg_acc"])
     with pytest.raises(ValueError, match="unknown methods"):
         continual.resolve(continual.Config(methods=("hnet", "replay")))
+
+
+def test_recipe_validation_split_holds_out_training_images(tmp_path):
+    from hyperloom.recipes import continual
+
+    config = continual.resolve(continual.Config(valid=40, max_train=100))
+    tasks = continual.load_tasks(config)
+    full = continual.load_tasks(continual.resolve(continual.Config()))
+    for t, f in zip(tasks, full, strict=True):
+        n = len(f.x_train)
+        assert len(t.x_test) == 40 and len(t.x_train) == min(100, n - 40)
+        torch.testing.assert_close(t.x_test, f.x_train[n - 40 :])  # the last 40 training images
+        torch.testing.assert_close(t.x_train, f.x_train[: len(t.x_train)])
+    with pytest.raises(ValueError, match="valid"):
+        continual.resolve(continual.Config(valid=-1))
+    with pytest.raises(ValueError, match="no training images"):
+        continual.load_tasks(continual.resolve(continual.Config(valid=100_000)))
+    r = continual.run(
+        continual.Config(
+            methods=("hnet", "si"), iters=3, valid=20, max_train=32, out=str(tmp_path), quiet=True
+        )
+    )
+    assert set(r["results"]) == {"hnet", "si"}
+    assert r["config"]["valid"] == 20
 
 
 def test_summary_metrics():

@@ -40,6 +40,7 @@ from .hyperlstm import HyperLSTM as HyperLSTM
 from .graph import ModuleGraph as ModuleGraph
 from .graph import trace_graph as trace_graph
 from .ghn import GraphHyperNetwork as GraphHyperNetwork
+from .continual import generate_tasks as generate_tasks
 from .continual import snapshot_outputs as snapshot_outputs
 from .continual import output_regularizer as output_regularizer
 from .continual import lookahead_delta as lookahead_delta

@@ -39,6 +39,7 @@ from .functional import call_batched
 
 __all__ = [
     "fisher_diagonal",
+    "generate_tasks",
     "infer_task",
     "lookahead_delta",
     "output_regularizer",
@@ -85,7 +86,46 @@ def snapshot_outputs(hnet: nn.Module, tasks: Tensor | Sequence[int]) -> dict[str
     ids = _task_ids(tasks, _device(hnet))
     if len(ids) == 0:
         return {}
-    return {k: v.detach().clone() for k, v in hnet.generate(task=ids).items()}
+    return {k: v.detach().clone() for k, v in generate_tasks(hnet, ids).items()}
+
+
+def generate_tasks(hnet: nn.Module, tasks: Tensor | Sequence[int]) -> dict[str, Tensor]:
+    """The generated weights of several tasks in one batched call, ``{name: (n, *shape)}``.
+
+    The same as ``hnet.generate(task=ids)``, but when the ids are distinct and increasing
+    (``range(t + 1)``, say) the rows come straight out of the generator, without the gather
+    that reorders them (a copy of every generated number, and its backward). One call for the
+    current task and every earlier one lets a training step share it between the task loss
+    (row ``-1``) and :func:`output_regularizer` (``current=`` the other rows).
+
+    Args:
+        hnet: a task-conditioned :class:`~hyperloom.HyperNetwork` (``conditioner`` a
+            :class:`~hyperloom.TaskEmbedding`); anything else goes through
+            ``hnet.generate(task=ids)``.
+        tasks: distinct task ids.
+
+    Returns:
+        ``{name: (n, *shape)}``, row ``i`` for ``tasks[i]``.
+
+    Example:
+        >>> import hyperloom as hl
+        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), hl.FlatGenerator())
+        >>> generate_tasks(hnet, range(3))["weight"].shape
+        torch.Size([3, 2, 4])
+    """
+    ids = _task_ids(tasks, _device(hnet))
+    conditioner = getattr(hnet, "conditioner", None)
+    generator = getattr(hnet, "generator", None)
+    sorted_ids = len(ids) > 0 and bool((ids[1:] > ids[:-1]).all())
+    if (
+        not sorted_ids
+        or getattr(hnet, "check_finite", True)
+        or getattr(conditioner, "keys", None) != ("task",)
+        or not callable(generator)
+    ):
+        return hnet.generate(task=ids)
+    cond, _ = conditioner.from_call((), {"task": ids})  # rows of the sorted unique ids: ids
+    return generator(cond)  # {name: (n, *shape)}
 
 
 class _Generate(nn.Module):
@@ -96,7 +136,7 @@ class _Generate(nn.Module):
         self.hnet = hnet
 
     def forward(self, ids: Tensor) -> dict[str, Tensor]:
-        return self.hnet.generate(task=ids)
+        return generate_tasks(self.hnet, ids)
 
 
 def output_regularizer(
@@ -108,6 +148,7 @@ def output_regularizer(
     delta: Mapping[str, Tensor] | None = None,
     sample: int | None = None,
     generator: torch.Generator | None = None,
+    current: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """``beta / n * sum_t ||H(e_t; Phi + delta) - snapshot_t||^2`` over the ``n`` earlier tasks.
 
@@ -130,13 +171,16 @@ def output_regularizer(
         sample: the number of earlier tasks to draw per call; ``None`` (or at least ``n``)
             uses them all.
         generator: the random generator of the draw (default: torch's global one).
+        current: the hypernetwork's outputs for ``tasks`` already computed with gradients,
+            ``{name: (n, *shape)}`` (e.g. rows of one :func:`generate_tasks` call shared with
+            the task loss); ``None`` generates them here. Not combinable with ``delta``.
 
     Returns:
         A scalar tensor; exactly zero when there are no earlier tasks.
 
     Raises:
-        ValueError: when the snapshot's names or row count do not match, or ``delta`` names a
-            parameter ``hnet`` does not have.
+        ValueError: when the snapshot's names or row count do not match, ``delta`` names a
+            parameter ``hnet`` does not have, or both ``delta`` and ``current`` are given.
 
     Example:
         >>> import hyperloom as hl
@@ -154,6 +198,8 @@ def output_regularizer(
     bad = {k: tuple(v.shape) for k, v in snapshot.items() if v.dim() == 0 or len(v) != len(ids)}
     if bad:
         raise ValueError(f"snapshot rows do not match the {len(ids)} tasks: shapes {bad}")
+    if delta and current is not None:
+        raise ValueError("give delta (outputs after a lookahead step) or current, not both")
     rows = None
     if sample is not None:
         if sample < 1:
@@ -169,8 +215,10 @@ def output_regularizer(
         wrapper = _Generate(hnet)
         moved = {f"hnet.{k}": own[k] + d for k, d in delta.items()}
         current = functional_call(wrapper, moved, (ids,), strict=False)
-    else:
-        current = hnet.generate(task=ids)
+    elif current is None:
+        current = generate_tasks(hnet, ids)
+    elif rows is not None:
+        current = {k: v[rows.to(v.device)] for k, v in current.items()}  # (sample, *shape)
     if set(current) != set(snapshot):
         raise ValueError(
             f"snapshot has names {sorted(snapshot)}, the hypernetwork generates {sorted(current)}"
