@@ -100,6 +100,28 @@ def test_pfedhn_step_is_sgd_on_the_vjp():
         torch.testing.assert_close(p.detach(), b - 0.05 * g, rtol=1e-5, atol=1e-6)
 
 
+def test_preset_server_optimizer_is_adam_on_the_vjp():
+    from hyperloom.recipes.federated.recipe import Config, server_optimizer
+
+    cfg = Config()
+    hnet = small_hnet()
+    params = [p for n, p in hnet.named_parameters() if not n.startswith("target.")]
+    before = [p.detach().clone() for p in params]
+    returned = moved_weights(hnet, 2)
+    want = hand_vjp(hnet, 2, returned, params)
+    opt = server_optimizer(cfg, hnet)
+    assert isinstance(opt, torch.optim.Adam) and opt.defaults["lr"] == cfg.hn_lr
+    pfedhn_step(hnet, 2, returned, opt, max_grad_norm=None)
+    names = [n for n, _ in hnet.named_parameters() if not n.startswith("target.")]
+    for name, p, b, g in zip(names, params, before, want, strict=True):
+        if name.startswith("conditioner.rows.") and name != "conditioner.rows.2":
+            assert torch.equal(p.detach(), b), name  # no gradient: Adam leaves the row alone
+            continue
+        g = g + cfg.hn_wd * b  # Adam's L2 term
+        step = cfg.hn_lr * g / (g.abs() + 1e-8)  # Adam's first step: m / sqrt(v) = g / |g|
+        torch.testing.assert_close(p.detach(), b - step, rtol=1e-4, atol=1e-9, msg=name)
+
+
 def test_new_client_moves_only_its_embedding():
     hnet = small_hnet()
     (new,) = hnet.conditioner.add(1)
@@ -228,6 +250,27 @@ def test_recipe_inprocess_all_methods(tmp_path):
         assert all(0 <= a <= 100 for a in res["client_accs"] + res["new_client_accs"])
         assert res["skipped"] == []
     assert (tmp_path / next(p.name for p in tmp_path.iterdir()) / "results.json").exists()
+
+
+def test_diverged_pc_client_keeps_its_head_and_is_rejected(caplog):
+    from hyperloom.recipes.federated.recipe import ClientData, Config, pfedhn_client
+
+    target = lenet(1, 8, 10)
+    spec = hl.select(target, "conv*", "fc*")
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    clients = [ClientData(x, y, x, y)]
+    sent = {0: {n: p.detach().clone() for n, p in target.named_parameters() if n in spec.names}}
+    head = personal_weights(target, spec)
+    personal = {0: dict(head)}
+    cfg = Config(inner_steps=5, inner_lr=1e12, inner_momentum=0.0)  # blows up at once
+    with caplog.at_level(logging.WARNING, logger="hyperloom.federated"):
+        reply = pfedhn_client(target, clients, sent, personal, cfg, 1, 0)
+    assert check_reply(spec, reply) is not None  # the server rejects the reply
+    assert all(torch.equal(personal[0][n], head[n]) for n in head)  # the head was kept
+    assert "client 0 diverged" in caplog.text
+    ok = pfedhn_client(target, clients, sent, personal, Config(inner_steps=2), 2, 0)
+    assert check_reply(spec, ok) is None
+    assert not torch.equal(personal[0]["out.weight"], head["out.weight"])  # a sane round moves it
 
 
 def test_recipe_imports_without_flower():

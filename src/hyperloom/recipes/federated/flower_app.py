@@ -62,6 +62,7 @@ from .recipe import (
     client_seed,
     config_from_mapping,
     dataset_geometry,
+    diverged,
     inner,
     load_clients,
     server_optimizer,
@@ -367,7 +368,7 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
             seed=client_seed(config, rnd, pid),
             **inner(config),
         )
-        if personal:
+        if personal and not diverged(new, pid, rnd):  # a diverged round keeps the old head
             context.state["personal"] = to_record({n: new[n] for n in personal})
         metrics = MetricRecord({"num-examples": len(data.y_train), "train-loss": loss})
         reply = RecordDict({"arrays": to_record({n: new[n] for n in received}), "metrics": metrics})

@@ -14,7 +14,12 @@ same non-IID partitions (each client sees 2 classes, or Dirichlet(alpha) proport
 * ``fedavg-ft``: the FedAvg model fine-tuned on each client's data before testing;
 * ``local``: each client trains its own model alone, with the same number of SGD steps.
 
-Every method gets the same rounds x clients per round x inner steps of client training. After
+Every method gets the same rounds x clients per round x inner steps of client training, with
+the same client optimizer. The presets were tuned on a held-out seed (seed 100; the recorded
+runs use 0, 1, 2): the server takes Adam steps at lr 3e-5 (SGD at the paper's 1e-2, or at
+1e-3, trails far behind with this hypernetwork's RMS-normalised heads), and the client lr is
+5e-2 for every method, chosen for local-only training so that the baseline is not
+handicapped (the paper's 5e-3 left it 10 points short with 50 clients). After
 training, ``new_clients`` clients that never took part join: pFedHN trains only their new
 embeddings with the hypernetwork frozen (:func:`hyperloom.federated.embedding_optimizer`), with
 the same protocol; FedAvg-FT fine-tunes, local-only trains from scratch, FedAvg uses its model.
@@ -112,15 +117,23 @@ class Config:
     rounds: int = field(default=100, metadata={"help": "communication rounds"})
     clients_per_round: int = field(default=5, metadata={"help": "clients sampled per round"})
     inner_steps: int = field(default=10, metadata={"help": "client SGD steps per round"})
-    inner_lr: float = field(default=5e-3, metadata={"help": "client learning rate"})
+    inner_lr: float = field(
+        default=5e-2, metadata={"help": "client learning rate (every method; the paper: 5e-3)"}
+    )
     inner_momentum: float = field(default=0.9, metadata={"help": "client SGD momentum"})
     inner_wd: float = field(default=5e-5, metadata={"help": "client weight decay"})
     batch_size: int = field(default=64, metadata={"help": "client minibatch size"})
     hn_optimizer: str = field(
-        default="sgd", metadata={"help": "server optimizer on Phi", "choices": ("sgd", "adam")}
+        default="adam",
+        metadata={
+            "help": "server optimizer on Phi and the embeddings (adam: tuned on seed 100)",
+            "choices": ("sgd", "adam"),
+        },
     )
-    hn_lr: float = field(default=1e-3, metadata={"help": "server learning rate"})
-    hn_momentum: float = field(default=0.9, metadata={"help": "server SGD momentum"})
+    hn_lr: float = field(
+        default=3e-5, metadata={"help": "server learning rate (adam 3e-5; with sgd, try 3e-4)"}
+    )
+    hn_momentum: float = field(default=0.9, metadata={"help": "server SGD momentum (sgd only)"})
     hn_wd: float = field(default=1e-3, metadata={"help": "server weight decay"})
     hn_hidden: int = field(default=100, metadata={"help": "hypernetwork MLP width"})
     hn_layers: int = field(default=3, metadata={"help": "hypernetwork hidden layers"})
@@ -227,7 +240,10 @@ def server_optimizer(config: Config, hnet: HyperNetwork) -> torch.optim.Optimize
     """The server's optimizer on Phi and the embeddings (the target's own tensors excluded)."""
     params = [p for n, p in hnet.named_parameters() if not n.startswith("target.")]
     if config.hn_optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.hn_lr, weight_decay=config.hn_wd)
+        # The fused kernel: about 4x faster than the default per-tensor loop on the 8.7 M
+        # parameters of the paper's hypernetwork (60 against 230 ms a step on one CPU thread).
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        return torch.optim.Adam(params, lr=config.hn_lr, weight_decay=config.hn_wd, fused=fused)
     return torch.optim.SGD(
         params, lr=config.hn_lr, momentum=config.hn_momentum, weight_decay=config.hn_wd
     )
@@ -254,6 +270,25 @@ def generated(hnet: HyperNetwork, client: int) -> dict[str, Tensor]:
         return {k: v.detach() for k, v in hnet.generate(task=torch.tensor(client)).items()}
 
 
+def diverged(weights: dict[str, Tensor], client: int, rnd: int) -> bool:
+    """Whether a client's local training produced NaN or inf (logged as a warning).
+
+    Such a client keeps its previous state (its personal head in pFedHN-PC, its model in
+    local-only training); otherwise one diverged round would leave it non-finite for good. Its
+    reply is rejected by the server's :func:`check_reply` as well.
+
+    Example:
+        >>> diverged({"w": torch.tensor([1.0, float("nan")])}, client=0, rnd=1)
+        True
+    """
+    if all(bool(torch.isfinite(t).all()) for t in weights.values()):
+        return False
+    LOGGER.warning(
+        "round %d: client %d diverged (non-finite weights); it keeps its state", rnd, client
+    )
+    return True
+
+
 def pfedhn_client(
     target: nn.Module,
     clients: list[ClientData],
@@ -265,7 +300,7 @@ def pfedhn_client(
 ) -> dict[str, Tensor]:
     """A pFedHN client's round: train the received (and personal) weights, return the received."""
     new = fedavg_client(target, clients, {**sent[c], **personal.get(c, {})}, config, rnd, c)
-    if c in personal:  # pFedHN-PC: the head stays here
+    if c in personal and not diverged(new, c, rnd):  # pFedHN-PC: the head stays here
         personal[c] = {name: new[name] for name in personal[c]}
     return {name: new[name] for name in sent[c]}
 
@@ -418,7 +453,11 @@ def run(config: Config) -> dict:
                 else:  # local only: no server
                     replies = None
                     for c in sampled:
-                        local_w[c] = fedavg_client(target, clients, local_w[c], config, rnd, c)
+                        new_w = fedavg_client(target, clients, local_w[c], config, rnd, c)
+                        if not diverged(new_w, c, rnd):
+                            local_w[c] = new_w
+                        else:  # it keeps its model
+                            skipped.append({"round": rnd, "client": c, "reason": "diverged"})
                 if replies is not None:
                     skipped += [
                         {"round": rnd, "client": c, "reason": r} for c, r in replies.skipped.items()
