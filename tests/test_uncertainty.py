@@ -237,9 +237,114 @@ def test_recipe_runs_on_a_tiny_scenario(tmp_path):
     ]
     for s in results["summary"]:
         assert 0 <= s["acc"] <= 100 and 0 <= s["auroc"] <= 100 and s["nll"] > 0
+        assert s["val_nll"] > 0 and 0 <= s["val_acc"] <= 100
         assert "gap_std_ratio" in s
+    assert results["data"]["validation"] > 0 and results["selection"] == {}
     run_dir = results["run_dir"]
     for name in ("results.json", "results.csv", "reliability.png", "regression.png"):
         assert (tmp_path / run_dir.split("/")[-1] / name).is_file()
     ood = results["data"]["ood"]
     assert "held-out" in ood
+
+
+def _toy_dataset(n_train=60, n_test=20, classes=3):
+    """Images whose first pixel is a unique id (train 0.., test 1000..), labels id % classes."""
+    ids_train, ids_test = torch.arange(n_train), 1000 + torch.arange(n_test)
+
+    def images(ids):
+        x = torch.rand(len(ids), 1, 4, 4)
+        x[:, 0, 0, 0] = ids.float()
+        return x
+
+    from hyperloom.data import Dataset
+
+    names = tuple(str(c) for c in range(classes))
+    return Dataset(
+        "toy", images(ids_train), ids_train % classes, images(ids_test), ids_test % classes, names
+    )
+
+
+def test_validation_split_is_disjoint_from_training_and_test(monkeypatch):
+    from hyperloom.recipes import uncertainty
+
+    data = _toy_dataset()
+    rest, x_val, y_val = uncertainty.split_validation(data, 12)
+    ids = {
+        "train": rest.x_train[:, 0, 0, 0].long().tolist(),
+        "val": x_val[:, 0, 0, 0].long().tolist(),
+        "test": rest.x_test[:, 0, 0, 0].long().tolist(),
+    }
+    assert ids["val"] == list(range(48, 60)) and ids["train"] == list(range(48))
+    assert torch.equal(y_val, data.y_train[48:]) and torch.equal(rest.x_test, data.x_test)
+    with pytest.raises(ValueError, match="val_size"):
+        uncertainty.split_validation(data, 60)
+    # through the recipe's loader: held-out classes removed first, then the split, normalised
+    monkeypatch.setattr(uncertainty, "load_dataset", lambda name, root=None: data)
+    config = uncertainty.Config(dataset="toy", ood="heldout", heldout=(2,), val_size=8)
+    train, (x_val, y_val), x_ood, _ = uncertainty.load_problem(config)
+    first = {
+        "train": set(train.x_train[:, 0, 0, 0].tolist()),
+        "val": set(x_val[:, 0, 0, 0].tolist()),
+        "test": set(train.x_test[:, 0, 0, 0].tolist()) | set(x_ood[:, 0, 0, 0].tolist()),
+    }
+    assert len(first["val"]) == len(y_val) == 8 and len(first["train"]) == 40 - 8
+    assert not first["train"] & first["val"]
+    assert not (first["train"] | first["val"]) & first["test"]
+    assert (y_val < 2).all() and (train.y_train < 2).all()  # in-distribution classes only
+    assert train.x_train.mean().abs() < 1e-5  # normalised with the training part's statistics
+    default = uncertainty.Config(dataset="toy", ood="heldout", heldout=(2,))
+    assert len(uncertainty.load_problem(default)[1][1]) == 4  # a tenth of 40
+    none = uncertainty.Config(dataset="toy", ood="heldout", heldout=(2,), val_size=0)
+    assert len(uncertainty.load_problem(none)[1][1]) == 0
+    with pytest.raises(ValueError, match="val_size"):
+        uncertainty.load_problem(
+            uncertainty.Config(dataset="toy", ood="heldout", heldout=(2,), val_size=-1)
+        )
+
+
+def test_select_lowest_picks_the_lowest_mean_validation_nll():
+    from hyperloom.recipes.uncertainty import select_lowest
+
+    # means 0.40, 0.355, 0.40: the best single seed (1.0: 0.2) must not win
+    assert select_lowest({0.0: [0.5, 0.3], 0.3: [0.35, 0.36], 1.0: [0.2, 0.6]}) == 0.3
+    assert select_lowest({3.0: [0.4], 0.1: [0.4], 1.0: [0.5]}) == 3.0  # a tie: the first
+    with pytest.raises(ValueError, match="score"):
+        select_lowest({0.1: [0.3], 0.2: []})
+
+
+def test_recipe_selection_mode_reports_validation_only(tmp_path):
+    pytest.importorskip("sklearn")
+    from hyperloom.recipes import uncertainty
+
+    config = uncertainty.Config(
+        dataset="digits",
+        n_train=300,
+        n_test=100,
+        hidden=(16,),
+        epochs=1,
+        eval_samples=3,
+        train_samples=2,
+        methods=("dropout", "hypernet"),
+        diversity_grid=(0.0, 1.0),
+        dropout_grid=(0.1, 0.3),
+        repeats=2,
+        quiet=True,
+        out=str(tmp_path),
+    )
+    results = uncertainty.run(config)
+    names = [s["method"] for s in results["summary"]]
+    assert names == [
+        "mc dropout (p=0.1)",
+        "mc dropout (p=0.3)",
+        "hypernet (diversity=0)",
+        "hypernet (diversity=1)",
+    ]
+    for row in results["per_seed"]:  # validation figures only: the test set is never scored
+        assert row["val_nll"] > 0 and not {"acc", "nll", "ece", "auroc"} & set(row)
+    assert len(results["per_seed"]) == 8 and results["reliability"] == {}
+    for what, grid in (("diversity", (0.0, 1.0)), ("dropout", (0.1, 0.3))):
+        sel = results["selection"][what]
+        means = {v: sum(sel["val_nll"][str(v)]) / 2 for v in grid}
+        assert sel["selected"] == min(means, key=means.get)
+    with pytest.raises(ValueError, match="needs hypernet"):
+        uncertainty.run(uncertainty.Config(methods=("single",), diversity_grid=(0.0, 1.0)))

@@ -22,8 +22,22 @@ Two problems share the one training loop (one minibatch of each per step):
 2. a 1-D regression toy with a gap in its inputs, where a good posterior grows its uncertainty:
    test NLL and the ratio of the predictive std in the gap to that on the data.
 
+The last ``val_size`` training images (5,000 on Fashion-MNIST) are held out as a validation
+set: every model trains on the rest, and its validation accuracy, NLL and ECE are reported
+next to the test figures. Hyperparameters are chosen on validation NLL only: with
+``diversity_grid`` (the hypernetwork's diversity weight) and/or ``dropout_grid`` (the MC dropout
+rate) the recipe runs in selection mode, training one model per value side by side in the same
+loop on the same minibatches, and reports validation figures only (no test set, no OOD, no
+regression toy) with the value of lowest mean validation NLL over the seeds. The defaults,
+``diversity=3`` and ``dropout=0.2``, are the values that ``docs/results/uncertainty.md``
+selected so (seed 0)::
+
+    hyperloom train uncertainty --methods=dropout,hypernet \\
+        --diversity_grid=0,0.1,0.3,1,3 --dropout_grid=0.05,0.1,0.2,0.3,0.5
+
 Outputs under ``runs/<timestamp>-uncertainty/``: results.json, results.csv, reliability.png,
-regression.png. With ``repeats=3`` the table shows mean ± std over seeds seed..seed+2.
+regression.png (selection mode: results.json and results.csv). With ``repeats=3`` the table
+shows mean ± std over seeds seed..seed+2.
 """
 
 from __future__ import annotations
@@ -97,6 +111,13 @@ class Config:
     )
     n_train: int | None = field(default=None, metadata={"help": "training images (none: all)"})
     n_test: int | None = field(default=None, metadata={"help": "test images (none: all)"})
+    val_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "validation images held out from the end of the training set (none: 5,000, "
+            "at most a tenth of the training images; 0: no validation split)"
+        },
+    )
     hidden: tuple[int, ...] = field(default=(200, 200), metadata={"help": "MLP hidden sizes"})
     epochs: int = field(default=10, metadata={"help": "classification epochs"})
     batch_size: int = field(default=128, metadata={"help": "minibatch size"})
@@ -109,7 +130,10 @@ class Config:
     eval_samples: int = field(
         default=20, metadata={"help": "z draws (and MC dropout passes) at test time"}
     )
-    diversity: float = field(default=1.0, metadata={"help": "weight of the diversity term"})
+    diversity: float = field(
+        default=3.0,
+        metadata={"help": "weight of the diversity term (3: chosen on validation NLL)"},
+    )
     diversity_term: str = field(
         default="kernel",
         metadata={"help": "kernel repulsion or entropy surrogate", "choices": DIVERSITY_TERMS},
@@ -127,7 +151,23 @@ class Config:
         metadata={"help": f"which methods to train, among {', '.join(METHODS)}"},
     )
     kl_weight: float = field(default=1.0, metadata={"help": "KL weight of the ELBO"})
-    dropout: float = field(default=0.1, metadata={"help": "MC dropout rate"})
+    dropout: float = field(
+        default=0.2, metadata={"help": "MC dropout rate (0.2: chosen on validation NLL)"}
+    )
+    diversity_grid: tuple[float, ...] = field(
+        default=(),
+        metadata={
+            "help": "selection mode: train one hypernet per diversity weight, report validation "
+            "figures only and the weight of lowest validation NLL"
+        },
+    )
+    dropout_grid: tuple[float, ...] = field(
+        default=(),
+        metadata={
+            "help": "selection mode: train one MC dropout net per rate, report validation "
+            "figures only and the rate of lowest validation NLL"
+        },
+    )
     ensemble: int = field(default=5, metadata={"help": "deep ensemble size"})
     reg_points: int = field(default=160, metadata={"help": "regression toy training points"})
     reg_noise: float = field(default=0.1, metadata={"help": "regression toy noise std"})
@@ -167,8 +207,67 @@ def regression_toy(n: int, noise: float, generator: torch.Generator) -> tuple[Te
     return x, y
 
 
-def load_problem(config: Config) -> tuple[Dataset, Tensor, str]:
-    """The in-distribution dataset (normalised), the OOD images, and a description of them."""
+def validation_size(config: Config, n_train: int) -> int:
+    """``config.val_size``, or when it is None 5,000 but at most a tenth of ``n_train``."""
+    if config.val_size is None:
+        return min(5000, n_train // 10)
+    if not 0 <= config.val_size < n_train:
+        raise ValueError(f"val_size must be in [0, {n_train}), got {config.val_size}")
+    return config.val_size
+
+
+def split_validation(data: Dataset, val_size: int) -> tuple[Dataset, Tensor, Tensor]:
+    """Hold out the last ``val_size`` training examples as a validation set.
+
+    Args:
+        data: the dataset; its test split is left as it is.
+        val_size: number of training examples to hold out, ``0 <= val_size < len(y_train)``.
+
+    Returns:
+        ``(rest, x_val, y_val)``: the dataset whose training split is the first
+        ``len(y_train) - val_size`` examples, and the held-out images and labels (empty when
+        ``val_size`` is 0). The two parts are disjoint and together the original split.
+    """
+    n = len(data.y_train)
+    if not 0 <= val_size < n:
+        raise ValueError(f"val_size must be in [0, {n}), got {val_size}")
+    keep = n - val_size
+    rest = Dataset(
+        data.name,
+        data.x_train[:keep],
+        data.y_train[:keep],
+        data.x_test,
+        data.y_test,
+        data.classes,
+    )
+    return rest, data.x_train[keep:], data.y_train[keep:]
+
+
+def select_lowest(scores: dict[float, list[float]]) -> float:
+    """The candidate whose scores have the lowest mean (the first one listed on a tie).
+
+    Args:
+        scores: ``{candidate value: [score per seed]}``, e.g. validation NLLs.
+
+    Returns:
+        The candidate value.
+
+    Example:
+        >>> select_lowest({0.0: [0.32, 0.31], 0.3: [0.30, 0.31], 1.0: [0.33]})
+        0.3
+    """
+    empty = [v for v, s in scores.items() if not s]
+    if not scores or empty:
+        raise ValueError(f"every candidate needs at least one score, got {scores}")
+    return min(scores, key=lambda v: sum(scores[v]) / len(scores[v]))
+
+
+def load_problem(config: Config) -> tuple[Dataset, tuple[Tensor, Tensor], Tensor, str]:
+    """The dataset, validation ``(x, y)`` and OOD images (all normalised), and the OOD's name.
+
+    The validation images are the last ``val_size`` of the (in-distribution) training set; the
+    returned dataset's training split is the rest, and its mean and std normalise everything.
+    """
     data = load_dataset(config.dataset, config.data_dir)
     if config.dataset == "auto" and not fashion_mnist_available(config.data_dir):
         print("Fashion-MNIST files not found: using scikit-learn's digits instead")
@@ -207,6 +306,7 @@ def load_problem(config: Config) -> tuple[Dataset, Tensor, str]:
             tuple(data.classes[c] for c in keep),
         )
         what = f"held-out classes {list(config.heldout)} ({len(x_ood)} test images)"
+    data, x_val, y_val = split_validation(data, validation_size(config, len(data.y_train)))
     mean, std = data.x_train.mean(), data.x_train.std()
     data = Dataset(
         data.name,
@@ -216,7 +316,7 @@ def load_problem(config: Config) -> tuple[Dataset, Tensor, str]:
         data.y_test,
         data.classes,
     )
-    return data, (x_ood - mean) / std, what
+    return data, ((x_val - mean) / std, y_val), (x_ood - mean) / std, what
 
 
 @torch.no_grad()
@@ -287,18 +387,33 @@ def run(config: Config) -> dict:
     unknown = [m for m in config.methods if m not in METHODS]
     if unknown or not config.methods:
         raise ValueError(f"methods {list(config.methods)}: choose among {', '.join(METHODS)}")
-    data, x_ood, ood_what = load_problem(config)
+    grids = {"hypernet": config.diversity_grid, "dropout": config.dropout_grid}
+    for key, grid in grids.items():
+        if grid and key not in config.methods:
+            raise ValueError(f"a grid for {key} needs {key} in methods, got {config.methods}")
+        if len(set(grid)) != len(grid) or any(v < 0 for v in grid):
+            raise ValueError(f"grid {grid} for {key}: values must be distinct and >= 0")
+    if any(p >= 1 for p in config.dropout_grid):
+        raise ValueError(f"dropout_grid {config.dropout_grid}: rates must be < 1")
+    selecting = any(grids.values())
+    data, (x_val, y_val), x_ood, ood_what = load_problem(config)
+    if selecting and not len(y_val):
+        raise ValueError("diversity_grid and dropout_grid select on validation NLL: val_size > 0")
     n_train = len(data.y_train)
     print(
-        f"data: {data.name}, {n_train:,} train / {len(data.y_test):,} test images, "
-        f"{data.num_classes} classes; OOD: {ood_what}"
+        f"data: {data.name}, {n_train:,} train / {len(y_val):,} validation / "
+        f"{len(data.y_test):,} test images, {data.num_classes} classes; OOD: {ood_what}"
     )
+    if selecting:
+        print("selection mode: validation figures only (no test set, no OOD, no regression toy)")
+    reg_steps = 0 if selecting else config.reg_steps
     run_dir = make_run_dir(config.out, "uncertainty")
     in_features = data.x_train[0].numel()
     per_seed: list[dict] = []
     diagrams: dict[str, dict] = {}
     reg_curves: dict[str, dict] = {}
     reg_data: tuple[Tensor, Tensor] | None = None
+    variant_of: dict[str, tuple[str, float]] = {}  # selection mode: name -> (method, value)
 
     for seed in range(config.seed, config.seed + config.repeats):
         torch.manual_seed(seed)
@@ -312,7 +427,7 @@ def run(config: Config) -> dict:
             return mlp(in_features, config.hidden, out_features, dropout)
 
         models: dict[tuple[str, str], dict] = {}
-        for task in ("cls", "reg"):
+        for task in ("cls",) if selecting else ("cls", "reg"):
             reg = task == "reg"
             n_out, n_data = (1, config.reg_points) if reg else (data.num_classes, n_train)
 
@@ -322,10 +437,17 @@ def run(config: Config) -> dict:
                     return F.mse_loss(out, y.expand_as(out))
                 return F.cross_entropy(out.flatten(0, 1), y.repeat(out.shape[0]))
 
-            for key in config.methods:
-                # each method's initialisation comes from its own seed, whatever else runs
+            # one model per method, or per value of its grid (selection mode)
+            variants = [(key, v) for key in config.methods for v in grids.get(key) or (None,)]
+            for key, value in variants:
+                # each method's initialisation comes from its own seed, whatever else runs (the
+                # variants of a grid start from the same initialisation)
                 torch.manual_seed(1000 * seed + 10 * METHODS.index(key) + int(reg))
                 name = NAMES[key]
+                if value is not None:
+                    name += f" ({'diversity' if key == 'hypernet' else 'p'}={value:g})"
+                    variant_of[name] = (key, value)
+                diversity = config.diversity if value is None else value
                 if key == "single":
                     single = make(n_out, reg)
                     models[task, name] = {
@@ -335,7 +457,7 @@ def run(config: Config) -> dict:
                         "count": count_trainable(single),
                     }
                 elif key == "dropout":
-                    dropout_net = make(n_out, reg, config.dropout)
+                    dropout_net = make(n_out, reg, config.dropout if value is None else value)
 
                     def mc_predict(x: Tensor, k: int, m: nn.Module = dropout_net) -> Tensor:
                         m.train()  # dropout on: k passes as one batch of k copies
@@ -369,7 +491,9 @@ def run(config: Config) -> dict:
                     )
                     post = GaussianPosterior(config.z_dim) if key == "variational" else None
 
-                    def hnet_loss(x, y, h=hnet, q=post, dl=data_loss, n=n_data, reg=reg):
+                    def hnet_loss(
+                        x, y, h=hnet, q=post, dl=data_loss, n=n_data, reg=reg, div=diversity
+                    ):
                         k = config.train_samples
                         z = q.rsample(k) if q is not None else None
                         ws = sample_weights(h, k, z=z)  # {name: (K, *shape)}
@@ -382,9 +506,7 @@ def run(config: Config) -> dict:
                             if config.diversity_space == "weights"
                             else (out if reg else out.log_softmax(-1)).flatten(1)
                         )
-                        return implicit_loss(
-                            fit, spread, diversity=config.diversity, term=config.diversity_term
-                        )
+                        return implicit_loss(fit, spread, diversity=div, term=config.diversity_term)
 
                     def hnet_predict(x, k, h=hnet, q=post, s=seed) -> Tensor:
                         g = torch.Generator().manual_seed(10_000 + s)  # the same k nets each call
@@ -409,7 +531,7 @@ def run(config: Config) -> dict:
 
         # ---- The one training loop: one classification batch and one regression step -------
         batches_per_epoch = math.ceil(n_train / config.batch_size)
-        steps = max(config.epochs * batches_per_epoch, config.reg_steps)
+        steps = max(config.epochs * batches_per_epoch, reg_steps)
         order = torch.empty(0, dtype=torch.long)
         for step in progress(range(steps), quiet=config.quiet, desc=f"seed {seed}"):
             batch = {}
@@ -419,7 +541,7 @@ def run(config: Config) -> dict:
                     order = torch.randperm(n_train, generator=g_data)
                 idx = order[i * config.batch_size : (i + 1) * config.batch_size]
                 batch["cls"] = (data.x_train[idx], data.y_train[idx])
-            if step < config.reg_steps:
+            if step < reg_steps:
                 batch["reg"] = (x_reg, y_reg)
             for (task, _), m in models.items():
                 if task not in batch:
@@ -440,6 +562,20 @@ def run(config: Config) -> dict:
             k = config.ensemble if name == "deep ensemble" else config.eval_samples
             k = 1 if name == "single" else k
             if task == "cls":
+                row = {"seed": seed, "method": name, "params": m["count"]}
+                if name in variant_of:
+                    row["value"] = variant_of[name][1]
+                if len(y_val):  # validation: what hyperparameters are chosen on
+                    probs = predictive_classification(
+                        batched_logits(lambda x, m=m, k=k: m["predict"](x, k), x_val)
+                    ).probs
+                    row["val_acc"] = 100 * accuracy(probs, y_val)
+                    row["val_nll"] = nll(probs, y_val)
+                    row["val_ece"] = 100 * expected_calibration_error(probs, y_val, bins=15)
+                if selecting:  # selection mode never looks at the test set
+                    row["train_s"] = m["seconds"]
+                    rows.append(row)
+                    continue
                 pred_in = predictive_classification(
                     batched_logits(lambda x, m=m, k=k: m["predict"](x, k), data.x_test)
                 )
@@ -447,10 +583,7 @@ def run(config: Config) -> dict:
                     batched_logits(lambda x, m=m, k=k: m["predict"](x, k), x_ood)
                 )
                 probs, y = pred_in.probs, data.y_test
-                row = {
-                    "seed": seed,
-                    "method": name,
-                    "params": m["count"],
+                row |= {
                     "acc": 100 * accuracy(probs, y),
                     "nll": nll(probs, y),
                     "brier": brier_score(probs, y),
@@ -490,46 +623,84 @@ def run(config: Config) -> dict:
         write_json(run_dir / "results.json", {"config": asdict(config), "per_seed": per_seed})
 
     # ---- Report: mean ± std over seeds ------------------------------------------------------
+    val_metrics = ["val_acc", "val_nll", "val_ece"]
     metrics = ["acc", "nll", "brier", "ece", "auroc", "auroc_mi", "reg_nll", "gap_std_ratio"]
     summary = []
     for name in dict.fromkeys(r["method"] for r in per_seed):
         rs = [r for r in per_seed if r["method"] == name]
         entry: dict = {"method": name, "params": rs[0]["params"]}
-        for key in [*metrics, "train_s"]:
+        for key in [*val_metrics, *metrics, "train_s"]:
             vals = torch.tensor([r[key] for r in rs if r.get(key) is not None], dtype=torch.float64)
             if len(vals):
                 entry[key] = vals.mean().item()
                 entry[f"{key}_std"] = vals.std().item() if len(vals) > 1 else 0.0
         summary.append(entry)
+    if selecting:
+        metrics = val_metrics
+    elif len(y_val):
+        metrics.insert(metrics.index("auroc"), "val_nll")  # next to the test figures
     table = []
     for e in summary:
         row = {"method": e["method"], "params": e["params"]}
         for key in [*metrics, "train_s"]:
             if key in e:
-                digits = 1 if key in ("acc", "ece", "auroc", "auroc_mi", "train_s") else 3
+                percent = ("acc", "ece", "auroc", "auroc_mi", "val_acc", "val_ece", "train_s")
+                digits = 1 if key in percent else 4 if key == "val_nll" else 3
                 row[key] = f"{e[key]:.{digits}f} ± {e[key + '_std']:.{digits}f}"
         table.append(row)
+    # ---- Selection mode: per grid, the value of lowest mean validation NLL -----------------
+    selection: dict[str, dict] = {}
+    for key, grid in grids.items():
+        if not grid:
+            continue
+        scores = {
+            v: [r["val_nll"] for r in per_seed if variant_of.get(r["method"]) == (key, v)]
+            for v in grid
+        }
+        selection["diversity" if key == "hypernet" else "dropout"] = {
+            "method": NAMES[key],
+            "val_nll": {str(v): s for v, s in scores.items()},
+            "selected": select_lowest(scores),
+        }
     if reg_data is not None:
         plot_regression(reg_curves, *reg_data, run_dir / "regression.png")
-    plot_reliability(diagrams, run_dir / "reliability.png")
+    if diagrams:
+        plot_reliability(diagrams, run_dir / "reliability.png")
     results = {
         "config": asdict(config),
-        "data": {"name": data.name, "train": n_train, "test": len(data.y_test), "ood": ood_what},
+        "data": {
+            "name": data.name,
+            "train": n_train,
+            "validation": len(y_val),
+            "test": len(data.y_test),
+            "ood": ood_what,
+        },
         "summary": summary,
         "per_seed": per_seed,
         "reliability": diagrams,
         "regression": reg_curves,
+        "selection": selection,
     }
     write_json(run_dir / "results.json", results)
     write_csv(run_dir / "results.csv", per_seed)
     seeds = f"seed {config.seed}" if config.repeats == 1 else (
         f"seeds {config.seed}..{config.seed + config.repeats - 1}, mean ± std"
     )  # fmt: skip
-    print(
-        f"\n{data.name}, {config.epochs} epochs, {seeds}; acc, ece, auroc in %; OOD: {ood_what}; "
-        f"K = {config.eval_samples} draws (deep ensemble: {config.ensemble} members)"
-    )
+    if selecting:
+        print(f"\n{data.name}, {config.epochs} epochs, {seeds}; validation only, acc and ece in %")
+    else:
+        print(
+            f"\n{data.name}, {config.epochs} epochs, {seeds}; acc, ece, auroc in %; OOD: "
+            f"{ood_what}; K = {config.eval_samples} draws (deep ensemble: {config.ensemble} "
+            "members)"
+        )
     print(format_table(table))
+    for what, sel in selection.items():
+        best = sel["val_nll"][str(sel["selected"])]
+        print(
+            f"selected {what} = {sel['selected']:g} for {sel['method']}: lowest mean validation "
+            f"NLL, {sum(best) / len(best):.4f} over {len(best)} seed(s)"
+        )
     print(f"\n{run_dir}")
     results["run_dir"] = str(run_dir)
     return results
