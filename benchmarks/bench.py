@@ -1034,7 +1034,7 @@ def main() -> None:
         "",
         f"- machine: {_cpu()}; torch {torch.__version__}, 1 thread "
         f"(`torch.set_num_threads(1)`); Python {platform.python_version()}",
-        f"- shared machine: other engineers' jobs ran at the same time. `uptime` before: "
+        f"- load (other jobs on the machine slow every contender alike): `uptime` before: "
         f"`{load_before}`",
         "- every timing interleaves its contenders round-robin in one process; figures are "
         "medians [25th, 75th percentile] over rounds, ratios are medians of per-round ratios",
