@@ -363,3 +363,15 @@ def test_tiled_hyperfan_with_only_matrices_or_only_vectors():
     for module, name in ((nn.Linear(30, 20, bias=False), "weight"), (nn.LayerNorm(7), "bias")):
         gen = hl.hyperfan_in_(hl.TiledGenerator(hl.select(module), 4, tile=(4, 4)))
         assert gen(torch.randn(4))[name].shape == module.get_parameter(name).shape
+
+
+@pytest.mark.parametrize("module_name", ["generators.tiled", "graph", "ghn"])
+def test_docstring_examples_run(module_name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"hyperloom.{module_name}")
+    result = doctest.testmod(
+        module, extraglobs={"torch": torch, "nn": nn}, optionflags=doctest.NORMALIZE_WHITESPACE
+    )
+    assert result.attempted > 0 and result.failed == 0

@@ -70,7 +70,7 @@ def cmd_list(args: argparse.Namespace, rest: Sequence[str]) -> int:
         print(f"  {name:<12}{cls.__name__:<22}{cls.kind or 'mixture'}")
     print("recipes:")
     for name in sorted(RECIPES):
-        print(f"  {name:<12}hyperloom train {name} --help")
+        print(f"  {name:<14}hyperloom train {name} --help")
     return 0
 
 
