@@ -48,8 +48,7 @@ class Generator(nn.Module):
         """
         if not isinstance(spec, TargetSpec):
             raise TypeError(f"bind() takes a TargetSpec, got {type(spec).__name__}")
-        if isinstance(cond_dim, bool) or not isinstance(cond_dim, int) or cond_dim < 1:
-            raise ValueError(f"cond_dim must be a positive int, got {cond_dim!r}")
+        check_cond_dim(cond_dim)
         if self.spec is not None:
             if self.spec != spec or self.cond_dim != cond_dim:
                 raise ValueError(
@@ -101,15 +100,7 @@ class Generator(nn.Module):
                 out[p.name] = t if t.dtype == p.dtype else t.to(p.dtype)
             return out
         raw = self._generate(cond.reshape(-1, self.cond_dim))  # {name: (M, *shape)}
-        for p in spec:
-            t = raw[p.name]
-            if p.init_const:
-                t = t + p.init_const
-            if t.dtype != p.dtype:
-                t = t.to(p.dtype)
-            want = (*lead, *p.shape)
-            out[p.name] = t if t.shape == want else t.reshape(want)
-        return out
+        return finish(raw, spec, lead)
 
     def config(self) -> dict[str, Any]:
         """``{"name": registry name, "options": constructor options}``, JSON-ready."""
@@ -159,6 +150,30 @@ class Generator(nn.Module):
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         bound = f"{len(self.spec)} tensors, {self.spec.numel:,} weights" if self.spec else "unbound"
         return f"{opts}, {bound}" if opts else bound
+
+
+def check_cond_dim(cond_dim: object) -> None:
+    """Raise ``ValueError`` unless ``cond_dim`` is a positive int."""
+    if isinstance(cond_dim, bool) or not isinstance(cond_dim, int) or cond_dim < 1:
+        raise ValueError(f"cond_dim must be a positive int, got {cond_dim!r}")
+
+
+def finish(raw: dict[str, Tensor], spec: TargetSpec, lead: tuple[int, ...]) -> dict[str, Tensor]:
+    """Raw generated tensors ``{name: (M, *shape)}`` -> ``{name: (*lead, *shape)}``.
+
+    Adds each constant-initialised tensor's constant and casts to the spec's dtype; every
+    generator's output goes through here (or, for flat parts, the same steps as views).
+    """
+    out = {}
+    for p in spec:
+        t = raw[p.name]
+        if p.init_const:
+            t = t + p.init_const
+        if t.dtype != p.dtype:
+            t = t.to(p.dtype)
+        want = (*lead, *p.shape)
+        out[p.name] = t if t.shape == want else t.reshape(want)
+    return out
 
 
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:

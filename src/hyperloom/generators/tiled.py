@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..target import ParamInfo, TargetSpec
-from .base import Generator
+from .base import Generator, check_cond_dim, finish
 from .registry import register
 from .trunk import ACTIVATIONS
 
@@ -255,8 +255,7 @@ class TiledGenerator(Generator):
         if spec is not None:
             self.bind(spec, cond_dim)  # type: ignore[arg-type]
         elif cond_dim is not None:
-            if isinstance(cond_dim, bool) or not isinstance(cond_dim, int) or cond_dim < 1:
-                raise ValueError(f"cond_dim must be a positive int, got {cond_dim!r}")
+            check_cond_dim(cond_dim)
             self.cond_dim = cond_dim
             self._build()
 
@@ -320,15 +319,7 @@ class TiledGenerator(Generator):
         per_tensor = self._stack_conditioning(cond, spec)  # (*, n_tensors, d)
         lead = per_tensor.shape[:-2]
         raw = self._tiles(per_tensor.reshape(-1, len(spec), self.cond_dim), spec)
-        out = {}
-        for p in spec:
-            t = raw[p.name]
-            if p.init_const:
-                t = t + p.init_const
-            if t.dtype != p.dtype:
-                t = t.to(p.dtype)
-            out[p.name] = t.reshape(*lead, *p.shape)
-        return out
+        return finish(raw, spec, tuple(lead))
 
     def _generate(self, cond: Tensor) -> dict[str, Tensor]:
         spec = self._bound_spec()
