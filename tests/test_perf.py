@@ -288,3 +288,115 @@ def test_per_sample_linear_gradients_first_and_second_order_equal_vmap_path():
     ref = _call_batched_vmap(target, weights, 3, ((0,), {}), (x,), {})
     assert_close(fast, ref)
     assert_close(grads(fast), grads(ref), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-sample calls straight from the readout: Linear layers never form their weights
+
+
+@pytest.fixture
+def count_readout_linear(monkeypatch):
+    """How many times ``_ReadoutLinear`` ran (a silent fall-back leaves it at 0)."""
+    from hyperloom import functional
+
+    calls = []
+    apply = functional._ReadoutLinear.apply
+    monkeypatch.setattr(functional._ReadoutLinear, "apply", lambda *a: calls.append(1) or apply(*a))
+    return calls
+
+
+def _general_path(monkeypatch, hnet, x):
+    """The same call with weights generated first (``call_batched`` on ``(B, *shape)``)."""
+    with monkeypatch.context() as m:
+        m.setattr(hl.HyperNetwork, "_from_readout", lambda *a: None)
+        return hnet(x)
+
+
+READOUT_TARGETS = {
+    "mlp": (lambda: nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)), (7, 6), 2),
+    "cnn": (
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 4), nn.Sigmoid()
+        ),
+        (5, 2, 6, 6),
+        1,
+    ),
+    "no bias": (lambda: nn.Sequential(nn.Linear(6, 4, bias=False), nn.ReLU()), (3, 6), 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(READOUT_TARGETS))
+def test_call_from_readout_equals_generated_weights_first_and_second_order(
+    monkeypatch, count_readout_linear, case
+):
+    make, shape, fused = READOUT_TARGETS[case]
+    target = make().double()
+    d = torch.Size(shape[1:]).numel()
+    hnet = hl.HyperNetwork(
+        target,
+        hl.SampleEncoder(nn.Sequential(nn.Flatten(), nn.Linear(d, 4)), 4),
+        hl.FlatGenerator(hidden=(8,)),
+    ).double()
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    wrt = [x, *hnet.parameters()]
+
+    def grads(out):
+        g = torch.autograd.grad(out.pow(2).sum(), wrt, create_graph=True)
+        return g, torch.autograd.grad(sum(gi.pow(2).sum() for gi in g), wrt)
+
+    out = hnet(x)
+    assert len(count_readout_linear) == fused  # every Linear of the stack, once
+    ref = _general_path(monkeypatch, hnet, x)
+    assert len(count_readout_linear) == fused  # the reference did not take it
+    assert_close(out, ref)
+    assert_close(grads(out), grads(ref))
+
+
+def test_call_from_readout_shared_bias_and_rows_per_sample(monkeypatch, count_readout_linear):
+    # Only the weights generated: the bias is the target's own, shared by every sample.
+    target = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    hnet = hl.HyperNetwork(
+        target, hl.SampleEncoder(nn.Linear(6, 3), 3), hl.FlatGenerator(), generate="*.weight"
+    )
+    x = torch.randn(5, 6)
+    out = hnet(x)
+    assert len(count_readout_linear) == 2
+    assert_close(out, _general_path(monkeypatch, hnet, x))
+    g = torch.autograd.grad(out.sum(), target[0].bias)[0]  # the shared bias trains
+    assert g.abs().sum() > 0
+    # Several rows per sample (a sequence each): those weights are formed, as before.
+    count_readout_linear.clear()
+    seq = hl.HyperNetwork(
+        nn.Linear(6, 2),
+        hl.SampleEncoder(nn.Sequential(nn.Flatten(), nn.Linear(18, 3)), 3),
+        hl.FlatGenerator(),
+    )
+    xs = torch.randn(4, 3, 6)
+    assert_close(seq(xs), _general_path(monkeypatch, seq, xs))
+    assert seq(xs).shape == (4, 3, 2)
+    assert not count_readout_linear
+
+
+def test_call_from_readout_is_skipped_where_it_must_be(monkeypatch, count_readout_linear):
+    def hnet_with(gen, **kw):
+        target = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+        return hl.HyperNetwork(target, hl.SampleEncoder(nn.Linear(6, 3), 3), gen, **kw)
+
+    x = torch.randn(5, 6)
+    for hnet in (
+        hnet_with(hl.ChunkedGenerator(chunk_size=8)),  # not one linear readout
+        hnet_with(hl.FlatGenerator(), check_finite=True),  # the weights must be looked at
+    ):
+        hnet(x)
+    hooked = hnet_with(hl.FlatGenerator())
+    seen = []
+    hooked.generator.register_forward_hook(lambda *a: seen.append(1))
+    hooked(x)
+    assert seen  # a hook on the generator sees it run
+    plain = hnet_with(hl.FlatGenerator())
+    g = torch.func.grad(lambda xx: plain(xx).pow(2).sum())(x)  # a torch.func transform
+    assert not count_readout_linear
+    xr = x.clone().requires_grad_()
+    out = plain(xr)
+    assert len(count_readout_linear) == 2
+    assert_close(g, torch.autograd.grad(out.pow(2).sum(), xr)[0])

@@ -475,7 +475,8 @@ def _run_direct(layers: list[nn.Module], by_id: dict[int, Tensor], x: Tensor) ->
     """:func:`call` for a stack of known layers: each layer's own maths on the given tensors."""
     for m in layers:
         if type(m) is nn.Linear:
-            x = F.linear(x, _pick(by_id, m.weight), _pick(by_id, m.bias))
+            own = m._parameters  # not m.weight: skips nn.Module.__getattr__
+            x = F.linear(x, _pick(by_id, own["weight"]), _pick(by_id, own["bias"]))
         elif type(m) in _CONVS:
             x = m._conv_forward(x, _pick(by_id, m.weight), _pick(by_id, m.bias))
         else:  # parameter-free: element-wise or Flatten
@@ -652,3 +653,164 @@ def _cell_batched(m: nn.Module, by_id: dict[int, Tensor], x: Tensor, hx: Any) ->
     if unbatched:
         out = pytree.tree_map(lambda t: t.squeeze(1), out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-sample calls straight from a linear readout
+
+
+def _functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (vmap, grad, ...) is running: keep to plain ops."""
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    return peek is None or peek() is not None
+
+
+def call_from_readout(
+    target: nn.Module,
+    names: list[str],
+    sizes: list[int],
+    h: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    x: Tensor,
+    consts: list[float | None] | None = None,
+) -> Tensor | None:
+    """Sample ``i`` of ``x`` through ``target`` with the weights ``F.linear(h[i], weight, bias)``.
+
+    The per-sample call of a hypernetwork whose generated weights are one linear readout of
+    features ``h``, split in order into the tensors ``names`` of sizes ``sizes`` (plus each
+    tensor's constant ``consts``): ``w_i = weight @ h_i + bias``. The result equals
+    ``call_batched(target, weights, x.unsqueeze(1)).flatten(0, 1)`` with those weights
+    generated, but a ``Linear`` layer that meets one row per weight set never forms its
+    ``(B, out, in)`` weights: since ``W_i x_i = sum_k h_ik (R_k x_i) + r x_i`` (``R_k`` the
+    readout's column ``k`` viewed as ``(out, in)``), it computes ``R_k x_i`` for every ``k`` in
+    one batched matmul (:class:`_ReadoutLinear`). For per-sample weights that is the
+    generation's FLOPs in a better-shaped matmul, no ``B x out x in`` weights written and read,
+    and a backward of one such matmul instead of two. Other layers get their weights generated
+    (only theirs) and run as in :func:`call_batched`.
+
+    Args:
+        target: the target module.
+        names: the generated tensors, in the readout's order.
+        sizes: their numbers of elements.
+        h: ``(B, K)`` readout features, one row per sample.
+        weight: ``(sum(sizes), K)`` readout weight.
+        bias: ``(sum(sizes),)`` readout bias, or ``None``.
+        x: ``(B, ...)`` the target's input, one sample per weight set.
+        consts: a constant added to each generated tensor (``None``: zeros).
+
+    Returns:
+        ``(B, ...)`` outputs, or ``None`` when the target is not a stack of known layers (the
+        caller then generates the weights and goes through :func:`call_batched`).
+    """
+    layers = _layers(target)
+    if (
+        layers is None
+        or h.dim() != 2
+        or x.dim() < 2
+        or x.shape[0] != h.shape[0]
+        or weight.dtype != h.dtype
+        or x.dtype != h.dtype
+    ):
+        return None
+    n = h.shape[0]
+    consts = consts if consts is not None else [0.0] * len(names)
+    parts = weight.split(sizes)  # rows of each tensor, (numel_p, K) views
+    bparts = bias.split(sizes) if bias is not None else [None] * len(names)
+    where: dict[int, tuple[Tensor, Tensor | None, float | None, torch.Size]] = {}
+    for name, w_p, b_p, c in zip(names, parts, bparts, consts, strict=True):
+        own = target.get_parameter(name)
+        if own.dtype != h.dtype:
+            return None
+        where[id(own)] = (w_p, b_p, c, own.shape)
+    made: dict[int, Tensor] = {}
+
+    def generated(param: Tensor | None) -> Tensor | None:
+        """``param``'s per-sample weights ``(B, *shape)``, or the module's own when shared."""
+        if param is None or id(param) not in where:
+            return param
+        key = id(param)
+        if key not in made:
+            w_p, b_p, c, shape = where[key]
+            t = F.linear(h, w_p, b_p)  # (B, numel_p)
+            made[key] = (t + c if c else t).view(n, *shape)
+        return made[key]
+
+    x = x.unsqueeze(1)  # (B, 1, ...): each sample a batch of one, as in a per-sample call
+    for m in layers:
+        kind = type(m)
+        if kind is nn.Linear:
+            entry = where.get(id(m.weight))
+            if entry is not None and not entry[2] and x.dim() == 3 and x.shape[1] == 1:
+                w_p, b_p, _, _ = entry
+                y = _ReadoutLinear.apply(x[:, 0], h, w_p, b_p)  # (B, out)
+                b = generated(m.bias)
+                if b is not None:
+                    y = y + b  # (B, out) or (out,)
+                x = y.unsqueeze(1)
+            else:
+                x = _linear(x, generated(m.weight), generated(m.bias), 1)  # type: ignore[arg-type]
+        elif kind in _CONVS:
+            by_id = {id(p): t for p in (m.weight, m.bias) if (t := generated(p)) is not None}
+            x = _conv_batched(m, by_id, x)
+        elif kind is nn.Flatten:  # its dims count within one slice: shift them past N
+            start, end = m.start_dim, m.end_dim
+            x = x.flatten(start + 1 if start >= 0 else start, end + 1 if end >= 0 else end)
+        else:  # element-wise: the same on the whole batch
+            x = m.forward(x)
+    return x.flatten(0, 1)
+
+
+class _ReadoutLinear(torch.autograd.Function):
+    """``y[i] = (R @ h[i] + r).view(out, in) @ x[i]`` without forming the per-sample weights.
+
+    ``x`` is ``(B, in)``, ``h`` is ``(B, K)``, ``R`` is ``(out * in, K)`` (the readout rows of one
+    weight, viewed as ``R3 = (out, in, K)``), ``r`` is ``(out * in,)`` or ``None``. Forward:
+    ``U[o, i, k] = (R3[o] ^T x[i])[k]`` as one batched matmul over ``o`` (``(B, in) @ (in, K)``),
+    then ``y[i, o] = sum_k U[o, i, k] h[i, k] + (r x[i])[o]``. Backward, with ``Z[o, i, k] =
+    gy[i, o] h[i, k]``: ``grad_R3[o] = x^T Z[o]`` (one batched matmul, in ``R``'s own layout),
+    ``grad_h[i] = sum_o gy[i, o] U[o, i]``, ``grad_r = gy^T x``, and only when asked
+    ``grad_x = Z @ R3^T`` summed over ``o`` (one matmul over a transposed copy of ``R``). Under
+    ``create_graph=True`` the backward recomputes ``U`` from differentiable ops, so
+    higher-order gradients work.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, h: Tensor, R: Tensor, r: Tensor | None) -> Tensor:  # type: ignore[override]
+        b, d_in = x.shape
+        k = h.shape[1]
+        r3 = R.view(-1, d_in, k)  # (out, in, K)
+        u = torch.bmm(x.expand(r3.shape[0], b, d_in), r3)  # (out, B, K)
+        y = torch.bmm(u.transpose(0, 1), h.unsqueeze(2)).squeeze(2)  # (B, out)
+        if r is not None:
+            y = y.addmm_(x, r.view(-1, d_in).t())
+        ctx.save_for_backward(x, h, R, r)
+        ctx.u = u if ctx.needs_input_grad[1] else None  # for grad_h; no graph of its own
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, h, R, r = ctx.saved_tensors
+        need_x, need_h, need_R, need_r = ctx.needs_input_grad
+        b, d_in = x.shape
+        k = h.shape[1]
+        r3 = R.view(-1, d_in, k)  # (out, in, K)
+        out = r3.shape[0]
+        gx = gh = gR = gr = None
+        if need_h:
+            u = ctx.u
+            if torch.is_grad_enabled():  # create_graph: U again, from differentiable ops
+                u = torch.bmm(x.expand(out, b, d_in), r3)  # (out, B, K)
+            gh = torch.bmm(gy.unsqueeze(1), u.transpose(0, 1)).squeeze(1)  # (B, K)
+        if need_R or need_x:
+            z = gy.t().unsqueeze(2) * h.unsqueeze(0)  # (out, B, K)
+            if need_R:
+                gR = torch.bmm(x.t().expand(out, d_in, b), z).view(out * d_in, k)  # R's layout
+            if need_x:
+                # sum_o Z[o] @ R3[o]^T as one matmul: (B, out*K) @ (out*K, in)
+                gx = z.transpose(0, 1).reshape(b, out * k) @ r3.transpose(1, 2).reshape(-1, d_in)
+                if r is not None:
+                    gx = gx + gy @ r.view(out, d_in)
+        if r is not None and need_r:
+            gr = (gy.t() @ x).view(-1)  # (out * in,)
+        return gx, gh, gR, gr

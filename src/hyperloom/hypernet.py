@@ -13,7 +13,7 @@ from torch.utils import _pytree as pytree
 
 from .conditioning.base import Conditioner
 from .filters import Filter
-from .functional import call, call_batched
+from .functional import _functorch_active, call, call_batched, call_from_readout
 from .generators.base import Generator
 from .init import hyperfan_in_, hyperfan_out_
 from .target import TargetSpec, select
@@ -137,6 +137,10 @@ class HyperNetwork(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         context = {k: kwargs.pop(k) for k in self.conditioner.keys if k in kwargs}
         cond, index = self.conditioner.from_call(args, context)
+        if index is None and cond.dim() == 2:  # every sample its own context
+            out = self._from_readout(cond, args, kwargs)
+            if out is not None:
+                return out
         weights = self._weights(cond)
         if cond.dim() == 1:  # one context for the whole batch
             return call(self.target, weights, *args, **kwargs)
@@ -274,6 +278,42 @@ class HyperNetwork(nn.Module):
                         f"of {t.numel()} values"
                     )
         return weights
+
+    def _from_readout(self, cond: Tensor, args: tuple, kwargs: dict) -> Tensor | None:
+        """A per-sample call that never forms the per-sample weights, where it can.
+
+        For a generator that is one plain linear readout of features (``FlatGenerator``) and a
+        target made of known layers, :func:`~hyperloom.functional.call_from_readout` computes
+        the same outputs as generating the ``(B, *shape)`` weights and calling the target with
+        them, but a ``Linear`` layer reads its weights straight from the readout. ``None``:
+        this call takes the general path.
+        """
+        gen = self.generator
+        if (
+            self.check_finite
+            or kwargs
+            or len(args) != 1
+            or not isinstance(args[0], Tensor)
+            or gen._forward_hooks
+            or gen._forward_pre_hooks
+            or _functorch_active()
+        ):
+            return None
+        found = gen._readout_features(cond)
+        if found is None:
+            return None
+        h, readout = found
+        spec = self.spec
+        return call_from_readout(
+            self.target,
+            list(spec.names),
+            [p.numel for p in spec],
+            h,
+            readout.weight,
+            readout.bias,
+            args[0],
+            [p.init_const for p in spec],
+        )
 
     def _per_sample(self, weights: dict[str, Tensor], args: tuple, kwargs: dict) -> Any:
         n = next(iter(weights.values())).shape[0]

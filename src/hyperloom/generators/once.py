@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..functional import _functorch_active
 from ..target import TargetSpec
 from .base import Generator, per_element_variance
 from .registry import register
@@ -65,6 +66,12 @@ class FlatGenerator(Generator):
     def _generate_parts(self, cond: Tensor) -> list[Tensor]:
         return readout_parts(self.readout, self.trunk(cond), self._sizes)  # [(*, numel_p)]
 
+    def _readout_features(self, cond: Tensor) -> tuple[Tensor, nn.Linear] | None:
+        r = self.readout
+        if type(r) is not nn.Linear or r._forward_hooks or r._forward_pre_hooks:
+            return None
+        return self.trunk(cond), r  # (*, K)
+
     def _readouts(self, variance: dict[str, float]) -> list[tuple[nn.Linear, Tensor]]:
         return [(self.readout, per_element_variance(self.spec, variance))]
 
@@ -105,12 +112,6 @@ def readout_parts(readout: nn.Linear, h: Tensor, sizes: list[int]) -> list[Tenso
     ):
         return list(_ReadoutParts.apply(h, w, b, sizes))
     return list(readout(h).split(sizes, dim=-1))
-
-
-def _functorch_active() -> bool:
-    """Whether a ``torch.func`` transform (vmap, grad, ...) is running: keep to plain ops."""
-    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
-    return peek is None or peek() is not None
 
 
 class _ReadoutParts(torch.autograd.Function):
