@@ -355,6 +355,9 @@ def test_recipe_rejects_bad_options(tmp_path):
 
     with pytest.raises(ValueError, match="archs_per_step"):
         recipe.run(recipe.Config(dataset="digits", archs_per_step=0, out=str(tmp_path)))
+    for bad in ({"warmup": 1.0}, {"ema": -0.1}, {"ema": 1.0}):
+        with pytest.raises(ValueError, match="warmup and ema"):
+            recipe.run(recipe.Config(dataset="digits", out=str(tmp_path), **bad))
     with pytest.raises(ValueError, match="kind must be"):
         recipe.Arch("rnn").build((1, 8, 8), 10)
 

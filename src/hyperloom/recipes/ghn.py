@@ -1,17 +1,19 @@
 """Graph hypernetwork: predict the weights of image classifiers it never saw (Knyazev et al.).
 
 One :class:`~hyperloom.GraphHyperNetwork` is trained on a family of architectures sampled at
-random at every step (MLPs of 1 to 3 hidden layers of 32 to 128 units; CNNs of 1 or 2
-convolutions of 8 to 32 channels with 3x3 or 5x5 kernels, each followed by ReLU and 2x2
-max-pooling, then average pooling to 4x4 and a linear classifier): each step predicts the
+random at every step (MLPs of 1 to 4 hidden layers of 32 to 128 units; CNNs of 1 to 3
+convolutions of 8 to 32 channels with 3x3 or 5x5 kernels, each followed by ReLU, the first two
+by 2x2 max-pooling, then average pooling to 4x4 and a linear classifier): each step predicts the
 weights of ``archs_per_step`` sampled networks, runs them on one minibatch and backpropagates
 their mean cross-entropy into the GHN. Nothing else is trained.
 
 It is then evaluated on architectures held out from that family (:data:`HELD_OUT`: wider,
-deeper, more channels, more convolutions, 7x7 kernels): the test accuracy of the predicted
-weights with no training step at all, and after 1 and 100 fine-tuning steps (Adam) from them,
-against the same architecture fine-tuned from PyTorch's random initialisation on the same
-minibatches. Architectures of the training family are evaluated too, for reference.
+deeper, more channels, more convolutions, 7x7 kernels; the deeper MLP has two hidden layers
+more than any MLP of the family, the deeper CNN one convolution more): the test accuracy of
+the predicted weights with no training step at all, and after 1 and 100 fine-tuning steps
+(Adam) from them, against the same architecture fine-tuned from PyTorch's random
+initialisation on the same minibatches. Architectures of the training family are evaluated
+too, for reference.
 
 Outputs under ``runs/<timestamp>-ghn/``: results.json, results.csv, finetune.png (accuracy
 against fine-tuning steps, predicted against random initialisation) and ghn.safetensors with
@@ -20,7 +22,9 @@ ghn.json (the trained GHN and its options).
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import random
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -44,9 +48,9 @@ from ..runs import (
 )
 
 MLP_WIDTHS = (32, 64, 96, 128)
-MLP_DEPTHS = (1, 2, 3)
+MLP_DEPTHS = (1, 2, 3, 4)
 CNN_CHANNELS = (8, 16, 24, 32)
-CNN_DEPTHS = (1, 2)
+CNN_DEPTHS = (1, 2, 3)
 CNN_KERNELS = (3, 5)
 POOLED = 4  # CNN features are average-pooled to POOLED x POOLED before the classifier
 
@@ -97,9 +101,9 @@ class Arch:
 
 HELD_OUT = (
     Arch("mlp", widths=(256, 256)),  # wider than any training MLP
-    Arch("mlp", widths=(64, 64, 64, 64, 64)),  # deeper
+    Arch("mlp", widths=(64,) * 6),  # deeper
     Arch("cnn", channels=(48, 48), kernel=3),  # more channels
-    Arch("cnn", channels=(16, 16, 16), kernel=3),  # more convolutions
+    Arch("cnn", channels=(16, 16, 16, 16), kernel=3),  # more convolutions
     Arch("cnn", channels=(16, 16), kernel=7),  # a kernel size never seen
 )
 IN_FAMILY = (
@@ -130,7 +134,19 @@ class Config:
     steps: int = field(default=15000, metadata={"help": "GHN training steps"})
     archs_per_step: int = field(default=2, metadata={"help": "architectures sampled per step"})
     batch_size: int = field(default=64, metadata={"help": "minibatch size"})
-    lr: float = field(default=1e-3, metadata={"help": "GHN Adam learning rate (cosine to 0)"})
+    lr: float = field(
+        default=1e-3, metadata={"help": "GHN Adam learning rate (linear warm-up, cosine to 0)"}
+    )
+    warmup: float = field(
+        default=0.05, metadata={"help": "fraction of the steps over which the lr warms up from 0"}
+    )
+    ema: float = field(
+        default=0.999,
+        metadata={
+            "help": "decay of the exponential moving average of the GHN's parameters that is "
+            "evaluated and saved (0: the last step's parameters)"
+        },
+    )
     hidden: int = field(default=64, metadata={"help": "GHN node embedding size"})
     rounds: int = field(default=1, metadata={"help": "message-passing rounds"})
     tile: tuple[int, ...] = field(default=(16, 16), metadata={"help": "decoder tile (rows,cols)"})
@@ -171,6 +187,10 @@ def run(config: Config) -> dict:
             f"steps must be >= 0, archs_per_step and finetune_steps >= 1; got {config.steps}, "
             f"{config.archs_per_step} and {config.finetune_steps}"
         )
+    if not 0.0 <= config.warmup < 1.0 or not 0.0 <= config.ema < 1.0:
+        raise ValueError(
+            f"warmup and ema must be in [0, 1); got warmup={config.warmup}, ema={config.ema}"
+        )
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     data = load_dataset(config.dataset, config.data_dir)
@@ -198,7 +218,17 @@ def run(config: Config) -> dict:
     )
     print(f"GHN: {count_trainable(ghn):,} parameters; {ghn.describe().architecture}")
     opt = torch.optim.Adam(ghn.parameters(), lr=config.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(config.steps, 1))
+    warm = int(config.warmup * config.steps)
+
+    def lr_factor(i: int) -> float:  # i = steps taken: linear warm-up, then cosine to 0
+        if i < warm:
+            return (i + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * (i - warm) / max(config.steps - warm, 1)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    # The evaluated GHN: an exponential moving average of the parameters (steadier than the
+    # last step's, whose zero-shot accuracy on unseen architectures varies from seed to seed).
+    averaged = copy.deepcopy(ghn).requires_grad_(False) if config.ema else ghn
     g = torch.Generator().manual_seed(config.seed)
     modules: dict[Arch, nn.Module] = {}  # one module per architecture: traced once
     log: list[dict] = []
@@ -222,6 +252,12 @@ def run(config: Config) -> dict:
             torch.nn.utils.clip_grad_norm_(ghn.parameters(), 5.0)
             opt.step()
             sched.step()
+            if averaged is not ghn:
+                with torch.no_grad():
+                    d = min(config.ema, step / (step + 10))  # short memory at the start
+                    torch._foreach_lerp_(
+                        list(averaged.parameters()), list(ghn.parameters()), 1.0 - d
+                    )
             running_loss = 0.98 * running_loss + 0.02 * loss.item() if step > 1 else loss.item()
             acc = 100.0 * correct / config.archs_per_step
             running_acc = 0.98 * running_acc + 0.02 * acc if step > 1 else acc
@@ -234,7 +270,7 @@ def run(config: Config) -> dict:
 
     # Evaluation: predicted weights with no training step, then fine-tuning from them against
     # fine-tuning from a random initialisation, on the same minibatches.
-    ghn.eval()
+    ghn = averaged.eval()
     checkpoints = sorted({0, 1, min(10, config.finetune_steps), config.finetune_steps})
     rows, curves = [], []
     evaluated = [(a, "held-out") for a in HELD_OUT] + [(a, "in family") for a in IN_FAMILY]
