@@ -12,6 +12,7 @@ from torch import nn
 import hyperloom as hl
 import hyperloom.continual as hyperloom_continual
 from hyperloom.continual import (
+    factored_output_regularizer,
     fisher_diagonal,
     generate_tasks,
     infer_task,
@@ -20,6 +21,7 @@ from hyperloom.continual import (
     predictive_entropy,
     quadratic_penalty,
     si_importance,
+    snapshot_factors,
     snapshot_outputs,
     task_logits,
 )
@@ -182,6 +184,54 @@ def test_regularizer_with_precomputed_outputs():
         output_regularizer(hnet, old, [0, 1, 2], current={k: v[:2] for k, v in out.items()})
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_factored_regularizer_matches_generated_outputs(bias):
+    # 16*6 + 16 + 2*16 + 2 = 146 generated numbers in 3 chunks of 64: the last 46 positions of
+    # the last chunk are unused and must not count
+    hnet = _hnet(num_tasks=5)
+    if not bias:
+        gen = hnet.generator
+        gen.readout = nn.Linear(gen.readout.in_features, gen.readout.out_features, bias=False)
+    assert hnet.generator.num_chunks * 64 - hnet.spec.numel == 46
+    tasks = [0, 1, 3]
+    old, factors = snapshot_outputs(hnet, tasks), snapshot_factors(hnet, tasks)
+    assert factored_output_regularizer(hnet, factors, tasks, beta=0.3).item() == 0.0
+    with torch.no_grad():  # move readout, trunk, chunk and task embeddings alike
+        for p in hnet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    params = list(hnet.parameters())
+    ref = output_regularizer(hnet, old, tasks, beta=0.3)
+    ref_grads = torch.autograd.grad(ref, params, allow_unused=True)
+    fast = factored_output_regularizer(hnet, factors, tasks, beta=0.3)
+    fast_grads = torch.autograd.grad(fast, params, allow_unused=True)
+    assert ref.item() > 0
+    assert fast.item() == pytest.approx(ref.item(), rel=1e-5)
+    for a, b in zip(ref_grads, fast_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+    g_ref, g_fast = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(5):  # the same draws as output_regularizer's for the same generator
+        drawn = output_regularizer(hnet, old, tasks, sample=2, generator=g_ref)
+        same = factored_output_regularizer(hnet, factors, tasks, sample=2, generator=g_fast)
+        assert same.item() == pytest.approx(drawn.item(), rel=1e-5)
+
+
+def test_factored_regularizer_errors():
+    hnet = _hnet()
+    factors = snapshot_factors(hnet, [0, 1])
+    assert factored_output_regularizer(hnet, {}, [], beta=0.3).item() == 0.0  # no earlier task
+    with pytest.raises(ValueError, match="do not match"):
+        factored_output_regularizer(hnet, factors, [0])
+    with pytest.raises(ValueError, match="lacks"):
+        factored_output_regularizer(hnet, snapshot_outputs(hnet, [0, 1]), [0, 1])
+    with pytest.raises(ValueError, match="sample"):
+        factored_output_regularizer(hnet, factors, [0, 1], sample=0)
+    flat = _hnet(generator=hl.FlatGenerator(hidden=(8,)))
+    with pytest.raises(TypeError, match="ChunkedGenerator"):
+        snapshot_factors(flat, [0])
+
+
 def test_public_names():
     for name in (
         "output_regularizer",
@@ -189,6 +239,8 @@ def test_public_names():
         "infer_task",
         "task_logits",
         "generate_tasks",
+        "snapshot_factors",
+        "factored_output_regularizer",
     ):
         assert getattr(hl, name) is getattr(hyperloom_continual, name)
 
@@ -212,7 +264,7 @@ def test_regularizer_errors():
         snapshot_outputs(hnet, [1, 1])
 
 
-def _train_tasks(beta, steps=150):
+def _train_tasks(beta, steps=150, factored=False):
     """Train task 0, snapshot, train task 1 with the regulariser; return task 0's drift."""
     torch.manual_seed(0)
     hnet = _hnet(num_tasks=2)
@@ -220,18 +272,21 @@ def _train_tasks(beta, steps=150):
     ys = [(x[:, 0] > 0).long() for x in xs]
     ys[1] = 1 - ys[1]  # task 1 wants the opposite mapping: it pulls the shared weights away
     params = list(hnet.generator.parameters())
-    old = {}
+    old: dict = {}
+    factors: dict = {}
     for t in range(2):
         opt = torch.optim.Adam([*params, hnet.conditioner.rows[t]], lr=1e-2)
         for _ in range(steps):
             opt.zero_grad()
             loss = F.cross_entropy(hnet(xs[t], task=t), ys[t])
-            if t == 1:
+            if t == 1 and factored:
+                loss = loss + factored_output_regularizer(hnet, factors, [0], beta=beta)
+            elif t == 1:
                 loss = loss + output_regularizer(hnet, old, [0], beta=beta)
             loss.backward()
             opt.step()
         if t == 0:
-            old = snapshot_outputs(hnet, [0])
+            old, factors = snapshot_outputs(hnet, [0]), snapshot_factors(hnet, [0])
     with torch.no_grad():
         now = _flat(hnet.generate(task=torch.tensor([0])))
         acc0 = (hnet(xs[0], task=0).argmax(-1) == ys[0]).float().mean().item()
@@ -247,6 +302,9 @@ def test_old_task_weights_barely_move_with_beta_and_drift_without():
     assert drift_free > 10 * drift_reg, (drift_free, drift_reg)
     assert acc0_reg > 0.95 and acc1_reg > 0.95  # both tasks solved with the regulariser
     assert acc1_free > 0.95
+    drift_factored, acc0_f, acc1_f = _train_tasks(beta=0.5, factored=True)  # the same loss
+    assert drift_factored < 0.02 and drift_free > 10 * drift_factored, drift_factored
+    assert acc0_f > 0.95 and acc1_f > 0.95
 
 
 # ---- task inference -------------------------------------------------------------------------

@@ -43,6 +43,8 @@ from .ghn import GraphHyperNetwork as GraphHyperNetwork
 from .continual import generate_tasks as generate_tasks
 from .continual import snapshot_outputs as snapshot_outputs
 from .continual import output_regularizer as output_regularizer
+from .continual import snapshot_factors as snapshot_factors
+from .continual import factored_output_regularizer as factored_output_regularizer
 from .continual import lookahead_delta as lookahead_delta
 from .continual import predictive_entropy as predictive_entropy
 from .continual import task_logits as task_logits

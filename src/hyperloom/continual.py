@@ -36,8 +36,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from .functional import call_batched
+from .generators.chunked import ChunkedGenerator
 
 __all__ = [
+    "factored_output_regularizer",
     "fisher_diagonal",
     "generate_tasks",
     "infer_task",
@@ -46,6 +48,7 @@ __all__ = [
     "predictive_entropy",
     "quadratic_penalty",
     "si_importance",
+    "snapshot_factors",
     "snapshot_outputs",
     "task_logits",
 ]
@@ -234,6 +237,175 @@ def output_regularizer(
                 f"{tuple(now.shape)}"
             )
         total = total + (now - old).pow(2).sum()
+    return beta * total / len(ids)
+
+
+def _chunked_parts(hnet: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """``(conditioner, generator)`` of a task-conditioned chunk-wise hypernetwork, checked."""
+    conditioner = getattr(hnet, "conditioner", None)
+    generator = getattr(hnet, "generator", None)
+    if not isinstance(generator, ChunkedGenerator) or not isinstance(generator.readout, nn.Linear):
+        raise TypeError(
+            "the factored regulariser needs a ChunkedGenerator (generated chunks = readout of "
+            f"features), got {type(generator).__name__}"
+        )
+    if getattr(conditioner, "keys", None) != ("task",):
+        raise TypeError(
+            f"the factored regulariser needs a TaskEmbedding conditioner, got "
+            f"{type(conditioner).__name__}"
+        )
+    return conditioner, generator
+
+
+def _readout_matrix(generator: nn.Module) -> Tensor:
+    """``[W, b]``, ``(chunk_size, h + 1)``: chunk ``j`` of a task is ``[W, b] @ [h_j; 1]``."""
+    w, b = generator.readout.weight, generator.readout.bias  # (s, h), (s,)
+    return w if b is None else torch.cat([w, b[:, None]], dim=1)
+
+
+def _chunk_features(conditioner: nn.Module, generator: nn.Module, ids: Tensor) -> Tensor:
+    """``[h_j; 1]`` of every chunk of every task, ``(n, n_chunks, h + 1)`` (no ``1`` w/o bias)."""
+    cond = conditioner(ids)  # (n, cond_dim)
+    h = generator.trunk.forward_pair(cond, generator.chunk_embeddings)  # (n, K, h)
+    if generator.readout.bias is None:
+        return h
+    return torch.cat([h, h.new_ones(*h.shape[:-1], 1)], dim=-1)  # (n, K, h + 1)
+
+
+@torch.no_grad()
+def snapshot_factors(hnet: nn.Module, tasks: Tensor | Sequence[int]) -> dict[str, Tensor]:
+    """A chunk-wise hypernetwork's outputs for ``tasks`` in factored form, detached.
+
+    A :class:`~hyperloom.ChunkedGenerator` writes chunk ``j`` of task ``t`` as
+    ``A m_tj`` with ``A = [W, b]`` its readout layer (``(chunk_size, h + 1)``) and
+    ``m_tj = [h_tj; 1]`` the trunk's features of ``(e_t, c_j)``: the snapshot keeps ``A``, its
+    Gram matrix and the features (``n * n_chunks * (h + 1)`` numbers instead of ``n`` whole
+    weight sets). It is the target of :func:`factored_output_regularizer`, which then costs
+    the same for any number of earlier tasks. Take it once after training a task, for every
+    task learned so far.
+
+    Args:
+        hnet: a :class:`~hyperloom.HyperNetwork` with a :class:`~hyperloom.TaskEmbedding`
+            and a :class:`~hyperloom.ChunkedGenerator`.
+        tasks: the task ids, e.g. ``range(t + 1)`` after task ``t``.
+
+    Returns:
+        ``{"readout": A (s, h + 1), "gram": A^T A (h + 1, h + 1), "features": (n, K, h + 1)}``.
+
+    Raises:
+        TypeError: for another generator or conditioner.
+
+    Example:
+        >>> import hyperloom as hl
+        >>> gen = hl.ChunkedGenerator(chunk_size=6, chunk_dim=4, hidden=(8,))
+        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), gen)
+        >>> snapshot_factors(hnet, [0, 1])["features"].shape  # 2 tasks, 2 chunks, 8 + 1
+        torch.Size([2, 2, 9])
+    """
+    conditioner, generator = _chunked_parts(hnet)
+    ids = _task_ids(tasks, _device(hnet))
+    a = _readout_matrix(generator).detach().clone()  # (s, h + 1)
+    return {
+        "readout": a,
+        "gram": a.T @ a,  # (h + 1, h + 1)
+        "features": _chunk_features(conditioner, generator, ids).detach(),  # (n, K, h + 1)
+    }
+
+
+def factored_output_regularizer(
+    hnet: nn.Module,
+    snapshot: Mapping[str, Tensor],
+    tasks: Tensor | Sequence[int],
+    *,
+    beta: float = 1.0,
+    sample: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """:func:`output_regularizer` of a chunk-wise hypernetwork without generating old tasks.
+
+    The same value and gradients as ``output_regularizer(hnet, snapshot_outputs(hnet, tasks),
+    tasks, beta=beta)`` (up to rounding), from :func:`snapshot_factors`. With ``D = A - A*``
+    (readout now minus snapshot) and ``dm = m - m*`` (features), chunk ``j`` of task ``t``
+    moved by ``D m_tj + A* dm_tj``, so
+
+    ``||moved||^2 = m^T (D^T D) m + 2 m^T (D^T A*) dm + dm^T (A*^T A*) dm``
+
+    summed over chunks and tasks, less the positions of the last chunk that the target does
+    not use. Every term is a product of small differences (no cancellation of large numbers)
+    and the cost is one ``(h + 1) x chunk_size x 2(h + 1)`` product plus the trunk on the
+    earlier tasks' embeddings, where generating them costs ``n x n_chunks x h x chunk_size``:
+    a training step of the tenth task of a 25-25 hypernetwork with 24 chunks of 20,000 (a
+    400-400 MLP on 784 inputs, one CPU thread) is about 4 times faster, nearly as fast as one
+    without the regulariser.
+
+    Args:
+        hnet: the hypernetwork of :func:`snapshot_factors`.
+        snapshot: :func:`snapshot_factors` for the same ``tasks``.
+        tasks: the earlier task ids, in the snapshot's row order.
+        beta: the regularisation strength.
+        sample: the number of earlier tasks to draw per call (as in
+            :func:`output_regularizer`, the same draws for the same ``generator``); ``None``
+            (or at least ``n``) uses them all.
+        generator: the random generator of the draw.
+
+    Returns:
+        A scalar tensor; exactly zero when there are no earlier tasks.
+
+    Raises:
+        ValueError: when the snapshot's rows or shapes do not match.
+        TypeError: for another generator or conditioner.
+
+    Example:
+        >>> import hyperloom as hl
+        >>> gen = hl.ChunkedGenerator(chunk_size=6, chunk_dim=4, hidden=(8,))
+        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), gen)
+        >>> old = snapshot_factors(hnet, [0])
+        >>> with torch.no_grad():
+        ...     _ = hnet.generator.readout.bias.add_(1.0)  # 10 used outputs (of 12) move by 1
+        >>> round(factored_output_regularizer(hnet, old, [0], beta=0.5).item(), 4)
+        5.0
+    """
+    conditioner, gen = _chunked_parts(hnet)
+    device = _device(hnet)
+    ids = _task_ids(tasks, device)
+    if len(ids) == 0:
+        return torch.zeros((), device=device)
+    missing = {"readout", "gram", "features"} - set(snapshot)
+    if missing:
+        raise ValueError(f"snapshot lacks {sorted(missing)}: take it with snapshot_factors")
+    a_old, gram_old, m_old = snapshot["readout"], snapshot["gram"], snapshot["features"]
+    a = _readout_matrix(gen)  # (s, h + 1)
+    if (
+        a_old.shape != a.shape
+        or len(m_old) != len(ids)
+        or m_old.shape[1:] != (gen.num_chunks, a.shape[1])
+    ):
+        raise ValueError(
+            f"snapshot shapes {tuple(a_old.shape)} (readout), {tuple(m_old.shape)} (features) do "
+            f"not match {len(ids)} tasks of this hypernetwork ({tuple(a.shape)}, "
+            f"{gen.num_chunks} chunks)"
+        )
+    if sample is not None:
+        if sample < 1:
+            raise ValueError(f"sample must be >= 1 or None, got {sample}")
+        if sample < len(ids):
+            rows = torch.randperm(len(ids), generator=generator)[:sample].sort().values
+            ids, m_old = ids[rows.to(device)], m_old[rows.to(m_old.device)]
+    m = _chunk_features(conditioner, gen, ids)  # (n, K, h + 1)
+    dm = m - m_old  # (n, K, h + 1)
+    d = a - a_old  # (s, h + 1)
+    k = a.shape[1]
+    prod = d.T @ torch.cat([d, a_old], dim=1)  # (h + 1, 2(h + 1)): [D^T D, D^T A*]
+    total = (
+        torch.einsum("nka,ab,nkb->", m, prod[:, :k], m)
+        + 2 * torch.einsum("nka,ab,nkb->", m, prod[:, k:], dm)
+        + torch.einsum("nka,ab,nkb->", dm, gram_old, dm)
+    )
+    size = gen.options["chunk_size"]
+    unused = gen.num_chunks * size - gen.spec.numel  # tail of the last chunk, cut by the generator
+    if unused:
+        tail = d[-unused:] @ m[:, -1].T + a_old[-unused:] @ dm[:, -1].T  # (unused, n)
+        total = total - tail.pow(2).sum()
     return beta * total / len(ids)
 
 
