@@ -130,6 +130,24 @@ def test_implicit_loss_combines_data_term_and_diversity():
         hl.kernel_repulsion(torch.randn(1, 3))
 
 
+def test_mixture_nll_is_the_nll_of_the_averaged_prediction():
+    p1, p2 = torch.tensor([0.9, 0.1]), torch.tensor([0.5, 0.5])
+    logits = torch.stack([p1.log(), p2.log()])[:, None].repeat(1, 2, 1)  # (K=2, B=2, C=2)
+    labels = torch.tensor([0, 1])
+    want = -(math.log(0.7) + math.log(0.3)) / 2  # mixture probabilities 0.7 and 0.3
+    assert hl.mixture_nll(logits, labels).item() == pytest.approx(want, rel=1e-6)
+    x, y = torch.randn(6, 9, 4), torch.randint(0, 4, (9,))
+    mean_ce = torch.nn.functional.cross_entropy(x.flatten(0, 1), y.repeat(6))
+    assert hl.mixture_nll(x, y) < mean_ce  # Jensen: at most the members' mean cross-entropy
+    same = x[:1].expand(6, -1, -1)
+    torch.testing.assert_close(hl.mixture_nll(same, y), torch.nn.functional.cross_entropy(x[0], y))
+    x.requires_grad_(True)
+    hl.mixture_nll(x, y).backward()
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"\(K, B, C\)"):
+        hl.mixture_nll(torch.randn(9, 4), y)
+
+
 def test_gaussian_posterior_kl_matches_torch_distributions_and_elbo():
     q = hl.GaussianPosterior(3, prior_std=2.0)
     with torch.no_grad():
@@ -247,6 +265,81 @@ def test_recipe_runs_on_a_tiny_scenario(tmp_path):
     assert "held-out" in ood
 
 
+def noise_hypernet(target, config):
+    from hyperloom.recipes.uncertainty import noise_hypernets
+
+    (hnet,) = noise_hypernets(target, config)
+    return hnet
+
+
+def test_noise_hypernet_designs_sphere_gaussian_and_shared_layers():
+    from hyperloom.recipes.uncertainty import Config, hypernet_parameters, mlp
+
+    z = torch.randn(4, 6)
+    zero = torch.zeros(1, 6)
+    sphere = noise_hypernet(mlp(5, (8,), 3), Config(z_dim=6))
+    flat = hl.flatten_weights
+    # RMS-normalised z: only its direction reaches the weights
+    torch.testing.assert_close(flat(sphere.generate(z=2 * z)), flat(sphere.generate(z=z)))
+    gauss = noise_hypernet(mlp(5, (8,), 3), Config(z_dim=6, gen_norm=False))
+    # no normalisation: the weights are affine in z, theta(z) = b + W z
+    w0, w1, w2 = (flat(gauss.generate(z=v)) for v in (zero, z, 2 * z))
+    torch.testing.assert_close(w2 - w0, 2 * (w1 - w0))
+    assert (w2 - w1).abs().max() > 1e-3
+    shared = noise_hypernet(mlp(5, (8, 7), 3), Config(z_dim=6, shared_layers=1, gen_norm=False))
+    assert shared.spec.names == ("3.weight", "3.bias", "5.weight", "5.bias")
+    generated = 8 * 7 + 7 + 7 * 3 + 3
+    assert shared.spec.numel == generated
+    trainable = sum(p.numel() for p in shared.parameters() if p.requires_grad)
+    assert trainable == (5 * 8 + 8) + generated * (6 + 1)  # shared layer + readout (W, b)
+    assert sum(p.numel() for p in hypernet_parameters([shared])) == trainable
+    x = torch.randn(9, 5)
+    ws = hl.sample_weights(shared, 3)
+    first = torch.relu(shared.target[1](x))  # the one shared first layer, for every draw
+    for i in range(3):
+        hidden = torch.relu(first @ ws["3.weight"][i].T + ws["3.bias"][i])
+        want = hidden @ ws["5.weight"][i].T + ws["5.bias"][i]
+        torch.testing.assert_close(hl.sample_outputs(shared.target, ws, x)[i], want)
+    with pytest.raises(ValueError, match="shared_layers"):
+        noise_hypernet(mlp(5, (8,), 3), Config(shared_layers=2))
+
+
+def test_z_per_layer_draws_each_layer_from_its_own_z():
+    from hyperloom.recipes.uncertainty import (
+        Config,
+        draw_weights,
+        hypernet_parameters,
+        mlp,
+        noise_hypernets,
+    )
+
+    target = mlp(5, (8, 7), 3)
+    config = Config(z_dim=3, z_per_layer=True)
+    hnets = noise_hypernets(target, config)
+    assert [h.spec.names for h in hnets] == [
+        ("1.weight", "1.bias"),
+        ("3.weight", "3.bias"),
+        ("5.weight", "5.bias"),
+    ]
+    numel = sum(p.numel() for p in target.parameters())
+    # the same parameter count as one hypernetwork with z of 3: (3 + 1) coefficients per weight
+    assert sum(p.numel() for p in hypernet_parameters(hnets)) == numel * (3 + 1)
+    z = torch.randn(4, 9)
+    ws = draw_weights(hnets, 4, z=z)
+    assert sorted(ws) == sorted(n for n, _ in target.named_parameters())
+    torch.testing.assert_close(ws["3.weight"], hnets[1].generate(z=z[:, 3:6])["3.weight"])
+    z2 = z.clone()
+    z2[:, 3:6] = torch.randn(4, 3)  # a new z for the middle layer only
+    ws2 = draw_weights(hnets, 4, z=z2)
+    assert torch.equal(ws2["1.weight"], ws["1.weight"]) and torch.equal(ws2["5.bias"], ws["5.bias"])
+    assert not torch.equal(ws2["3.weight"], ws["3.weight"])
+    g = torch.Generator().manual_seed(3)
+    again = draw_weights(hnets, 4, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(draw_weights(hnets, 4, generator=g), again)
+    with pytest.raises(ValueError, match=r"\(4, 9\)"):
+        draw_weights(hnets, 4, z=torch.randn(4, 3))
+
+
 def _toy_dataset(n_train=60, n_test=20, classes=3):
     """Images whose first pixel is a unique id (train 0.., test 1000..), labels id % classes."""
     ids_train, ids_test = torch.arange(n_train), 1000 + torch.arange(n_test)
@@ -324,9 +417,15 @@ def test_recipe_selection_mode_reports_validation_only(tmp_path):
         epochs=1,
         eval_samples=3,
         train_samples=2,
-        methods=("dropout", "hypernet"),
+        methods=("dropout", "hypernet", "variational"),
         diversity_grid=(0.0, 1.0),
         dropout_grid=(0.1, 0.3),
+        kl_grid=(0.5, 1.0),
+        fit="mixture",
+        z_per_layer=True,
+        z_dim=5,
+        gen_norm=False,
+        shared_layers=1,
         repeats=2,
         quiet=True,
         out=str(tmp_path),
@@ -338,13 +437,24 @@ def test_recipe_selection_mode_reports_validation_only(tmp_path):
         "mc dropout (p=0.3)",
         "hypernet (diversity=0)",
         "hypernet (diversity=1)",
+        "hypernet (variational) (kl=0.5)",
+        "hypernet (variational) (kl=1)",
     ]
     for row in results["per_seed"]:  # validation figures only: the test set is never scored
         assert row["val_nll"] > 0 and not {"acc", "nll", "ece", "auroc"} & set(row)
-    assert len(results["per_seed"]) == 8 and results["reliability"] == {}
-    for what, grid in (("diversity", (0.0, 1.0)), ("dropout", (0.1, 0.3))):
+    assert len(results["per_seed"]) == 12 and results["reliability"] == {}
+    # digits with held-out classes: 64-16-5; the first layer shared, the second from z (5)
+    params = {s["method"]: s["params"] for s in results["summary"]}
+    assert params["hypernet (diversity=1)"] == (64 * 16 + 16) + (16 * 5 + 5) * (5 + 1)
+    assert params["hypernet (variational) (kl=1)"] == params["hypernet (diversity=1)"] + 2 * 5
+    grids = (("diversity", (0.0, 1.0)), ("dropout", (0.1, 0.3)), ("kl_weight", (0.5, 1.0)))
+    for what, grid in grids:
         sel = results["selection"][what]
         means = {v: sum(sel["val_nll"][str(v)]) / 2 for v in grid}
         assert sel["selected"] == min(means, key=means.get)
     with pytest.raises(ValueError, match="needs hypernet"):
         uncertainty.run(uncertainty.Config(methods=("single",), diversity_grid=(0.0, 1.0)))
+    with pytest.raises(ValueError, match="needs variational"):
+        uncertainty.run(uncertainty.Config(methods=("hypernet",), kl_grid=(1.0,)))
+    with pytest.raises(ValueError, match="shared_layers"):
+        uncertainty.run(uncertainty.Config(hidden=(16,), shared_layers=2))

@@ -65,6 +65,7 @@ from .uncertainty import flatten_weights as flatten_weights
 from .uncertainty import gaussian_nll as gaussian_nll
 from .uncertainty import implicit_loss as implicit_loss
 from .uncertainty import kernel_repulsion as kernel_repulsion
+from .uncertainty import mixture_nll as mixture_nll
 from .uncertainty import nll as nll
 from .uncertainty import ood_auroc as ood_auroc
 from .uncertainty import predict_classification as predict_classification

@@ -13,6 +13,12 @@ call (``hl.call_batched``). This recipe trains, on the same data, batches and se
 - ``hypernet (variational)``: the same generator with a learned Gaussian q(z) and the ELBO's
   KL term (``hl.GaussianPosterior``, ``hl.elbo_loss``).
 
+The hypernetworks' design is set by ``z_dim``, ``gen_hidden``, ``gen_norm`` (by default z is
+RMS-normalised and read by one linear layer: a sphere of networks), ``shared_layers`` (layers
+not generated), ``z_per_layer`` (one z per layer) and ``fit`` (the mean of the draws'
+cross-entropies or their mixture's NLL, ``hl.mixture_nll``). The defaults are the design that
+``docs/results/uncertainty.md`` kept on validation NLL against the alternatives.
+
 Two problems share the one training loop (one minibatch of each per step):
 
 1. classification on Fashion-MNIST (digits when its files are absent): accuracy, NLL, Brier
@@ -25,12 +31,12 @@ Two problems share the one training loop (one minibatch of each per step):
 The last ``val_size`` training images (5,000 on Fashion-MNIST) are held out as a validation
 set: every model trains on the rest, and its validation accuracy, NLL and ECE are reported
 next to the test figures. Hyperparameters are chosen on validation NLL only: with
-``diversity_grid`` (the hypernetwork's diversity weight) and/or ``dropout_grid`` (the MC dropout
-rate) the recipe runs in selection mode, training one model per value side by side in the same
-loop on the same minibatches, and reports validation figures only (no test set, no OOD, no
-regression toy) with the value of lowest mean validation NLL over the seeds. The defaults,
-``diversity=3`` and ``dropout=0.2``, are the values that ``docs/results/uncertainty.md``
-selected so (seed 0)::
+``diversity_grid`` (the hypernetwork's diversity weight), ``kl_grid`` (the variational one's KL
+weight) and/or ``dropout_grid`` (the MC dropout rate) the recipe runs in selection mode,
+training one model per value side by side in the same loop on the same minibatches, and reports
+validation figures only (no test set, no OOD, no regression toy) with the value of lowest mean
+validation NLL over the seeds. The defaults ``diversity=3`` and ``dropout=0.2`` are the values
+that ``docs/results/uncertainty.md`` selected so (seed 0; ``kl_weight=1``, the ELBO, untuned)::
 
     hyperloom train uncertainty --methods=dropout,hypernet \\
         --diversity_grid=0,0.1,0.3,1,3 --dropout_grid=0.05,0.1,0.2,0.3,0.5
@@ -70,6 +76,7 @@ from ..uncertainty import (
     flatten_weights,
     gaussian_nll,
     implicit_loss,
+    mixture_nll,
     nll,
     ood_auroc,
     predictive_classification,
@@ -126,7 +133,37 @@ class Config:
     gen_hidden: tuple[int, ...] = field(
         default=(), metadata={"help": "generator trunk hidden sizes (empty: z normalised only)"}
     )
+    gen_norm: bool = field(
+        default=True,
+        metadata={
+            "help": "RMS-normalise the generator's features (with no trunk: z itself, so the "
+            "networks lie on a (z_dim - 1)-sphere; false: a Gaussian of rank z_dim in weights)"
+        },
+    )
+    z_per_layer: bool = field(
+        default=False,
+        metadata={
+            "help": "one hypernetwork per generated linear layer, each with its own z of z_dim "
+            "(independent noise per layer, the same parameter count; false: one z for all)"
+        },
+    )
+    shared_layers: int = field(
+        default=0,
+        metadata={
+            "help": "the hypernetworks' first N linear layers are ordinary weights shared by "
+            "every draw; the generator makes the rest (0: it generates all)"
+        },
+    )
     train_samples: int = field(default=5, metadata={"help": "z draws per training step"})
+    fit: str = field(
+        default="mean",
+        metadata={
+            "help": "the hypernetworks' classification data term: the mean of the draws' "
+            "cross-entropies, or the NLL of their mixture (hl.mixture_nll; the regression toy "
+            "keeps the mean squared error)",
+            "choices": ("mean", "mixture"),
+        },
+    )
     eval_samples: int = field(
         default=20, metadata={"help": "z draws (and MC dropout passes) at test time"}
     )
@@ -168,6 +205,13 @@ class Config:
             "figures only and the rate of lowest validation NLL"
         },
     )
+    kl_grid: tuple[float, ...] = field(
+        default=(),
+        metadata={
+            "help": "selection mode: train one variational hypernet per KL weight, report "
+            "validation figures only and the weight of lowest validation NLL"
+        },
+    )
     ensemble: int = field(default=5, metadata={"help": "deep ensemble size"})
     reg_points: int = field(default=160, metadata={"help": "regression toy training points"})
     reg_noise: float = field(default=0.1, metadata={"help": "regression toy noise std"})
@@ -183,6 +227,12 @@ class Config:
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
 
 
+GRIDS = {"hypernet": "diversity", "dropout": "dropout", "variational": "kl_weight"}
+"""Selection mode: the method each grid is for -> the hyperparameter it selects."""
+
+LABELS = {"hypernet": "diversity", "dropout": "p", "variational": "kl"}
+"""How a variant of a grid is named: ``hypernet (diversity=1)``, ``mc dropout (p=0.2)``, ..."""
+
 GAP = (-1.5, 1.5)
 """The regression toy's inputs are in [-4, -1.5] and [1.5, 4]: nothing in the gap."""
 
@@ -197,6 +247,90 @@ def mlp(in_features: int, hidden: tuple[int, ...], out_features: int, dropout: f
             layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(sizes[-1], out_features))
     return nn.Sequential(*layers)
+
+
+def noise_hypernets(target: nn.Module, config: Config) -> list[HyperNetwork]:
+    """The recipe's noise-conditioned hypernetwork(s) for ``target``: ``theta(z) = b + W h(z)``.
+
+    ``z ~ N(0, I)`` of size ``config.z_dim`` goes through the generator's trunk
+    (``config.gen_hidden``; none by default) and, with ``config.gen_norm``, RMS normalisation,
+    then one linear readout. With no trunk and no normalisation the generated weights are
+    affine in z, a Gaussian of rank ``z_dim`` in weight space; with normalisation only z's
+    direction counts (a sphere of networks). The first ``config.shared_layers`` linear layers of
+    ``target`` are not generated: they are ordinary parameters shared by every draw.
+
+    Returns:
+        One hypernetwork generating every generated layer from one z, or with
+        ``config.z_per_layer`` one per generated linear layer, each with its own z (the
+        networks are then a product of one sphere or Gaussian per layer). They share
+        ``target``; :func:`draw_weights` samples them together.
+
+    Example:
+        >>> net = mlp(4, (8,), 3)
+        >>> [h.spec.names for h in noise_hypernets(net, Config(z_dim=5, shared_layers=1))]
+        [('3.weight', '3.bias')]
+        >>> [h.spec.names for h in noise_hypernets(net, Config(z_per_layer=True))]
+        [('1.weight', '1.bias'), ('3.weight', '3.bias')]
+    """
+    linear = [n for n, m in target.named_modules() if isinstance(m, nn.Linear)]
+    if not 0 <= config.shared_layers < len(linear):
+        raise ValueError(
+            f"shared_layers must leave at least one of the {len(linear)} linear layers to "
+            f"generate, got {config.shared_layers}"
+        )
+    generated = linear[config.shared_layers :]
+    groups = [(n,) for n in generated] if config.z_per_layer else [tuple(generated)]
+    return [
+        HyperNetwork(
+            target,
+            Noise(config.z_dim),
+            FlatGenerator(hidden=config.gen_hidden, norm=config.gen_norm),
+            generate=lambda name, _, prefixes=tuple(f"{n}." for n in group): name.startswith(
+                prefixes
+            ),
+        )
+        for group in groups
+    ]
+
+
+def draw_weights(
+    hnets: list[HyperNetwork],
+    k: int,
+    *,
+    z: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """``k`` weight sets from hypernetworks that share a target, ``{name: (k, *shape)}``.
+
+    Args:
+        hnets: from :func:`noise_hypernets`.
+        k: number of weight sets.
+        z: ``(k, sum of the z sizes)``, split among the hypernetworks in order; ``None``: each
+            draws its own (from ``generator`` when given).
+        generator: a ``torch.Generator`` to draw z from.
+
+    Raises:
+        ValueError: ``z`` does not have shape ``(k, sum of the z sizes)``.
+    """
+    dims = [h.conditioner.dim for h in hnets]
+    if z is not None and tuple(z.shape) != (k, sum(dims)):
+        raise ValueError(f"z must have shape ({k}, {sum(dims)}), got {tuple(z.shape)}")
+    zs = [None] * len(hnets) if z is None else z.split(dims, dim=1)  # [(k, dim)]
+    weights: dict[str, Tensor] = {}
+    for h, part in zip(hnets, zs, strict=True):
+        weights |= sample_weights(h, k, z=part, generator=generator)
+    return weights
+
+
+def hypernet_parameters(hnets: list[HyperNetwork]) -> list[nn.Parameter]:
+    """The trainable parameters of :func:`noise_hypernets`' hypernetworks, each once.
+
+    Their generators' parameters and the shared target's parameters that none of them generates.
+    """
+    generated = {n for h in hnets for n in h.spec.names}
+    params = [p for h in hnets for p in h.generator.parameters()]
+    target = hnets[0].target
+    return params + [p for n, p in target.named_parameters() if n not in generated]
 
 
 def regression_toy(n: int, noise: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -387,7 +521,11 @@ def run(config: Config) -> dict:
     unknown = [m for m in config.methods if m not in METHODS]
     if unknown or not config.methods:
         raise ValueError(f"methods {list(config.methods)}: choose among {', '.join(METHODS)}")
-    grids = {"hypernet": config.diversity_grid, "dropout": config.dropout_grid}
+    grids = {
+        "hypernet": config.diversity_grid,
+        "dropout": config.dropout_grid,
+        "variational": config.kl_grid,
+    }
     for key, grid in grids.items():
         if grid and key not in config.methods:
             raise ValueError(f"a grid for {key} needs {key} in methods, got {config.methods}")
@@ -396,9 +534,14 @@ def run(config: Config) -> dict:
     if any(p >= 1 for p in config.dropout_grid):
         raise ValueError(f"dropout_grid {config.dropout_grid}: rates must be < 1")
     selecting = any(grids.values())
+    if not 0 <= config.shared_layers <= min(len(config.hidden), len(config.reg_hidden)):
+        raise ValueError(
+            f"shared_layers must leave at least one linear layer to generate, got "
+            f"{config.shared_layers} (hidden={config.hidden}, reg_hidden={config.reg_hidden})"
+        )
     data, (x_val, y_val), x_ood, ood_what = load_problem(config)
     if selecting and not len(y_val):
-        raise ValueError("diversity_grid and dropout_grid select on validation NLL: val_size > 0")
+        raise ValueError("the grids select on validation NLL: they need val_size > 0")
     n_train = len(data.y_train)
     print(
         f"data: {data.name}, {n_train:,} train / {len(y_val):,} validation / "
@@ -445,9 +588,10 @@ def run(config: Config) -> dict:
                 torch.manual_seed(1000 * seed + 10 * METHODS.index(key) + int(reg))
                 name = NAMES[key]
                 if value is not None:
-                    name += f" ({'diversity' if key == 'hypernet' else 'p'}={value:g})"
+                    name += f" ({LABELS[key]}={value:g})"
                     variant_of[name] = (key, value)
                 diversity = config.diversity if value is None else value
+                kl_weight = config.kl_weight if value is None else value
                 if key == "single":
                     single = make(n_out, reg)
                     models[task, name] = {
@@ -484,23 +628,22 @@ def run(config: Config) -> dict:
                         "count": sum(p.numel() for p in stacked.values()),
                     }
                 else:  # "hypernet" or "variational"
-                    hnet = HyperNetwork(
-                        make(n_out, reg),
-                        Noise(config.z_dim),
-                        FlatGenerator(hidden=config.gen_hidden),
-                    )
-                    post = GaussianPosterior(config.z_dim) if key == "variational" else None
+                    hnets = noise_hypernets(make(n_out, reg), config)
+                    z_size = config.z_dim * len(hnets)
+                    post = GaussianPosterior(z_size) if key == "variational" else None
 
                     def hnet_loss(
-                        x, y, h=hnet, q=post, dl=data_loss, n=n_data, reg=reg, div=diversity
-                    ):
+                        x, y, h=hnets, q=post, dl=data_loss, n=n_data, reg=reg, div=diversity,
+                        kw=kl_weight,
+                    ):  # fmt: skip
                         k = config.train_samples
                         z = q.rsample(k) if q is not None else None
-                        ws = sample_weights(h, k, z=z)  # {name: (K, *shape)}
-                        out = sample_outputs(h.target, ws, x)  # (K, B, n_out)
-                        fit = dl(out, y)
+                        ws = draw_weights(h, k, z=z)  # {name: (K, *shape)}
+                        out = sample_outputs(h[0].target, ws, x)  # (K, B, n_out)
+                        mixture = config.fit == "mixture" and not reg
+                        fit = mixture_nll(out, y) if mixture else dl(out, y)
                         if q is not None:
-                            return elbo_loss(fit, q.kl(), n, kl_weight=config.kl_weight)
+                            return elbo_loss(fit, q.kl(), n, kl_weight=kw)
                         spread = (
                             flatten_weights(ws)
                             if config.diversity_space == "weights"
@@ -508,16 +651,16 @@ def run(config: Config) -> dict:
                         )
                         return implicit_loss(fit, spread, diversity=div, term=config.diversity_term)
 
-                    def hnet_predict(x, k, h=hnet, q=post, s=seed) -> Tensor:
+                    def hnet_predict(x, k, h=hnets, q=post, s=seed) -> Tensor:
                         g = torch.Generator().manual_seed(10_000 + s)  # the same k nets each call
                         z = (
                             None
                             if q is None
                             else q.mean + q.std * torch.randn(k, q.dim, generator=g)
                         )
-                        return sample_outputs(h.target, sample_weights(h, k, z=z, generator=g), x)
+                        return sample_outputs(h[0].target, draw_weights(h, k, z=z, generator=g), x)
 
-                    params = list(hnet.parameters()) + (list(post.parameters()) if post else [])
+                    params = hypernet_parameters(hnets) + (list(post.parameters()) if post else [])
                     models[task, name] = {
                         "params": params,
                         "loss": hnet_loss,
@@ -657,7 +800,7 @@ def run(config: Config) -> dict:
             v: [r["val_nll"] for r in per_seed if variant_of.get(r["method"]) == (key, v)]
             for v in grid
         }
-        selection["diversity" if key == "hypernet" else "dropout"] = {
+        selection[GRIDS[key]] = {
             "method": NAMES[key],
             "val_nll": {str(v): s for v, s in scores.items()},
             "selected": select_lowest(scores),
