@@ -400,3 +400,13 @@ def test_call_from_readout_is_skipped_where_it_must_be(monkeypatch, count_readou
     out = plain(xr)
     assert len(count_readout_linear) == 2
     assert_close(g, torch.autograd.grad(out.pow(2).sum(), xr)[0])
+
+
+def test_call_from_readout_docstring_example():
+    import doctest
+
+    from hyperloom import functional
+
+    test = doctest.DocTestFinder().find(functional.call_from_readout, globs=vars(functional))[0]
+    result = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE).run(test)
+    assert result.attempted >= 6 and result.failed == 0

@@ -5,6 +5,10 @@ weight sets, slice ``i`` of the weights on slice ``i`` of the inputs, through ``
 Both swap tensors in for one call (``torch.func.functional_call``) and leave the module's own
 tensors as they were, also when the call raises.
 
+:func:`call_from_readout` is the per-sample call of a hypernetwork whose weights are one linear
+readout of features (``FlatGenerator``): its ``Linear`` layers read their weights from the
+readout without forming them (``docs/performance.md``); ``HyperNetwork`` uses it by itself.
+
 Fast paths. When a target is built only from layers this module knows (``nn.Sequential`` of
 ``Linear``, ``Conv1d/2d/3d``, element-wise activations, ``Dropout``, ``Flatten``; or one
 ``nn.RNN``/``nn.GRU``/``nn.LSTM``, or one ``nn.RNNCell``/``nn.GRUCell``/``nn.LSTMCell``), exact
@@ -702,6 +706,18 @@ def call_from_readout(
     Returns:
         ``(B, ...)`` outputs, or ``None`` when the target is not a stack of known layers (the
         caller then generates the weights and goes through :func:`call_batched`).
+
+    Example:
+        >>> target, readout = nn.Linear(3, 2), nn.Linear(4, 8)  # rows: weight (6), bias (2)
+        >>> h, x = torch.randn(5, 4), torch.randn(5, 3)
+        >>> y = call_from_readout(
+        ...     target, ["weight", "bias"], [6, 2], h, readout.weight, readout.bias, x
+        ... )
+        >>> w = readout(h)  # (5, 8): the weights, formed
+        >>> ref = call_batched(target, {"weight": w[:, :6].view(5, 2, 3), "bias": w[:, 6:]},
+        ...                    x.unsqueeze(1))
+        >>> torch.allclose(y, ref.flatten(0, 1), atol=1e-6)
+        True
     """
     layers = _layers(target)
     if (
