@@ -226,8 +226,8 @@ def run(config: Config) -> dict:
         return 0.5 * (1.0 + math.cos(math.pi * (i - warm) / max(config.steps - warm, 1)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    # The evaluated GHN: an exponential moving average of the parameters (steadier than the
-    # last step's, whose zero-shot accuracy on unseen architectures varies from seed to seed).
+    # The evaluated GHN: an exponential moving average of the parameters, which smooths the
+    # last steps' noise out of the weights that predict unseen architectures.
     averaged = copy.deepcopy(ghn).requires_grad_(False) if config.ema else ghn
     g = torch.Generator().manual_seed(config.seed)
     modules: dict[Arch, nn.Module] = {}  # one module per architecture: traced once
@@ -255,9 +255,8 @@ def run(config: Config) -> dict:
             if averaged is not ghn:
                 with torch.no_grad():
                     d = min(config.ema, step / (step + 10))  # short memory at the start
-                    torch._foreach_lerp_(
-                        list(averaged.parameters()), list(ghn.parameters()), 1.0 - d
-                    )
+                    for a, p in zip(averaged.parameters(), ghn.parameters(), strict=True):
+                        a.lerp_(p, 1.0 - d)
             running_loss = 0.98 * running_loss + 0.02 * loss.item() if step > 1 else loss.item()
             acc = 100.0 * correct / config.archs_per_step
             running_acc = 0.98 * running_acc + 0.02 * acc if step > 1 else acc
