@@ -224,25 +224,22 @@ def test_metric_inputs_are_checked():
 
 
 # Recipe --------------------------------------------------------------------------------------
+def _tiny_config(tmp_path, **options):
+    """A seconds-long configuration of the recipe on the digits, ``options`` on top."""
+    from hyperloom.recipes import uncertainty
+
+    tiny = dict(dataset="digits", n_test=100, hidden=(16,), epochs=1, eval_samples=3)
+    tiny.update(train_samples=2, quiet=True, out=str(tmp_path))
+    return uncertainty.Config(**{**tiny, **options})
+
+
 def test_recipe_runs_on_a_tiny_scenario(tmp_path):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
     from hyperloom.recipes import uncertainty
 
-    config = uncertainty.Config(
-        dataset="digits",
-        n_train=200,
-        n_test=100,
-        hidden=(16,),
-        epochs=1,
-        reg_points=30,
-        reg_hidden=(8,),
-        reg_steps=5,
-        eval_samples=3,
-        train_samples=2,
-        ensemble=2,
-        quiet=True,
-        out=str(tmp_path),
+    config = _tiny_config(
+        tmp_path, n_train=200, reg_points=30, reg_hidden=(8,), reg_steps=5, ensemble=2
     )
     results = uncertainty.run(config)
     methods = [s["method"] for s in results["summary"]]
@@ -409,14 +406,9 @@ def test_recipe_selection_mode_reports_validation_only(tmp_path):
     pytest.importorskip("sklearn")
     from hyperloom.recipes import uncertainty
 
-    config = uncertainty.Config(
-        dataset="digits",
+    config = _tiny_config(
+        tmp_path,
         n_train=300,
-        n_test=100,
-        hidden=(16,),
-        epochs=1,
-        eval_samples=3,
-        train_samples=2,
         methods=("dropout", "hypernet", "variational"),
         diversity_grid=(0.0, 1.0),
         dropout_grid=(0.1, 0.3),
@@ -427,8 +419,6 @@ def test_recipe_selection_mode_reports_validation_only(tmp_path):
         gen_norm=False,
         shared_layers=1,
         repeats=2,
-        quiet=True,
-        out=str(tmp_path),
     )
     results = uncertainty.run(config)
     names = [s["method"] for s in results["summary"]]

@@ -617,17 +617,21 @@ def _conv_batched(m: nn.Module, by_id: dict[int, Tensor], x: Tensor) -> Tensor:
 def _run_batched(layers: list[nn.Module], by_id: dict[int, Tensor], x: Tensor) -> Tensor:
     """:func:`call_batched` for a stack of known layers, hand-batched over the leading ``N``."""
     for m in layers:
-        kind = type(m)
-        if kind is nn.Linear:
-            x = _linear(x, _pick(by_id, m.weight), _pick(by_id, m.bias), 1)  # type: ignore[arg-type]
-        elif kind in _CONVS:
-            x = _conv_batched(m, by_id, x)
-        elif kind is nn.Flatten:  # its dims count within one slice: shift them past N
-            start, end = m.start_dim, m.end_dim
-            x = x.flatten(start + 1 if start >= 0 else start, end + 1 if end >= 0 else end)
-        else:  # element-wise: the same on the whole batch
-            x = m.forward(x)
+        x = _layer_batched(m, by_id, x)
     return x
+
+
+def _layer_batched(m: nn.Module, by_id: dict[int, Tensor], x: Tensor) -> Tensor:
+    """One known layer of :func:`_run_batched` on ``x`` with leading ``N``."""
+    kind = type(m)
+    if kind is nn.Linear:
+        return _linear(x, _pick(by_id, m.weight), _pick(by_id, m.bias), 1)  # type: ignore[arg-type]
+    if kind in _CONVS:
+        return _conv_batched(m, by_id, x)
+    if kind is nn.Flatten:  # its dims count within one slice: shift them past N
+        start, end = m.start_dim, m.end_dim
+        return x.flatten(start + 1 if start >= 0 else start, end + 1 if end >= 0 else end)
+    return m.forward(x)  # element-wise: the same on the whole batch
 
 
 def _cell_batched(m: nn.Module, by_id: dict[int, Tensor], x: Tensor, hx: Any) -> Any:
@@ -720,9 +724,25 @@ def call_from_readout(
         True
     """
     layers = _layers(target)
+    if layers is None:
+        return None
+    return _call_from_readout(layers, target, names, sizes, h, weight, bias, x, consts)
+
+
+def _call_from_readout(
+    layers: list[nn.Module],
+    target: nn.Module,
+    names: list[str],
+    sizes: list[int],
+    h: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    x: Tensor,
+    consts: list[float | None] | None = None,
+) -> Tensor | None:
+    """:func:`call_from_readout` with ``layers = _layers(target)`` already found."""
     if (
-        layers is None
-        or h.dim() != 2
+        h.dim() != 2
         or x.dim() < 2
         or x.shape[0] != h.shape[0]
         or weight.dtype != h.dtype
@@ -754,26 +774,15 @@ def call_from_readout(
 
     x = x.unsqueeze(1)  # (B, 1, ...): each sample a batch of one, as in a per-sample call
     for m in layers:
-        kind = type(m)
-        if kind is nn.Linear:
-            entry = where.get(id(m.weight))
-            if entry is not None and not entry[2] and x.dim() == 3 and x.shape[1] == 1:
-                w_p, b_p, _, _ = entry
-                y = _ReadoutLinear.apply(x[:, 0], h, w_p, b_p)  # (B, out)
-                b = generated(m.bias)
-                if b is not None:
-                    y = y + b  # (B, out) or (out,)
-                x = y.unsqueeze(1)
-            else:
-                x = _linear(x, generated(m.weight), generated(m.bias), 1)  # type: ignore[arg-type]
-        elif kind in _CONVS:
-            by_id = {id(p): t for p in (m.weight, m.bias) if (t := generated(p)) is not None}
-            x = _conv_batched(m, by_id, x)
-        elif kind is nn.Flatten:  # its dims count within one slice: shift them past N
-            start, end = m.start_dim, m.end_dim
-            x = x.flatten(start + 1 if start >= 0 else start, end + 1 if end >= 0 else end)
-        else:  # element-wise: the same on the whole batch
-            x = m.forward(x)
+        entry = where.get(id(m.weight)) if type(m) is nn.Linear else None
+        if entry is not None and not entry[2] and x.dim() == 3 and x.shape[1] == 1:
+            w_p, b_p, _, _ = entry
+            y = _ReadoutLinear.apply(x[:, 0], h, w_p, b_p)  # (B, out)
+            b = generated(m.bias)
+            x = (y if b is None else y + b).unsqueeze(1)  # bias (B, out) or shared (out,)
+        else:  # its own weights formed, then as in call_batched
+            by_id = {id(p): t for p in m._parameters.values() if (t := generated(p)) is not None}
+            x = _layer_batched(m, by_id, x)
     return x.flatten(0, 1)
 
 

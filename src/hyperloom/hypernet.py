@@ -13,7 +13,7 @@ from torch.utils import _pytree as pytree
 
 from .conditioning.base import Conditioner
 from .filters import Filter
-from .functional import _functorch_active, _layers, call, call_batched, call_from_readout
+from .functional import _call_from_readout, _functorch_active, _layers, call, call_batched
 from .generators.base import Generator
 from .init import hyperfan_in_, hyperfan_out_
 from .target import TargetSpec, select
@@ -297,15 +297,18 @@ class HyperNetwork(nn.Module):
             or gen._forward_hooks
             or gen._forward_pre_hooks
             or _functorch_active()
-            or _layers(self.target) is None  # before the features: nothing computed twice
         ):
+            return None
+        layers = _layers(self.target)  # before the features: no trunk run for nothing
+        if layers is None:
             return None
         found = gen._readout_features(cond)
         if found is None:
             return None
         h, readout = found
         spec = self.spec
-        return call_from_readout(
+        return _call_from_readout(
+            layers,
             self.target,
             list(spec.names),
             [p.numel for p in spec],
