@@ -302,10 +302,12 @@ def test_recipe_families_keep_held_out_architectures_out_of_training():
 
     from hyperloom.recipes import ghn as recipe
 
-    rng = random.Random(0)
-    sampled = {recipe.sample_arch(rng) for _ in range(2000)}
-    assert not sampled & set(recipe.HELD_OUT)
-    assert set(recipe.IN_FAMILY) <= sampled
+    for pooling in recipe.POOLINGS:
+        rng = random.Random(0)
+        sampled = {recipe.sample_arch(rng, pooling) for _ in range(2000)}
+        assert not sampled & set(recipe.HELD_OUT)
+        assert set(recipe.IN_FAMILY) <= sampled
+        assert not {a.name for a in sampled} & {a.name for a in recipe.HELD_OUT}
     for arch in recipe.HELD_OUT:  # each held-out one is outside the family on some axis
         if arch.kind == "mlp":
             assert len(arch.widths) > max(recipe.MLP_DEPTHS) or min(arch.widths) > max(
@@ -321,6 +323,29 @@ def test_recipe_families_keep_held_out_architectures_out_of_training():
         net = arch.build((1, 28, 28), 10)
         assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
         assert hl.trace_graph(net).method == "fx"
+
+
+def test_recipe_pooling_placement():
+    import random
+
+    from hyperloom.recipes import ghn as recipe
+
+    first = recipe.Arch("cnn", channels=(8, 8, 8), kernel=3)
+    placed = recipe.Arch("cnn", channels=(8, 8, 8), kernel=3, pools=(1, 2))
+    assert first.pooled == (0, 1) and first.name == "cnn-8-8-8-k3"
+    assert placed.name == "cnn-8-8-8-k3-p12"
+    assert recipe.Arch("cnn", channels=(8, 8, 8), pools=(1, 0)) == first  # the default, as None
+    with pytest.raises(ValueError, match=r"\(0, 3\)"):
+        recipe.Arch("cnn", channels=(8, 8, 8), pools=(0, 3))
+    kinds = [type(m).__name__ for m in placed.build((1, 28, 28), 10)]
+    assert kinds[:7] == ["Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU"]
+    assert kinds[7] == "MaxPool2d"
+    rng = random.Random(0)
+    three = [a for a in (recipe.sample_arch(rng, "random") for _ in range(3000)) if a.kind == "cnn"]
+    assert {a.pooled for a in three if len(a.channels) == 3} == {(0, 1), (0, 2), (1, 2)}
+    assert {a.pooled for a in three if len(a.channels) == 2} == {(0, 1)}
+    with pytest.raises(ValueError, match="'middle'"):
+        recipe.sample_arch(rng, "middle")
 
 
 def test_recipe_runs_on_a_tiny_scenario(tmp_path):

@@ -3,9 +3,10 @@
 One :class:`~hyperloom.GraphHyperNetwork` is trained on a family of architectures sampled at
 random at every step (MLPs of 1 to 4 hidden layers of 32 to 128 units; CNNs of 1 to 3
 convolutions of 8 to 32 channels with 3x3 or 5x5 kernels, each followed by ReLU, the first two
-by 2x2 max-pooling, then average pooling to 4x4 and a linear classifier): each step predicts the
-weights of ``archs_per_step`` sampled networks, runs them on one minibatch and backpropagates
-their mean cross-entropy into the GHN. Nothing else is trained.
+(or, with ``--pooling=random``, two chosen at random) by 2x2 max-pooling, then average pooling
+to 4x4 and a linear classifier): each step predicts the weights of ``archs_per_step`` sampled
+networks, runs them on one minibatch and backpropagates their mean cross-entropy into the GHN.
+Nothing else is trained.
 
 It is then evaluated on architectures held out from that family (:data:`HELD_OUT`: wider,
 deeper, more channels, more convolutions, 7x7 kernels; the deeper MLP has two hidden layers
@@ -59,21 +60,44 @@ POOLED = 4  # CNN features are average-pooled to POOLED x POOLED before the clas
 class Arch:
     """One architecture of the family: an MLP (``widths``) or a CNN (``channels``, ``kernel``).
 
-    Every convolution is ``kernel x kernel`` with padding ``kernel // 2``, then ReLU; the first
-    two are followed by 2x2 max-pooling. A CNN ends with average pooling to ``POOLED x POOLED``
-    (so the classifier reads the same layout whatever the depth) and a linear classifier.
+    Every convolution is ``kernel x kernel`` with padding ``kernel // 2``, then ReLU; the
+    convolutions whose indices are in ``pools`` (``None``: the first two) are followed by 2x2
+    max-pooling. A CNN ends with average pooling to ``POOLED x POOLED`` (so the classifier reads
+    the same layout whatever the depth) and a linear classifier.
     """
 
     kind: str
     widths: tuple[int, ...] = ()
     channels: tuple[int, ...] = ()
     kernel: int = 3
+    pools: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.pools is None:
+            return
+        if any(not 0 <= i < len(self.channels) for i in self.pools):
+            raise ValueError(
+                f"pools must index the {len(self.channels)} convolutions, got {self.pools}"
+            )
+        pools = tuple(sorted(set(self.pools)))
+        default = tuple(range(min(2, len(self.channels))))
+        object.__setattr__(self, "pools", None if pools == default else pools)
+
+    @property
+    def pooled(self) -> tuple[int, ...]:
+        """Indices of the convolutions followed by max-pooling."""
+        if self.pools is None:
+            return tuple(range(min(2, len(self.channels))))
+        return self.pools
 
     @property
     def name(self) -> str:
         if self.kind == "mlp":
             return "mlp-" + "-".join(map(str, self.widths))
-        return f"cnn-{'-'.join(map(str, self.channels))}-k{self.kernel}"
+        name = f"cnn-{'-'.join(map(str, self.channels))}-k{self.kernel}"
+        if self.pooled != tuple(range(min(2, len(self.channels)))):
+            name += "-p" + "".join(map(str, self.pooled))
+        return name
 
     def build(self, in_shape: tuple[int, ...], classes: int) -> nn.Module:
         """The module, with PyTorch's default initialisation."""
@@ -92,7 +116,7 @@ class Arch:
         prev = c
         for i, ch in enumerate(self.channels):
             layers += [nn.Conv2d(prev, ch, self.kernel, padding=self.kernel // 2), nn.ReLU()]
-            if i < 2:
+            if i in self.pooled:
                 layers.append(nn.MaxPool2d(2))
             prev = ch
         layers += [nn.AdaptiveAvgPool2d(POOLED), nn.Flatten(), nn.Linear(prev * POOLED**2, classes)]
@@ -112,17 +136,26 @@ IN_FAMILY = (
 )
 
 
-def sample_arch(rng: random.Random) -> Arch:
-    """An architecture of the training family, uniformly by kind, depth, width and kernel."""
+POOLINGS = ("first", "random")
+
+
+def sample_arch(rng: random.Random, pooling: str = "first") -> Arch:
+    """An architecture of the training family, uniformly by kind, depth, width and kernel.
+
+    ``pooling``: which convolutions of a CNN are followed by max-pooling, ``"first"`` the first
+    two, ``"random"`` two of them (or all, when there are fewer) chosen uniformly, so that
+    convolutions also follow one another at the same resolution.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if rng.random() < 0.5:
         depth = rng.choice(MLP_DEPTHS)
         return Arch("mlp", widths=tuple(rng.choice(MLP_WIDTHS) for _ in range(depth)))
     depth = rng.choice(CNN_DEPTHS)
-    return Arch(
-        "cnn",
-        channels=tuple(rng.choice(CNN_CHANNELS) for _ in range(depth)),
-        kernel=rng.choice(CNN_KERNELS),
-    )
+    channels = tuple(rng.choice(CNN_CHANNELS) for _ in range(depth))
+    kernel = rng.choice(CNN_KERNELS)
+    pools = tuple(rng.sample(range(depth), min(2, depth))) if pooling == "random" else None
+    return Arch("cnn", channels=channels, kernel=kernel, pools=pools)
 
 
 @dataclass
@@ -145,6 +178,14 @@ class Config:
         metadata={
             "help": "decay of the exponential moving average of the GHN's parameters that is "
             "evaluated and saved (0: the last step's parameters)"
+        },
+    )
+    pooling: str = field(
+        default="first",
+        metadata={
+            "help": "which convolutions of a training CNN are followed by max-pooling: the first "
+            "two, or two chosen at random (see sample_arch)",
+            "choices": POOLINGS,
         },
     )
     hidden: int = field(default=64, metadata={"help": "GHN node embedding size"})
@@ -187,6 +228,8 @@ def run(config: Config) -> dict:
             f"steps must be >= 0, archs_per_step and finetune_steps >= 1; got {config.steps}, "
             f"{config.archs_per_step} and {config.finetune_steps}"
         )
+    if config.pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {config.pooling!r}")
     if not 0.0 <= config.warmup < 1.0 or not 0.0 <= config.ema < 1.0:
         raise ValueError(
             f"warmup and ema must be in [0, 1); got warmup={config.warmup}, ema={config.ema}"
@@ -240,7 +283,7 @@ def run(config: Config) -> dict:
             loss = x.new_zeros(())
             correct = 0.0
             for _ in range(config.archs_per_step):
-                arch = sample_arch(rng)
+                arch = sample_arch(rng, config.pooling)
                 net = modules.get(arch)
                 if net is None:
                     net = modules[arch] = arch.build(in_shape, classes)
