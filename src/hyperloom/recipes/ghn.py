@@ -80,23 +80,24 @@ class Arch:
                 f"pools must index the {len(self.channels)} convolutions, got {self.pools}"
             )
         pools = tuple(sorted(set(self.pools)))
-        default = tuple(range(min(2, len(self.channels))))
-        object.__setattr__(self, "pools", None if pools == default else pools)
+        object.__setattr__(self, "pools", None if pools == self._first_two else pools)
+
+    @property
+    def _first_two(self) -> tuple[int, ...]:
+        return tuple(range(min(2, len(self.channels))))
 
     @property
     def pooled(self) -> tuple[int, ...]:
         """Indices of the convolutions followed by max-pooling."""
-        if self.pools is None:
-            return tuple(range(min(2, len(self.channels))))
-        return self.pools
+        return self._first_two if self.pools is None else self.pools
 
     @property
     def name(self) -> str:
         if self.kind == "mlp":
             return "mlp-" + "-".join(map(str, self.widths))
         name = f"cnn-{'-'.join(map(str, self.channels))}-k{self.kernel}"
-        if self.pooled != tuple(range(min(2, len(self.channels)))):
-            name += "-p" + "".join(map(str, self.pooled))
+        if self.pools is not None:
+            name += "-p" + "".join(map(str, self.pools))
         return name
 
     def build(self, in_shape: tuple[int, ...], classes: int) -> nn.Module:
