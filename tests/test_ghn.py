@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,38 @@ def test_tiled_per_tensor_conditioning():
         gen({**{n: conds[n] for n in spec.names[:-1]}, "nope": conds["1.bias"]}, spec=spec)
     with pytest.raises(ValueError, match="one shape"):
         gen({**conds, "1.bias": torch.randn(2, 4)}, spec=spec)
+
+
+def test_tiled_integrated_positions_average_each_frequency_over_the_tile():
+    from hyperloom.generators.tiled import _positions
+
+    for n in (1, 2, 3, 7):
+        got = _positions(n, 4, integrated=True)
+        torch.testing.assert_close(got[:, 0], _positions(n, 4)[:, 0])  # the same centres
+        fine = torch.linspace(0, 1, 200_001, dtype=torch.float64)[:-1] + 0.5 / 200_000
+        dense = torch.cat([fine[:, None], *(f(fine[:, None] * math.pi * 2.0**k) for f in (
+            torch.sin, torch.cos) for k in range(4))], 1)  # fmt: skip
+        tile = (fine * n).long()
+        for i in range(n):  # numerical mean over the tile's span
+            want = dense[tile == i, 1:].mean(0)
+            torch.testing.assert_close(got[i, 1:], want, atol=1e-4, rtol=0)
+    # frequencies finer than a grid of 2^m tiles vanish; with point samples they alias
+    two = _positions(2, 6, integrated=True)
+    assert two[:, 3:7].abs().max() < 1e-12 and two[:, 9:].abs().max() < 1e-12
+    torch.testing.assert_close(_positions(2, 6)[:, 9:].abs(), torch.ones(2, 4, dtype=torch.float64))
+
+
+def test_tiled_integrated_option_changes_only_the_positions():
+    spec = hl.select(cnn())
+    a = hl.TiledGenerator(spec, 6, tile=(4, 4), hidden=(16,))
+    b = hl.TiledGenerator(spec, 6, tile=(4, 4), hidden=(16,), integrated=True)
+    b.load_state_dict(a.state_dict())
+    c = torch.randn(2, 6)
+    assert a.options["integrated"] is False and b.options["integrated"] is True
+    assert not torch.allclose(a(c)["0.weight"], b(c)["0.weight"])
+    ghn = hl.GraphHyperNetwork(hidden=8, decoder_hidden=(8,), tile=(4, 4), integrated=True)
+    assert ghn.config()["integrated"] is True and ghn.decoder.options["integrated"] is True
+    assert ghn(cnn())["0.weight"].shape == (6, 1, 3, 3)
 
 
 def test_tiled_rejects_bad_options_and_oversized_tensors():

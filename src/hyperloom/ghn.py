@@ -47,6 +47,8 @@ class GraphHyperNetwork(nn.Module):
         tile: tile size of the decoder (:class:`~hyperloom.TiledGenerator`).
         decoder_hidden: hidden sizes of the decoder's MLP.
         frequencies: sine/cosine pairs of the decoder's tile positions.
+        integrated: average them over each tile's span (see
+            :class:`~hyperloom.TiledGenerator`).
         gain: the activation gain the predicted weights start at (``sqrt(2)`` for ReLU
             targets): the decoder's readouts are scaled so that, at initialisation, weights of
             fan-in ``d`` have variance ``gain^2 / d``.
@@ -66,6 +68,7 @@ class GraphHyperNetwork(nn.Module):
         tile: Sequence[int] = (16, 16),
         decoder_hidden: Sequence[int] = (64,),
         frequencies: int = 6,
+        integrated: bool = False,
         gain: float = 2**0.5,
         method: str = "auto",
     ) -> None:
@@ -82,6 +85,7 @@ class GraphHyperNetwork(nn.Module):
             "tile": tuple(int(t) for t in tile),
             "decoder_hidden": tuple(int(h) for h in decoder_hidden),
             "frequencies": int(frequencies),
+            "integrated": bool(integrated),
             "gain": float(gain),
             "method": method,
         }
@@ -91,7 +95,12 @@ class GraphHyperNetwork(nn.Module):
         )
         self.update = nn.ModuleList(nn.GRUCell(hidden, hidden) for _ in range(2))
         self.decoder = TiledGenerator(
-            None, hidden, tile=tile, hidden=decoder_hidden, frequencies=frequencies
+            None,
+            hidden,
+            tile=tile,
+            hidden=decoder_hidden,
+            frequencies=frequencies,
+            integrated=integrated,
         )
         width = self.options["decoder_hidden"][-1]
         for readout, var in (

@@ -12,7 +12,8 @@ description holds
 - its shape (``log2`` of the output and input sizes, kernel size, fan-in) and its position
   among the spec's tensors (relative index, whether it is the first or last),
 - the tile's place in the tensor: relative row and column ``(i + 1/2) / n`` with sine and
-  cosine features of them, and its offset from the kernel's centre.
+  cosine features of them (taken at the tile's centre, or with ``integrated=True`` averaged over
+  its span), and its offset from the kernel's centre.
 
 Positions are relative, so a layer twice as wide reads the same range of positions at twice the
 resolution: there is no table of positions to run off the end of, and any shape can be asked
@@ -74,12 +75,23 @@ def num_features(frequencies: int) -> int:
     return len(ROLES) + 8 + 2 * (1 + 2 * frequencies) + 2
 
 
-def _positions(n: int, frequencies: int) -> Tensor:
+def _positions(n: int, frequencies: int, integrated: bool = False) -> Tensor:
     """``(n, 1 + 2 frequencies)``: relative centre ``r = (i + 1/2) / n``, sin and cos of
-    ``2^k pi r`` for ``k < frequencies``."""
+    ``w r`` for ``w = 2^k pi``, ``k < frequencies``.
+
+    ``integrated``: the sine and cosine are averaged over the tile's span ``[i / n, (i + 1) / n]``
+    instead of taken at its centre (an integrated positional encoding, after Barron et al.'s
+    Mip-NeRF), so a frequency finer than the grid of ``n`` tiles fades towards 0 instead of
+    taking arbitrary aliased values that change with ``n``.
+    """
     r = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    angles = r[:, None] * math.pi * (2.0 ** torch.arange(frequencies, dtype=torch.float64))
-    return torch.cat([r[:, None], angles.sin(), angles.cos()], dim=1)
+    w = math.pi * (2.0 ** torch.arange(frequencies, dtype=torch.float64))
+    if not integrated:
+        angles = r[:, None] * w
+        return torch.cat([r[:, None], angles.sin(), angles.cos()], dim=1)
+    lo, hi = (r - 0.5 / n)[:, None] * w, (r + 0.5 / n)[:, None] * w
+    span = w / n
+    return torch.cat([r[:, None], (lo.cos() - hi.cos()) / span, (hi.sin() - lo.sin()) / span], 1)
 
 
 @dataclass(frozen=True)
@@ -99,7 +111,9 @@ class _Plan:
     constant: Tensor  # (n_tensors,) bool: initialised to a constant by the target
 
 
-def _plan(spec: TargetSpec, tile: tuple[int, int], frequencies: int) -> _Plan:
+def _plan(
+    spec: TargetSpec, tile: tuple[int, int], frequencies: int, integrated: bool = False
+) -> _Plan:
     """Tile descriptions, owners and the assembly layout of every tensor of ``spec``."""
     n = len(spec)
     feats: dict[bool, list[Tensor]] = {True: [], False: []}
@@ -128,7 +142,9 @@ def _plan(spec: TargetSpec, tile: tuple[int, int], frequencies: int) -> _Plan:
             ],
             dtype=torch.float64,
         )
-        f = _tile_features(tensor_feats, out, inn if matrix else None, kh, kw, tile, frequencies)
+        f = _tile_features(
+            tensor_feats, out, inn if matrix else None, kh, kw, tile, frequencies, integrated
+        )
         feats[matrix].append(f)
         owners[matrix].append(torch.full((f.shape[0],), t, dtype=torch.long))
         layouts[matrix].append((t, starts[matrix], f.shape[0], out, inn, kh, kw))
@@ -160,6 +176,7 @@ def _tile_features(
     kw: int,
     tile: tuple[int, int],
     frequencies: int,
+    integrated: bool = False,
 ) -> Tensor:
     """The descriptions of one tensor's tiles in (row, column, kh, kw) order, ``(count, F)``.
 
@@ -167,12 +184,12 @@ def _tile_features(
     """
     t_o, t_i = tile
     n_i = -(-out // t_o)
-    rows = _positions(n_i, frequencies)  # (n_i, P)
+    rows = _positions(n_i, frequencies, integrated)  # (n_i, P)
     if inn is None:
         n_j, cols = 1, torch.zeros(1, rows.shape[1], dtype=torch.float64)
     else:
         n_j = -(-inn // t_i)
-        cols = _positions(n_j, frequencies)  # (n_j, P)
+        cols = _positions(n_j, frequencies, integrated)  # (n_j, P)
     u = (torch.arange(kh, dtype=torch.float64) - (kh - 1) / 2) / 3  # offsets from the centre
     v = (torch.arange(kw, dtype=torch.float64) - (kw - 1) / 2) / 3
     ii, jj, uu, vv = (
@@ -202,6 +219,10 @@ class TiledGenerator(Generator):
         activation: its activation.
         frequencies: sine/cosine pairs describing a tile's row and column position (``2^k pi r``
             for ``k < frequencies``): more tell neighbouring tiles of a large tensor apart.
+        integrated: average each sine and cosine over the tile's span instead of taking it at
+            the tile's centre, so that frequencies finer than a tensor's tile grid fade out
+            rather than alias (a layer with 3 tiles per axis then reads features close to one
+            with 2 or 4).
         max_numel: the largest tensor (in elements) a call may ask for.
 
     Example:
@@ -226,6 +247,7 @@ class TiledGenerator(Generator):
         hidden: Sequence[int] = (64,),
         activation: str = "relu",
         frequencies: int = 6,
+        integrated: bool = False,
         max_numel: int = 2**26,
     ) -> None:
         tile = tuple(int(t) for t in tile)
@@ -247,6 +269,7 @@ class TiledGenerator(Generator):
                 "hidden": tuple(int(h) for h in hidden),
                 "activation": activation,
                 "frequencies": int(frequencies),
+                "integrated": bool(integrated),
                 "max_numel": int(max_numel),
             }
         )
@@ -397,7 +420,9 @@ class TiledGenerator(Generator):
             if len(self._plans) >= _CACHE_SIZE:
                 self._plans.clear()
             o = self.options
-            plan = self._plans[spec] = _plan(spec, o["tile"], o["frequencies"])
+            plan = self._plans[spec] = _plan(
+                spec, o["tile"], o["frequencies"], o.get("integrated", False)
+            )
         return plan
 
     def num_tiles(self, spec: TargetSpec | None = None) -> int:

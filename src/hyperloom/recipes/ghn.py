@@ -196,6 +196,10 @@ class Config:
         default=(64,), metadata={"help": "decoder MLP hidden sizes"}
     )
     frequencies: int = field(default=6, metadata={"help": "decoder position frequencies"})
+    integrated: bool = field(
+        default=False,
+        metadata={"help": "average the position frequencies over each tile's span"},
+    )
     finetune_steps: int = field(default=100, metadata={"help": "fine-tuning steps to compare"})
     finetune_lr: float = field(default=1e-3, metadata={"help": "fine-tuning Adam learning rate"})
     eval_split: str = field(
@@ -259,6 +263,7 @@ def run(config: Config) -> dict:
         tile=config.tile,
         decoder_hidden=config.decoder_hidden,
         frequencies=config.frequencies,
+        integrated=config.integrated,
     )
     print(f"GHN: {count_trainable(ghn):,} parameters; {ghn.describe().architecture}")
     opt = torch.optim.Adam(ghn.parameters(), lr=config.lr)
