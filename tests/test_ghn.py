@@ -145,7 +145,7 @@ def test_tiled_integrated_positions_average_each_frequency_over_the_tile():
     torch.testing.assert_close(_positions(2, 6)[:, 9:].abs(), torch.ones(2, 4, dtype=torch.float64))
 
 
-def test_tiled_integrated_option_changes_only_the_positions():
+def test_tiled_integrated_option_keeps_the_parameters_and_is_passed_on():
     spec = hl.select(cnn())
     a = hl.TiledGenerator(spec, 6, tile=(4, 4), hidden=(16,))
     b = hl.TiledGenerator(spec, 6, tile=(4, 4), hidden=(16,), integrated=True)

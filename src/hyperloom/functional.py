@@ -724,25 +724,9 @@ def call_from_readout(
         True
     """
     layers = _layers(target)
-    if layers is None:
-        return None
-    return _call_from_readout(layers, target, names, sizes, h, weight, bias, x, consts)
-
-
-def _call_from_readout(
-    layers: list[nn.Module],
-    target: nn.Module,
-    names: list[str],
-    sizes: list[int],
-    h: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    x: Tensor,
-    consts: list[float | None] | None = None,
-) -> Tensor | None:
-    """:func:`call_from_readout` with ``layers = _layers(target)`` already found."""
     if (
-        h.dim() != 2
+        layers is None
+        or h.dim() != 2
         or x.dim() < 2
         or x.shape[0] != h.shape[0]
         or weight.dtype != h.dtype

@@ -13,7 +13,7 @@ from torch.utils import _pytree as pytree
 
 from .conditioning.base import Conditioner
 from .filters import Filter
-from .functional import _call_from_readout, _functorch_active, _layers, call, call_batched
+from .functional import _functorch_active, _layers, call, call_batched, call_from_readout
 from .generators.base import Generator
 from .init import hyperfan_in_, hyperfan_out_
 from .target import TargetSpec, select
@@ -299,16 +299,14 @@ class HyperNetwork(nn.Module):
             or _functorch_active()
         ):
             return None
-        layers = _layers(self.target)  # before the features: no trunk run for nothing
-        if layers is None:
+        if _layers(self.target) is None:  # before the features: no trunk run for nothing
             return None
         found = gen._readout_features(cond)
         if found is None:
             return None
         h, readout = found
         spec = self.spec
-        return _call_from_readout(
-            layers,
+        return call_from_readout(
             self.target,
             list(spec.names),
             [p.numel for p in spec],
