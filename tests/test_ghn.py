@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -381,6 +382,55 @@ def test_recipe_pooling_placement():
         recipe.sample_arch(rng, "middle")
 
 
+def test_recipe_batchnorm_family():
+    import random
+
+    from hyperloom.recipes import ghn as recipe
+
+    plain, normed = random.Random(3), random.Random(3)
+    for _ in range(200):  # the flag draws no random number: the same family, normalised
+        a, b = recipe.sample_arch(plain, "random"), recipe.sample_arch(normed, "random", True)
+        assert b == replace(a, batchnorm=True) and b.name == a.name + "-bn"
+        assert b not in {replace(h, batchnorm=True) for h in recipe.HELD_OUT}
+    cnn = recipe.Arch("cnn", channels=(8, 8, 8), kernel=3, batchnorm=True).build((1, 28, 28), 10)
+    kinds = [type(m).__name__ for m in cnn]
+    assert kinds[:4] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+    assert kinds.count("BatchNorm2d") == 3
+    assert all(m.bias is None for m in cnn if isinstance(m, nn.Conv2d))
+    assert cnn[-1].bias is not None  # the classifier keeps its bias
+    mlp = recipe.Arch("mlp", widths=(16, 16), batchnorm=True).build((1, 8, 8), 10)
+    assert [type(m).__name__ for m in mlp][1:4] == ["Linear", "BatchNorm1d", "ReLU"]
+    assert hl.trace_graph(cnn).method == "fx"
+    ops = [n.op for n in hl.trace_graph(cnn).nodes]
+    assert ops.count("batchnorm") == 3
+
+
+def test_bn_statistics_are_averages_over_the_given_images():
+    from hyperloom.recipes import ghn as recipe
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(64, 5) * 3 + 1
+    before = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k}
+    with torch.no_grad():
+        h = net[0](x)
+    assert recipe.bn_statistics_(net, x, batch=64) is net and not net.training
+    torch.testing.assert_close(net[1].running_mean, h.mean(0))
+    torch.testing.assert_close(net[1].running_var, h.var(0))  # one batch: its unbiased variance
+    recipe.bn_statistics_(net, x, batch=16)  # four equal batches: the mean of their statistics
+    torch.testing.assert_close(net[1].running_mean, h.mean(0))
+    var = torch.stack([h[i : i + 16].var(0) for i in range(0, 64, 16)]).mean(0)
+    torch.testing.assert_close(net[1].running_var, var)
+    assert net[1].momentum == 0.1  # restored
+    after = {k: v for k, v in net.state_dict().items() if "running" not in k}
+    for k, v in before.items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        torch.testing.assert_close(after[k], v, rtol=0, atol=0)
+    plain = nn.Sequential(nn.Linear(5, 2))
+    assert recipe.bn_statistics_(plain, x) is plain and not plain.training
+
+
 def test_recipe_runs_on_a_tiny_scenario(tmp_path):
     from hyperloom.recipes import ghn as recipe
 
@@ -406,6 +456,20 @@ def test_recipe_runs_on_a_tiny_scenario(tmp_path):
     ghn.load_state_dict(load_file(run_dir / "ghn.safetensors"))
     net = recipe.Arch("mlp", widths=(20,)).build((1, 8, 8), 10)
     assert set(ghn(net)) == {"1.weight", "1.bias", "3.weight", "3.bias"}
+
+
+def test_recipe_runs_with_batchnorm(tmp_path):
+    from hyperloom.recipes import ghn as recipe
+
+    config = recipe.Config(
+        dataset="digits", steps=10, hidden=16, decoder_hidden=(16,), tile=(8, 8), batchnorm=True,
+        finetune_steps=2, eval_images=100, out=str(tmp_path), quiet=True,
+    )  # fmt: skip
+    rows = recipe.run(config)["results"]
+    assert [r["architecture"] for r in rows] == [
+        a.name + "-bn" for a in (*recipe.HELD_OUT, *recipe.IN_FAMILY)
+    ]
+    assert all(0.0 <= r[k] <= 100.0 for r in rows for k in ("predicted_0", "random_2"))
 
 
 def test_recipe_rejects_bad_options(tmp_path):

@@ -6,7 +6,9 @@ convolutions of 8 to 32 channels with 3x3 or 5x5 kernels, each followed by ReLU,
 (or, with ``--pooling=random``, two chosen at random) by 2x2 max-pooling, then average pooling
 to 4x4 and a linear classifier): each step predicts the weights of ``archs_per_step`` sampled
 networks, runs them on one minibatch and backpropagates their mean cross-entropy into the GHN.
-Nothing else is trained.
+Nothing else is trained. With ``--batchnorm=true`` every hidden layer of every architecture is
+followed by batch normalisation, whose statistics are set for each evaluation by
+:func:`bn_statistics_`.
 
 It is then evaluated on architectures held out from that family (:data:`HELD_OUT`: wider,
 deeper, more channels, more convolutions, 7x7 kernels; the deeper MLP has two hidden layers
@@ -28,7 +30,7 @@ import json
 import math
 import random
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +55,7 @@ MLP_DEPTHS = (1, 2, 3, 4)
 CNN_CHANNELS = (8, 16, 24, 32)
 CNN_DEPTHS = (1, 2, 3)
 CNN_KERNELS = (3, 5)
+BN_IMAGES = 4096  # training images that give batch-norm statistics for evaluation
 POOLED = 4  # CNN features are average-pooled to POOLED x POOLED before the classifier
 
 
@@ -63,7 +66,9 @@ class Arch:
     Every convolution is ``kernel x kernel`` with padding ``kernel // 2``, then ReLU; the
     convolutions whose indices are in ``pools`` (``None``: the first two) are followed by 2x2
     max-pooling. A CNN ends with average pooling to ``POOLED x POOLED`` (so the classifier reads
-    the same layout whatever the depth) and a linear classifier.
+    the same layout whatever the depth) and a linear classifier. ``batchnorm``: every hidden
+    layer (linear or convolution, then without bias) is followed by batch normalisation before
+    its ReLU.
     """
 
     kind: str
@@ -71,6 +76,7 @@ class Arch:
     channels: tuple[int, ...] = ()
     kernel: int = 3
     pools: tuple[int, ...] | None = None
+    batchnorm: bool = False
 
     def __post_init__(self) -> None:
         if self.pools is None:
@@ -93,22 +99,27 @@ class Arch:
 
     @property
     def name(self) -> str:
+        bn = "-bn" if self.batchnorm else ""
         if self.kind == "mlp":
-            return "mlp-" + "-".join(map(str, self.widths))
+            return "mlp-" + "-".join(map(str, self.widths)) + bn
         name = f"cnn-{'-'.join(map(str, self.channels))}-k{self.kernel}"
         if self.pools is not None:
             name += "-p" + "".join(map(str, self.pools))
-        return name
+        return name + bn
 
     def build(self, in_shape: tuple[int, ...], classes: int) -> nn.Module:
         """The module, with PyTorch's default initialisation."""
         c, h, w = in_shape
         layers: list[nn.Module] = []
+        bias = not self.batchnorm
         if self.kind == "mlp":
             layers.append(nn.Flatten())
             prev = c * h * w
             for width in self.widths:
-                layers += [nn.Linear(prev, width), nn.ReLU()]
+                layers.append(nn.Linear(prev, width, bias=bias))
+                if self.batchnorm:
+                    layers.append(nn.BatchNorm1d(width))
+                layers.append(nn.ReLU())
                 prev = width
             layers.append(nn.Linear(prev, classes))
             return nn.Sequential(*layers)
@@ -116,7 +127,10 @@ class Arch:
             raise ValueError(f"kind must be 'mlp' or 'cnn', got {self.kind!r}")
         prev = c
         for i, ch in enumerate(self.channels):
-            layers += [nn.Conv2d(prev, ch, self.kernel, padding=self.kernel // 2), nn.ReLU()]
+            layers.append(nn.Conv2d(prev, ch, self.kernel, padding=self.kernel // 2, bias=bias))
+            if self.batchnorm:
+                layers.append(nn.BatchNorm2d(ch))
+            layers.append(nn.ReLU())
             if i in self.pooled:
                 layers.append(nn.MaxPool2d(2))
             prev = ch
@@ -140,23 +154,25 @@ IN_FAMILY = (
 POOLINGS = ("first", "random")
 
 
-def sample_arch(rng: random.Random, pooling: str = "first") -> Arch:
+def sample_arch(rng: random.Random, pooling: str = "first", batchnorm: bool = False) -> Arch:
     """An architecture of the training family, uniformly by kind, depth, width and kernel.
 
     ``pooling``: which convolutions of a CNN are followed by max-pooling, ``"first"`` the first
     two, ``"random"`` two of them (or all, when there are fewer) chosen uniformly, so that
-    convolutions also follow one another at the same resolution.
+    convolutions also follow one another at the same resolution. ``batchnorm``: see
+    :class:`Arch` (it draws no random number, so the same seed gives the same family).
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if rng.random() < 0.5:
         depth = rng.choice(MLP_DEPTHS)
-        return Arch("mlp", widths=tuple(rng.choice(MLP_WIDTHS) for _ in range(depth)))
+        widths = tuple(rng.choice(MLP_WIDTHS) for _ in range(depth))
+        return Arch("mlp", widths=widths, batchnorm=batchnorm)
     depth = rng.choice(CNN_DEPTHS)
     channels = tuple(rng.choice(CNN_CHANNELS) for _ in range(depth))
     kernel = rng.choice(CNN_KERNELS)
     pools = tuple(rng.sample(range(depth), min(2, depth))) if pooling == "random" else None
-    return Arch("cnn", channels=channels, kernel=kernel, pools=pools)
+    return Arch("cnn", channels=channels, kernel=kernel, pools=pools, batchnorm=batchnorm)
 
 
 @dataclass
@@ -200,6 +216,13 @@ class Config:
         default=False,
         metadata={"help": "average the position frequencies over each tile's span"},
     )
+    batchnorm: bool = field(
+        default=False,
+        metadata={
+            "help": "batch normalisation after every hidden layer of the trained and the "
+            "evaluated architectures (statistics for evaluation: see bn_statistics_)"
+        },
+    )
     finetune_steps: int = field(default=100, metadata={"help": "fine-tuning steps to compare"})
     finetune_lr: float = field(default=1e-3, metadata={"help": "fine-tuning Adam learning rate"})
     eval_split: str = field(
@@ -216,6 +239,30 @@ class Config:
     out: str = field(default="runs", metadata={"help": "folder for the run folder"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
     seed: int = field(default=0, metadata={"help": "seed of sampling, minibatches and inits"})
+
+
+@torch.no_grad()
+def bn_statistics_(net: nn.Module, x: Tensor, batch: int = 512) -> nn.Module:
+    """Set the running statistics of ``net``'s batch-norm layers to their averages over ``x``.
+
+    Each statistic is reset and then averaged over the batches of ``x`` (cumulative average, in
+    training mode); ``net`` is left in evaluation mode. Parameters are not touched: this is how
+    a network whose parameters were predicted, not trained, gets the statistics that its
+    evaluation mode uses. Without batch-norm layers it only switches ``net`` to evaluation
+    mode.
+    """
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average: every batch weighs the same
+        net.train()
+        for i in range(0, len(x), batch):
+            net(x[i : i + batch])
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+    return net.eval()
 
 
 @torch.no_grad()
@@ -289,7 +336,7 @@ def run(config: Config) -> dict:
             loss = x.new_zeros(())
             correct = 0.0
             for _ in range(config.archs_per_step):
-                arch = sample_arch(rng, config.pooling)
+                arch = sample_arch(rng, config.pooling, config.batchnorm)
                 net = modules.get(arch)
                 if net is None:
                     net = modules[arch] = arch.build(in_shape, classes)
@@ -321,7 +368,12 @@ def run(config: Config) -> dict:
     ghn = averaged.eval()
     checkpoints = sorted({0, 1, min(10, config.finetune_steps), config.finetune_steps})
     rows, curves = [], []
-    evaluated = [(a, "held-out") for a in HELD_OUT] + [(a, "in family") for a in IN_FAMILY]
+    evaluated = [
+        (replace(a, batchnorm=config.batchnorm), group)
+        for group, archs in (("held-out", HELD_OUT), ("in family", IN_FAMILY))
+        for a in archs
+    ]
+    x_stats = x_train[:BN_IMAGES]  # the batch-norm statistics of every evaluation
     for arch, group in progress(evaluated, quiet=config.quiet, desc="evaluate"):
         torch.manual_seed(config.seed + 1)
         random_net = arch.build(in_shape, classes)
@@ -332,7 +384,8 @@ def run(config: Config) -> dict:
             gb = torch.Generator().manual_seed(config.seed + 2)  # the same batches for both
             for step in range(config.finetune_steps + 1):
                 if step in checkpoints:
-                    acc = accuracy(net, x_eval, y_eval)
+                    acc = accuracy(bn_statistics_(net, x_stats), x_eval, y_eval)
+                    net.train()
                     curves.append(
                         {"architecture": arch.name, "init": init, "step": step, "acc": acc}
                     )
