@@ -429,6 +429,11 @@ def test_bn_statistics_are_averages_over_the_given_images():
         torch.testing.assert_close(after[k], v, rtol=0, atol=0)
     plain = nn.Sequential(nn.Linear(5, 2))
     assert recipe.bn_statistics_(plain, x) is plain and not plain.training
+    with pytest.raises(ValueError, match="got 1 images"):
+        recipe.bn_statistics_(net, x[:1])
+    with pytest.raises(ValueError, match="got 33 images in batches of 16"):  # a last batch of 1
+        recipe.bn_statistics_(net, torch.randn(33, 5), batch=16)
+    assert net[1].momentum == 0.1
 
 
 def test_recipe_runs_on_a_tiny_scenario(tmp_path):

@@ -252,14 +252,20 @@ def bn_statistics_(net: nn.Module, x: Tensor, batch: int = 512) -> nn.Module:
     mode.
     """
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if norms:
-        momenta = [m.momentum for m in norms]
+    if norms and (len(x) < 2 or batch < 2 or len(x) % batch == 1):
+        raise ValueError(
+            f"batch-norm statistics need at least 2 images in every batch; got {len(x)} "
+            f"images in batches of {batch}"
+        )
+    momenta = [m.momentum for m in norms]
+    try:
         for m in norms:
             m.reset_running_stats()
             m.momentum = None  # cumulative moving average: every batch weighs the same
         net.train()
         for i in range(0, len(x), batch):
             net(x[i : i + batch])
+    finally:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
     return net.eval()
