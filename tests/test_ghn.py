@@ -146,6 +146,35 @@ def test_tiled_integrated_positions_average_each_frequency_over_the_tile():
     torch.testing.assert_close(_positions(2, 6)[:, 9:].abs(), torch.ones(2, 4, dtype=torch.float64))
 
 
+def test_tiled_standardize_gives_every_row_zero_mean_and_the_learned_gain():
+    spec = hl.select(nn.Sequential(nn.Conv2d(3, 20, 3), nn.Linear(30, 7), nn.Linear(1, 4)))
+    torch.manual_seed(0)
+    gen = hl.TiledGenerator(spec, 6, tile=(4, 4), hidden=(16,), standardize=True)
+    with torch.no_grad():
+        gen.matrix_gain.fill_(math.log(3.0))
+    w = gen(torch.randn(2, 6))  # a batch of two conditionings
+    for name, fan_in in (("0.weight", 27), ("1.weight", 30)):
+        rows = w[name].flatten(2)  # (2, out, fan_in)
+        torch.testing.assert_close(rows.mean(-1), torch.zeros(rows.shape[:2]), atol=1e-6, rtol=0)
+        got = rows.std(-1, unbiased=False) * fan_in**0.5
+        torch.testing.assert_close(got, torch.full(rows.shape[:2], 3.0), atol=1e-4, rtol=0)
+    plain = hl.TiledGenerator(spec, 6, tile=(4, 4), hidden=(16,))
+    plain.load_state_dict({k: v for k, v in gen.state_dict().items() if k != "matrix_gain"})
+    c = torch.randn(6)
+    a, b = gen(c), plain(c)
+    for name in ("0.bias", "1.bias", "2.weight", "2.bias"):  # vectors and fan-in 1: as generated
+        torch.testing.assert_close(a[name], b[name])
+    assert "matrix_gain" not in plain.state_dict()  # off by default: old checkpoints load
+    again = hl.TiledGenerator(spec, 6, **gen.options)  # options and state rebuild it
+    again.load_state_dict(gen.state_dict())
+    torch.testing.assert_close(again(c)["0.weight"], a["0.weight"])
+    gen(c)["1.weight"].pow(2).sum().backward()
+    assert gen.matrix_gain.grad is not None and gen.matrix_gain.grad.abs() > 0
+    ghn = hl.GraphHyperNetwork(hidden=8, decoder_hidden=(8,), tile=(4, 4), standardize=True)
+    assert ghn.config()["standardize"] is True and ghn.decoder.options["standardize"] is True
+    torch.testing.assert_close(ghn.decoder.matrix_gain.exp(), torch.tensor(2**0.5))
+
+
 def test_tiled_integrated_option_keeps_the_parameters_and_is_passed_on():
     spec = hl.select(cnn())
     a = hl.TiledGenerator(spec, 6, tile=(4, 4), hidden=(16,))

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,6 +50,8 @@ class GraphHyperNetwork(nn.Module):
         frequencies: sine/cosine pairs of the decoder's tile positions.
         integrated: average them over each tile's span (see
             :class:`~hyperloom.TiledGenerator`).
+        standardize: weight-standardise every predicted matrix and convolution (see
+            :class:`~hyperloom.TiledGenerator`); its learned gain starts at ``gain``.
         gain: the activation gain the predicted weights start at (``sqrt(2)`` for ReLU
             targets): the decoder's readouts are scaled so that, at initialisation, weights of
             fan-in ``d`` have variance ``gain^2 / d``.
@@ -69,6 +72,7 @@ class GraphHyperNetwork(nn.Module):
         decoder_hidden: Sequence[int] = (64,),
         frequencies: int = 6,
         integrated: bool = False,
+        standardize: bool = False,
         gain: float = 2**0.5,
         method: str = "auto",
     ) -> None:
@@ -86,6 +90,7 @@ class GraphHyperNetwork(nn.Module):
             "decoder_hidden": tuple(int(h) for h in decoder_hidden),
             "frequencies": int(frequencies),
             "integrated": bool(integrated),
+            "standardize": bool(standardize),
             "gain": float(gain),
             "method": method,
         }
@@ -101,7 +106,11 @@ class GraphHyperNetwork(nn.Module):
             hidden=decoder_hidden,
             frequencies=frequencies,
             integrated=integrated,
+            standardize=standardize,
         )
+        if standardize:
+            with torch.no_grad():
+                self.decoder.matrix_gain.fill_(math.log(gain))
         width = self.options["decoder_hidden"][-1]
         for readout, var in (
             (self.decoder.matrix_readout, gain**2),

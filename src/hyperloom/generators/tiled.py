@@ -223,6 +223,12 @@ class TiledGenerator(Generator):
             the tile's centre, so that frequencies finer than a tensor's tile grid fade out
             rather than alias (a layer with 3 tiles per axis then reads features close to one
             with 2 or 4).
+        standardize: give every output row (unit, or filter) of a generated matrix or
+            convolution zero mean and unit variance over its fan-in before the fan-in
+            normalisation, times one learned gain shared by all such tensors (starting at
+            ``sqrt(2)``): weight standardisation (Qiao et al.) of the generated weights, so no
+            predicted layer can shift or rescale its activations wholesale. Rows with a fan-in
+            of 1 are left as generated.
         max_numel: the largest tensor (in elements) a call may ask for.
 
     Example:
@@ -248,6 +254,7 @@ class TiledGenerator(Generator):
         activation: str = "relu",
         frequencies: int = 6,
         integrated: bool = False,
+        standardize: bool = False,
         max_numel: int = 2**26,
     ) -> None:
         tile = tuple(int(t) for t in tile)
@@ -270,6 +277,7 @@ class TiledGenerator(Generator):
                 "activation": activation,
                 "frequencies": int(frequencies),
                 "integrated": bool(integrated),
+                "standardize": bool(standardize),
                 "max_numel": int(max_numel),
             }
         )
@@ -308,6 +316,8 @@ class TiledGenerator(Generator):
         self.matrix_readout = nn.Linear(sizes[-1], t_o * t_i)
         self.vector_readout = nn.Linear(sizes[-1], t_o)
         self.const_scale = nn.Parameter(torch.zeros(()))
+        if o.get("standardize", False):
+            self.matrix_gain = nn.Parameter(torch.tensor(math.log(2.0) / 2))  # log sqrt(2)
         self._built = True
 
     # Generation ------------------------------------------------------------------------------
@@ -409,6 +419,12 @@ class TiledGenerator(Generator):
                     block = block.view(m, n_i, n_j, kh, kw, t_o, t_i)
                     block = block.permute(0, 1, 5, 2, 6, 3, 4)  # (M, n_i, t_o, n_j, t_i, kh, kw)
                     block = block.reshape(m, n_i * t_o, n_j * t_i, kh, kw)[:, :rows, :cols]
+                    if self.options.get("standardize", False) and cols * kh * kw > 1:
+                        flat = block.reshape(m, rows, -1)
+                        mean = flat.mean(-1, keepdim=True)
+                        var = flat.var(-1, unbiased=False, keepdim=True)
+                        flat = (flat - mean) * torch.rsqrt(var + 1e-8) * self.matrix_gain.exp()
+                        block = flat.reshape(block.shape)
                 else:
                     block = block.reshape(m, n_i * t_o)[:, :rows]
                 out[p.name] = (block * scales[t]).reshape(m, *p.shape)

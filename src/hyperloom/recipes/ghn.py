@@ -216,6 +216,10 @@ class Config:
         default=False,
         metadata={"help": "average the position frequencies over each tile's span"},
     )
+    standardize: bool = field(
+        default=False,
+        metadata={"help": "weight-standardise every predicted matrix and convolution"},
+    )
     batchnorm: bool = field(
         default=False,
         metadata={
@@ -317,6 +321,7 @@ def run(config: Config) -> dict:
         decoder_hidden=config.decoder_hidden,
         frequencies=config.frequencies,
         integrated=config.integrated,
+        standardize=config.standardize,
     )
     print(f"GHN: {count_trainable(ghn):,} parameters; {ghn.describe().architecture}")
     opt = torch.optim.Adam(ghn.parameters(), lr=config.lr)
