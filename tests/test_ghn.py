@@ -457,7 +457,10 @@ def test_bn_statistics_are_averages_over_the_given_images():
             continue
         torch.testing.assert_close(after[k], v, rtol=0, atol=0)
     plain = nn.Sequential(nn.Linear(5, 2))
+    calls = []
+    plain.register_forward_hook(lambda *_: calls.append(1))
     assert recipe.bn_statistics_(plain, x) is plain and not plain.training
+    assert not calls  # nothing to average: no forward pass
     with pytest.raises(ValueError, match="got 1 images"):
         recipe.bn_statistics_(net, x[:1])
     with pytest.raises(ValueError, match="got 33 images in batches of 16"):  # a last batch of 1

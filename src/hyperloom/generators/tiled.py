@@ -316,7 +316,7 @@ class TiledGenerator(Generator):
         self.matrix_readout = nn.Linear(sizes[-1], t_o * t_i)
         self.vector_readout = nn.Linear(sizes[-1], t_o)
         self.const_scale = nn.Parameter(torch.zeros(()))
-        if o.get("standardize", False):
+        if o["standardize"]:
             self.matrix_gain = nn.Parameter(torch.tensor(math.log(2.0) / 2))  # log sqrt(2)
         self._built = True
 
@@ -396,6 +396,7 @@ class TiledGenerator(Generator):
         out: dict[str, Tensor] = {}
         m = cond.shape[0]
         t_o, t_i = self.options["tile"]
+        standardize = self.options["standardize"]
         for group, readout in (
             (plan.matrices, self.matrix_readout),
             (plan.vectors, self.vector_readout),
@@ -419,7 +420,7 @@ class TiledGenerator(Generator):
                     block = block.view(m, n_i, n_j, kh, kw, t_o, t_i)
                     block = block.permute(0, 1, 5, 2, 6, 3, 4)  # (M, n_i, t_o, n_j, t_i, kh, kw)
                     block = block.reshape(m, n_i * t_o, n_j * t_i, kh, kw)[:, :rows, :cols]
-                    if self.options.get("standardize", False) and cols * kh * kw > 1:
+                    if standardize and cols * kh * kw > 1:
                         flat = block.reshape(m, rows, -1)
                         mean = flat.mean(-1, keepdim=True)
                         var = flat.var(-1, unbiased=False, keepdim=True)
@@ -436,9 +437,7 @@ class TiledGenerator(Generator):
             if len(self._plans) >= _CACHE_SIZE:
                 self._plans.clear()
             o = self.options
-            plan = self._plans[spec] = _plan(
-                spec, o["tile"], o["frequencies"], o.get("integrated", False)
-            )
+            plan = self._plans[spec] = _plan(spec, o["tile"], o["frequencies"], o["integrated"])
         return plan
 
     def num_tiles(self, spec: TargetSpec | None = None) -> int:

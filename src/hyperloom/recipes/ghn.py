@@ -256,7 +256,9 @@ def bn_statistics_(net: nn.Module, x: Tensor, batch: int = 512) -> nn.Module:
     mode.
     """
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if norms and (len(x) < 2 or batch < 2 or len(x) % batch == 1):
+    if not norms:
+        return net.eval()
+    if len(x) < 2 or batch < 2 or len(x) % batch == 1:
         raise ValueError(
             f"batch-norm statistics need at least 2 images in every batch; got {len(x)} "
             f"images in batches of {batch}"
