@@ -477,8 +477,8 @@ def test_recipe_runs_on_a_tiny_scenario(tmp_path):
     )  # fmt: skip
     result = recipe.run(config)
     rows = result["results"]
-    assert [r["architecture"] for r in rows] == [
-        a.name for a in (*recipe.HELD_OUT, *recipe.IN_FAMILY)
+    assert [r["architecture"] for r in rows] == [  # batch norm is on by default
+        a.name + "-bn" for a in (*recipe.HELD_OUT, *recipe.IN_FAMILY)
     ]
     for r in rows:
         for key in ("predicted_0", "predicted_1", "predicted_2", "random_0", "random_2"):
@@ -486,6 +486,10 @@ def test_recipe_runs_on_a_tiny_scenario(tmp_path):
     s = result["summary"]
     assert s["held_out_count"] == len(recipe.HELD_OUT)
     run_dir = Path(result["run_dir"])
+    ghn_config = json.loads((run_dir / "ghn.json").read_text())
+    assert s["ghn_params"] == sum(  # the GHN's size, not the frozen averaged copy's 0
+        p.numel() for p in hl.GraphHyperNetwork(**ghn_config).parameters()
+    )
     for name in ("results.json", "results.csv", "finetune.png", "ghn.safetensors", "ghn.json"):
         assert (run_dir / name).exists(), name
     # the saved GHN reloads and predicts weights for a network it never saw
@@ -495,17 +499,21 @@ def test_recipe_runs_on_a_tiny_scenario(tmp_path):
     assert set(ghn(net)) == {"1.weight", "1.bias", "3.weight", "3.bias"}
 
 
-def test_recipe_runs_with_batchnorm(tmp_path):
+def test_recipe_runs_with_the_first_default_setting(tmp_path):
     from hyperloom.recipes import ghn as recipe
 
     config = recipe.Config(
-        dataset="digits", steps=10, hidden=16, decoder_hidden=(16,), tile=(8, 8), batchnorm=True,
+        dataset="digits", steps=10, hidden=16, decoder_hidden=(16,), tile=(8, 8),
+        pooling="first", archs_per_step=2, integrated=False, standardize=False, batchnorm=False,
         finetune_steps=2, eval_images=100, out=str(tmp_path), quiet=True,
     )  # fmt: skip
-    rows = recipe.run(config)["results"]
+    result = recipe.run(config)
+    rows = result["results"]
     assert [r["architecture"] for r in rows] == [
-        a.name + "-bn" for a in (*recipe.HELD_OUT, *recipe.IN_FAMILY)
+        a.name for a in (*recipe.HELD_OUT, *recipe.IN_FAMILY)
     ]
+    saved = json.loads((Path(result["run_dir"]) / "ghn.json").read_text())
+    assert not saved["standardize"] and not saved["integrated"]
     assert all(0.0 <= r[k] <= 100.0 for r in rows for k in ("predicted_0", "random_2"))
 
 

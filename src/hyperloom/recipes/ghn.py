@@ -2,13 +2,15 @@
 
 One :class:`~hyperloom.GraphHyperNetwork` is trained on a family of architectures sampled at
 random at every step (MLPs of 1 to 4 hidden layers of 32 to 128 units; CNNs of 1 to 3
-convolutions of 8 to 32 channels with 3x3 or 5x5 kernels, each followed by ReLU, the first two
-(or, with ``--pooling=random``, two chosen at random) by 2x2 max-pooling, then average pooling
-to 4x4 and a linear classifier): each step predicts the weights of ``archs_per_step`` sampled
-networks, runs them on one minibatch and backpropagates their mean cross-entropy into the GHN.
-Nothing else is trained. With ``--batchnorm=true`` every hidden layer of every architecture is
-followed by batch normalisation, whose statistics are set for each evaluation by
-:func:`bn_statistics_`.
+convolutions of 8 to 32 channels with 3x3 or 5x5 kernels, each followed by ReLU, two of them
+chosen at random (``--pooling=first``: the first two) by 2x2 max-pooling, then average pooling
+to 4x4 and a linear classifier): each step predicts the weights of ``archs_per_step`` (4)
+sampled networks, runs them on one minibatch and backpropagates their mean cross-entropy into
+the GHN. Nothing else is trained. By default every hidden layer of every architecture is
+followed by batch normalisation (``--batchnorm=false``: none), whose statistics are set for
+each evaluation by :func:`bn_statistics_`, and the GHN weight-standardises every matrix and
+convolution it predicts (``--standardize``; see :class:`~hyperloom.TiledGenerator`).
+``docs/results/ghn.md`` records these defaults (table 9) and the settings tried before them.
 
 It is then evaluated on architectures held out from that family (:data:`HELD_OUT`: wider,
 deeper, more channels, more convolutions, 7x7 kernels; the deeper MLP has two hidden layers
@@ -181,8 +183,8 @@ class Config:
 
     dataset: str = dataset_field()
     data_dir: str | None = data_dir_field()
-    steps: int = field(default=15000, metadata={"help": "GHN training steps"})
-    archs_per_step: int = field(default=2, metadata={"help": "architectures sampled per step"})
+    steps: int = field(default=7500, metadata={"help": "GHN training steps"})
+    archs_per_step: int = field(default=4, metadata={"help": "architectures sampled per step"})
     batch_size: int = field(default=64, metadata={"help": "minibatch size"})
     lr: float = field(
         default=1e-3, metadata={"help": "GHN Adam learning rate (linear warm-up, cosine to 0)"}
@@ -198,7 +200,7 @@ class Config:
         },
     )
     pooling: str = field(
-        default="first",
+        default="random",
         metadata={
             "help": "which convolutions of a training CNN are followed by max-pooling: the first "
             "two, or two chosen at random (see sample_arch)",
@@ -213,15 +215,15 @@ class Config:
     )
     frequencies: int = field(default=6, metadata={"help": "decoder position frequencies"})
     integrated: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "average the position frequencies over each tile's span"},
     )
     standardize: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "weight-standardise every predicted matrix and convolution"},
     )
     batchnorm: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "batch normalisation after every hidden layer of the trained and the "
             "evaluated architectures (statistics for evaluation: see bn_statistics_)"
@@ -325,7 +327,8 @@ def run(config: Config) -> dict:
         integrated=config.integrated,
         standardize=config.standardize,
     )
-    print(f"GHN: {count_trainable(ghn):,} parameters; {ghn.describe().architecture}")
+    ghn_params = count_trainable(ghn)  # counted now: the averaged copy evaluated below is frozen
+    print(f"GHN: {ghn_params:,} parameters; {ghn.describe().architecture}")
     opt = torch.optim.Adam(ghn.parameters(), lr=config.lr)
     warm = int(config.warmup * config.steps)
 
@@ -424,7 +427,7 @@ def run(config: Config) -> dict:
             r[f"predicted_{n}"] > r[f"random_{n}"] for r in held
         ),
         "held_out_count": len(held),
-        "ghn_params": count_trainable(ghn),
+        "ghn_params": ghn_params,
         "train_minutes": train_time.seconds / 60,
         "architectures_seen": len(modules),
     }
