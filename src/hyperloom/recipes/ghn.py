@@ -9,7 +9,8 @@ sampled networks, runs them on one minibatch and backpropagates their mean cross
 the GHN. Nothing else is trained. By default every hidden layer of every architecture is
 followed by batch normalisation (``--batchnorm=false``: none), whose statistics are set for
 each evaluation by :func:`bn_statistics_`, and the GHN weight-standardises every matrix and
-convolution it predicts (``--standardize``; see :class:`~hyperloom.TiledGenerator`).
+convolution it predicts (``--standardize=false``: not; see
+:class:`~hyperloom.TiledGenerator`).
 ``docs/results/ghn.md`` records these defaults (table 9) and the settings tried before them.
 
 It is then evaluated on architectures held out from that family (:data:`HELD_OUT`: wider,
