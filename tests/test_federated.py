@@ -226,6 +226,45 @@ def test_train_local_leaves_inputs_and_target_alone():
     assert any(not torch.equal(new[n], start[n]) for n in start)
 
 
+def test_train_local_clips_the_gradient_norm():
+    net = nn.Linear(5, 3)
+    start = {n: p.detach().clone() for n, p in net.named_parameters()}
+    x, y = torch.randn(16, 5) * 10, torch.randint(0, 3, (16,))
+    plain = dict(steps=1, lr=1.0, momentum=0.0, weight_decay=0.0)
+    free, _ = train_local(net, start, x, y, **plain)
+    clipped, _ = train_local(net, start, x, y, max_grad_norm=1e-3, **plain)
+    step = lambda w: torch.cat([(w[n] - start[n]).flatten() for n in start])  # noqa: E731
+    assert step(free).norm() > 1e-2  # one plain SGD step moves by the gradient's norm
+    torch.testing.assert_close(step(clipped).norm(), torch.tensor(1e-3))
+    direction = step(free) / step(free).norm()  # the same, up to float32 cancellation:
+    torch.testing.assert_close(step(clipped) / 1e-3, direction, rtol=0, atol=1e-4)
+    same, _ = train_local(net, start, x, y, max_grad_norm=1e6, **plain)  # above: untouched
+    torch.testing.assert_close(same, free)
+    with pytest.raises(ValueError, match="max_grad_norm must be > 0 or None, got 0"):
+        train_local(net, start, x, y, max_grad_norm=0, **plain)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"methods": ("pfedhn", "nope")}, "unknown methods"),
+        ({"methods": ()}, "unknown methods"),
+        ({"num_clients": 1}, "num_clients must be >= 2, got 1"),
+        ({"clients_per_round": 11}, r"clients_per_round must be in \[1, num_clients=10\], got 11"),
+        ({"rounds": 0}, "rounds must be >= 1, got 0"),
+        ({"inner_steps": 0}, "inner_steps must be >= 1, got 0"),
+        ({"new_clients": -1}, "new_clients must be >= 0, got -1"),
+        ({"inner_clip": 0.0}, "inner_clip must be > 0 or none, got 0.0"),
+    ],
+)
+def test_recipe_config_errors_name_the_option(bad, message):
+    from hyperloom.recipes.federated.recipe import Config, check_config
+
+    check_config(Config(inner_clip=5.0))  # a valid clip passes
+    with pytest.raises(ValueError, match=message):
+        check_config(Config(**bad))
+
+
 def test_recipe_inprocess_all_methods(tmp_path):
     from hyperloom.recipes.federated.recipe import Config, run
 

@@ -267,6 +267,7 @@ def train_local(
     momentum: float = 0.9,
     weight_decay: float = 5e-5,
     seed: int = 0,
+    max_grad_norm: float | None = None,
 ) -> tuple[dict[str, Tensor], float]:
     """Inner SGD steps on a client's data, starting from ``weights``; the target is not touched.
 
@@ -282,6 +283,8 @@ def train_local(
         momentum: SGD momentum.
         weight_decay: L2 penalty.
         seed: seed of the minibatch draws.
+        max_grad_norm: clip the total gradient norm of every step to this (``None``: no
+            clipping).
 
     Returns:
         ``(new_weights, mean_loss)``: detached tensors with the same names and shapes, and the
@@ -299,6 +302,8 @@ def train_local(
         raise ValueError("train_local got a client with no examples")
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
     params = {n: w.detach().clone().requires_grad_(True) for n, w in weights.items()}
     opt = torch.optim.SGD(params.values(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(seed)
@@ -309,6 +314,8 @@ def train_local(
         loss = F.cross_entropy(call(target, params, x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params.values(), max_grad_norm)
         opt.step()
         total += loss.detach()
     return {n: p.detach() for n, p in params.items()}, float(total) / max(steps, 1)

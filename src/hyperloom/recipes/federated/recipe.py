@@ -122,6 +122,10 @@ class Config:
     )
     inner_momentum: float = field(default=0.9, metadata={"help": "client SGD momentum"})
     inner_wd: float = field(default=5e-5, metadata={"help": "client weight decay"})
+    inner_clip: float | None = field(
+        default=None,
+        metadata={"help": "client gradient-norm clipping, every method (none: off)"},
+    )
     batch_size: int = field(default=64, metadata={"help": "client minibatch size"})
     hn_optimizer: str = field(
         default="adam",
@@ -182,6 +186,8 @@ def check_config(config: Config) -> None:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.new_clients < 0:
         raise ValueError(f"new_clients must be >= 0, got {config.new_clients}")
+    if config.inner_clip is not None and not config.inner_clip > 0:
+        raise ValueError(f"inner_clip must be > 0 or none, got {config.inner_clip}")
 
 
 def load_clients(config: Config) -> tuple[list[ClientData], int, tuple[int, ...]]:
@@ -256,6 +262,7 @@ def inner(config: Config) -> dict[str, Any]:
         "batch_size": config.batch_size,
         "momentum": config.inner_momentum,
         "weight_decay": config.inner_wd,
+        "max_grad_norm": config.inner_clip,
     }
 
 
