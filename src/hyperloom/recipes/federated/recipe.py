@@ -123,7 +123,7 @@ class Config:
     inner_momentum: float = field(default=0.9, metadata={"help": "client SGD momentum"})
     inner_wd: float = field(default=5e-5, metadata={"help": "client weight decay"})
     inner_clip: float | None = field(
-        default=None,
+        default=10.0,
         metadata={"help": "client gradient-norm clipping, every method (none: off)"},
     )
     batch_size: int = field(default=64, metadata={"help": "client minibatch size"})
