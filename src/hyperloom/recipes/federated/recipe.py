@@ -19,7 +19,8 @@ the same client optimizer. The presets were tuned on a held-out seed (seed 100; 
 runs use 0, 1, 2): the server takes Adam steps at lr 3e-5 (SGD at the paper's 1e-2, or at
 1e-3, trails far behind with this hypernetwork's RMS-normalised heads), and the client lr is
 5e-2 for every method, chosen for local-only training so that the baseline is not
-handicapped (the paper's 5e-3 left it 10 points short with 50 clients). After
+handicapped (the paper's 5e-3 left it 10 points short with 50 clients), with every client step's
+gradient norm clipped at 10 (``--inner_clip``; without it one pFedHN-PC client diverged). After
 training, ``new_clients`` clients that never took part join: pFedHN trains only their new
 embeddings with the hypernetwork frozen (:func:`hyperloom.federated.embedding_optimizer`), with
 the same protocol; FedAvg-FT fine-tunes, local-only trains from scratch, FedAvg uses its model.
