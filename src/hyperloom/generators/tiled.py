@@ -396,7 +396,7 @@ class TiledGenerator(Generator):
         out: dict[str, Tensor] = {}
         m = cond.shape[0]
         t_o, t_i = self.options["tile"]
-        standardize = self.options["standardize"]
+        gain = self.matrix_gain.exp() if self.options["standardize"] else None
         for group, readout in (
             (plan.matrices, self.matrix_readout),
             (plan.vectors, self.vector_readout),
@@ -420,11 +420,11 @@ class TiledGenerator(Generator):
                     block = block.view(m, n_i, n_j, kh, kw, t_o, t_i)
                     block = block.permute(0, 1, 5, 2, 6, 3, 4)  # (M, n_i, t_o, n_j, t_i, kh, kw)
                     block = block.reshape(m, n_i * t_o, n_j * t_i, kh, kw)[:, :rows, :cols]
-                    if standardize and cols * kh * kw > 1:
+                    if gain is not None and cols * kh * kw > 1:
                         flat = block.reshape(m, rows, -1)
                         mean = flat.mean(-1, keepdim=True)
                         var = flat.var(-1, unbiased=False, keepdim=True)
-                        flat = (flat - mean) * torch.rsqrt(var + 1e-8) * self.matrix_gain.exp()
+                        flat = (flat - mean) * torch.rsqrt(var + 1e-8) * gain
                         block = flat.reshape(block.shape)
                 else:
                     block = block.reshape(m, n_i * t_o)[:, :rows]

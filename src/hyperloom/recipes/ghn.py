@@ -253,30 +253,19 @@ def bn_statistics_(net: nn.Module, x: Tensor, batch: int = 512) -> nn.Module:
     """Set the running statistics of ``net``'s batch-norm layers to their averages over ``x``.
 
     Each statistic is reset and then averaged over the batches of ``x`` (cumulative average, in
-    training mode); ``net`` is left in evaluation mode. Parameters are not touched: this is how
-    a network whose parameters were predicted, not trained, gets the statistics that its
-    evaluation mode uses. Without batch-norm layers it only switches ``net`` to evaluation
-    mode.
+    training mode: :func:`torch.optim.swa_utils.update_bn`); ``net`` is left in evaluation
+    mode. Parameters are not touched: this is how a network whose parameters were predicted,
+    not trained, gets the statistics that its evaluation mode uses. Without batch-norm layers
+    it only switches ``net`` to evaluation mode.
     """
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
         return net.eval()
     if len(x) < 2 or batch < 2 or len(x) % batch == 1:
         raise ValueError(
             f"batch-norm statistics need at least 2 images in every batch; got {len(x)} "
             f"images in batches of {batch}"
         )
-    momenta = [m.momentum for m in norms]
-    try:
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative moving average: every batch weighs the same
-        net.train()
-        for i in range(0, len(x), batch):
-            net(x[i : i + batch])
-    finally:
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
+    torch.optim.swa_utils.update_bn(x.split(batch), net)
     return net.eval()
 
 
