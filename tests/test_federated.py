@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import subprocess
 import sys
@@ -288,7 +289,21 @@ def test_recipe_inprocess_all_methods(tmp_path):
         assert len(res["client_accs"]) == 4 and len(res["new_client_accs"]) == 1
         assert all(0 <= a <= 100 for a in res["client_accs"] + res["new_client_accs"])
         assert res["skipped"] == []
-    assert (tmp_path / next(p.name for p in tmp_path.iterdir()) / "results.json").exists()
+    run_dir = tmp_path / next(p.name for p in tmp_path.iterdir())
+    assert (run_dir / "results.json").exists()
+    assert (run_dir / "clients.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_clients_reads_a_results_file_without_new_clients(tmp_path):
+    from hyperloom.recipes.federated.recipe import plot_clients
+
+    # the flower engine records no new-client accuracy; results.json round-trips through JSON
+    results = {
+        "pfedhn": {"client_accs": [97.5, 88.0, 99.0], "new_client_accs": []},
+        "local": {"client_accs": [96.0, 90.5, 98.0]},
+    }
+    plot_clients(json.loads(json.dumps(results)), tmp_path / "clients.png", title="t")
+    assert (tmp_path / "clients.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_diverged_pc_client_keeps_its_head_and_is_rejected(caplog):

@@ -32,7 +32,8 @@ always runs in-process. Failing, timed-out (``client_timeout``) and dropped clie
 and logged; replies with wrong names, shapes or non-finite values are rejected and logged.
 
 Outputs under ``runs/<timestamp>-federated/``: results.json (per-client accuracies, new-client
-accuracies, times, skipped replies), results.csv.
+accuracies, times, skipped replies), results.csv and clients.png (every client's accuracy per
+method; :func:`plot_clients`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import random
+import statistics
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
@@ -544,9 +548,55 @@ def run(config: Config) -> dict:
     summary = {"config": asdict(config), "results": {mth: results[mth] for mth in order}}
     write_json(run_dir / "results.json", summary)
     write_csv(run_dir / "results.csv", rows)
+    title = f"{config.dataset}, {n} clients, seed {config.seed}, {config.rounds} rounds"
+    plot_clients(summary["results"], run_dir / "clients.png", title=title)
     print(format_table(rows))
     print(run_dir)
     return summary
+
+
+def plot_clients(
+    results: dict[str, dict], path: str | os.PathLike, *, title: str | None = None
+) -> None:
+    """Plot every client's personal test accuracy, one column of dots per method.
+
+    Filled dots are the training clients (the column's mean is the bar), hollow ones the
+    clients that joined after training. ``results`` is ``run(config)["results"]`` or the
+    ``"results"`` of a run's ``results.json``; ``title`` heads the figure.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(results)
+    fig, ax = plt.subplots(figsize=(1.6 * len(methods) + 1.5, 3.6), constrained_layout=True)
+    jitter = random.Random(0)  # horizontal spread of the dots only
+    for i, name in enumerate(methods):
+        accs = results[name]["client_accs"]
+        new = results[name].get("new_client_accs", [])
+        ax.bar(i, statistics.fmean(accs), width=0.6, color="C0", alpha=0.25)
+        xs = [i - 0.12 + jitter.uniform(-0.1, 0.1) for _ in accs]
+        ax.scatter(xs, accs, s=12, color="C0")
+        if new:
+            ax.scatter(
+                [i + 0.18 + jitter.uniform(-0.05, 0.05) for _ in new],
+                new,
+                s=16,
+                facecolors="none",
+                edgecolors="C3",
+            )
+    ax.scatter([], [], s=12, color="C0", label="training clients (bar: mean)")
+    ax.scatter([], [], s=16, facecolors="none", edgecolors="C3", label="new clients")
+    ax.set_xticks(range(len(methods)), methods)
+    ax.set_ylabel("personal test accuracy (%)")
+    ax.set_ylim(0, 101)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def config_from_mapping(values: dict[str, Any]) -> Config:
