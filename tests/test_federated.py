@@ -256,6 +256,8 @@ def test_train_local_clips_the_gradient_norm():
         ({"inner_steps": 0}, "inner_steps must be >= 1, got 0"),
         ({"new_clients": -1}, "new_clients must be >= 0, got -1"),
         ({"inner_clip": 0.0}, "inner_clip must be > 0 or none, got 0.0"),
+        ({"eval_every": -1}, "eval_every must be >= 0, got -1"),
+        ({"eval_every": 5, "engine": "flower"}, "eval_every needs engine=inprocess"),
     ],
 )
 def test_recipe_config_errors_name_the_option(bad, message):
@@ -292,6 +294,41 @@ def test_recipe_inprocess_all_methods(tmp_path):
     run_dir = tmp_path / next(p.name for p in tmp_path.iterdir())
     assert (run_dir / "results.json").exists()
     assert (run_dir / "clients.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recipe_eval_every_records_curves_without_changing_training(tmp_path):
+    from hyperloom.recipes.federated.recipe import Config, run
+
+    kw = dict(
+        dataset="digits",
+        num_clients=4,
+        new_clients=1,
+        rounds=5,
+        clients_per_round=2,
+        inner_steps=3,
+        finetune_steps=3,
+        new_client_rounds=2,
+        hn_hidden=16,
+        hn_layers=1,
+        methods=("pfedhn-pc", "fedavg", "fedavg-ft", "local"),
+        quiet=True,
+    )
+    plain = run(Config(**kw, out=str(tmp_path / "plain")))["results"]
+    traced = run(Config(**kw, eval_every=2, out=str(tmp_path / "traced")))["results"]
+    for name, res in traced.items():
+        # evaluating along the way draws no random numbers and moves no weight
+        assert res["client_accs"] == plain[name]["client_accs"]
+        assert res["new_client_accs"] == plain[name]["new_client_accs"]
+        if name == "fedavg-ft":  # it fine-tunes only at the end: no curve
+            assert "curve" not in res
+            continue
+        assert [p["round"] for p in res["curve"]] == [2, 4, 5]  # and the last round
+        assert res["curve"][-1]["acc"] == pytest.approx(res["acc"])  # the same final weights
+    assert "curve" not in plain["local"]
+    (run_dir,) = (tmp_path / "traced").iterdir()
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (run_dir,) = (tmp_path / "plain").iterdir()
+    assert not (run_dir / "curves.png").exists()
 
 
 def test_plot_clients_reads_a_results_file_without_new_clients(tmp_path):

@@ -161,6 +161,13 @@ class Config:
     flower_cpus: int = field(default=1, metadata={"help": "CPUs Flower's simulation may use"})
     out: str = field(default="runs", metadata={"help": "root folder of the run folders"})
     seed: int = field(default=0, metadata={"help": "seed of partition, models and sampling"})
+    eval_every: int = field(
+        default=0,
+        metadata={
+            "help": "also record the clients' mean test accuracy every this many rounds "
+            "(0: only at the end; in-process engine)"
+        },
+    )
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
 
 
@@ -193,6 +200,13 @@ def check_config(config: Config) -> None:
         raise ValueError(f"new_clients must be >= 0, got {config.new_clients}")
     if config.inner_clip is not None and not config.inner_clip > 0:
         raise ValueError(f"inner_clip must be > 0 or none, got {config.inner_clip}")
+    if config.eval_every < 0:
+        raise ValueError(f"eval_every must be >= 0, got {config.eval_every}")
+    if config.eval_every and config.engine != "inprocess":
+        raise ValueError(
+            f"eval_every needs engine=inprocess (the flower engine evaluates once, at the "
+            f"end), got engine={config.engine}"
+        )
 
 
 def load_clients(config: Config) -> tuple[list[ClientData], int, tuple[int, ...]]:
@@ -423,7 +437,10 @@ def run(config: Config) -> dict:
         global_w = dict(start)
         local_w = {c: dict(start) for c in range(n)}
         full_spec = select(target)
+        test = partial(test_client, target, clients)
 
+        curve: list[dict] = []  # {"round", "acc"} every eval_every rounds
+        curve_seconds = 0.0
         with Stopwatch() as sw:
             for rnd in progress(range(1, config.rounds + 1), quiet=config.quiet, desc=method):
                 sampled = torch.randperm(n, generator=sampler)[:k].tolist()
@@ -474,9 +491,17 @@ def run(config: Config) -> dict:
                     skipped += [
                         {"round": rnd, "client": c, "reason": r} for c, r in replies.skipped.items()
                     ]
+                if config.eval_every and (rnd % config.eval_every == 0 or rnd == config.rounds):
+                    with Stopwatch() as sw_curve, torch.no_grad():
+                        if hnet is not None:
+                            now = [{**generated(hnet, c), **personal.get(c, {})} for c in range(n)]
+                        else:
+                            now = [global_w if method == "fedavg" else local_w[c] for c in range(n)]
+                        accs = [test(w, c) for c, w in enumerate(now)]
+                        curve.append({"round": rnd, "acc": 100 * statistics.fmean(accs)})
+                    curve_seconds += sw_curve.seconds
 
         # Evaluation on each client's own test split, then the clients that join now.
-        test = partial(test_client, target, clients)
         finetune = partial(finetune_client, target, clients, config)
         new_ids = list(range(n, n + m))
         with Stopwatch() as sw_new:
@@ -524,8 +549,12 @@ def run(config: Config) -> dict:
         for name in ("fedavg", "fedavg-ft") if method == "fedavg" else (method,):
             if name in results:
                 results[name].update(
-                    train_seconds=sw.seconds, eval_seconds=sw_new.seconds, skipped=skipped
+                    train_seconds=sw.seconds - curve_seconds,
+                    eval_seconds=sw_new.seconds,
+                    skipped=skipped,
                 )
+                if curve and name != "fedavg-ft":  # fine-tuning happens only at the end
+                    results[name]["curve"] = curve
         if hnet is not None:
             results[method]["hypernet_params"] = sum(
                 p.numel() for p in opt.param_groups[0]["params"]
@@ -550,6 +579,8 @@ def run(config: Config) -> dict:
     write_csv(run_dir / "results.csv", rows)
     title = f"{config.dataset}, {n} clients, seed {config.seed}, {config.rounds} rounds"
     plot_clients(summary["results"], run_dir / "clients.png", title=title)
+    if any("curve" in r for r in summary["results"].values()):
+        plot_curves(summary["results"], run_dir / "curves.png", title=title)
     print(format_table(rows))
     print(run_dir)
     return summary
@@ -593,6 +624,34 @@ def plot_clients(
     ax.set_ylim(0, 101)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(
+    results: dict[str, dict], path: str | os.PathLike, *, title: str | None = None
+) -> None:
+    """Plot the training clients' mean test accuracy against rounds, one line per method.
+
+    Only the methods whose result has a ``"curve"`` (a run with ``eval_every``) are drawn.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), constrained_layout=True)
+    for name, res in results.items():
+        if "curve" in res:
+            ax.plot(
+                [p["round"] for p in res["curve"]], [p["acc"] for p in res["curve"]], label=name
+            )
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean personal test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
     fig.savefig(path, dpi=120)
