@@ -33,7 +33,8 @@ and logged; replies with wrong names, shapes or non-finite values are rejected a
 
 Outputs under ``runs/<timestamp>-federated/``: results.json (per-client accuracies, new-client
 accuracies, times, skipped replies), results.csv and clients.png (every client's accuracy per
-method; :func:`plot_clients`).
+method; :func:`plot_clients`); with ``eval_every``, also the mean accuracy along training
+(``"curve"`` in results.json) and curves.png (:func:`plot_curves`).
 """
 
 from __future__ import annotations
