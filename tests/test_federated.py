@@ -522,3 +522,24 @@ def test_flower_simulation_end_to_end(tmp_path):
     assert all(0 <= a <= 100 for a in res["client_accs"])
     assert res["skipped"] == []
     assert list(tmp_path.glob("*-federated-flower-pfedhn-pc/results.json"))
+
+
+def test_plot_curves_draws_only_the_methods_with_a_curve(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from hyperloom.recipes.federated.recipe import plot_curves
+
+    drawn = []
+    real_plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "plot",
+        lambda ax, *a, **kw: drawn.append(kw.get("label")) or real_plot(ax, *a, **kw),
+    )
+    results = {
+        "pfedhn": {"curve": [{"round": 5, "acc": 60.0}, {"round": 10, "acc": 80.0}]},
+        "fedavg-ft": {"client_accs": [90.0]},  # fine-tuned at the end only: no curve
+    }
+    plot_curves(results, tmp_path / "curves.png", title="t")
+    assert drawn == ["pfedhn"]
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
