@@ -268,24 +268,25 @@ def test_recipe_config_errors_name_the_option(bad, message):
         check_config(Config(**bad))
 
 
+PNG = b"\x89PNG\r\n\x1a\n"  # the first bytes of every PNG file
+TINY_RUN = dict(  # a whole recipe run in seconds: digits, 4 clients (+1 new), tiny budgets
+    dataset="digits",
+    num_clients=4,
+    new_clients=1,
+    clients_per_round=2,
+    inner_steps=3,
+    finetune_steps=3,
+    new_client_rounds=2,
+    hn_hidden=16,
+    hn_layers=1,
+    quiet=True,
+)
+
+
 def test_recipe_inprocess_all_methods(tmp_path):
     from hyperloom.recipes.federated.recipe import Config, run
 
-    cfg = Config(
-        dataset="digits",
-        num_clients=4,
-        new_clients=1,
-        rounds=3,
-        clients_per_round=2,
-        inner_steps=3,
-        finetune_steps=3,
-        new_client_rounds=2,
-        hn_hidden=16,
-        hn_layers=1,
-        out=str(tmp_path),
-        quiet=True,
-    )
-    out = run(cfg)["results"]
+    out = run(Config(**TINY_RUN, rounds=3, out=str(tmp_path)))["results"]
     assert list(out) == ["pfedhn", "pfedhn-pc", "fedavg", "fedavg-ft", "local"]
     for res in out.values():
         assert len(res["client_accs"]) == 4 and len(res["new_client_accs"]) == 1
@@ -293,26 +294,13 @@ def test_recipe_inprocess_all_methods(tmp_path):
         assert res["skipped"] == []
     run_dir = tmp_path / next(p.name for p in tmp_path.iterdir())
     assert (run_dir / "results.json").exists()
-    assert (run_dir / "clients.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run_dir / "clients.png").read_bytes()[:8] == PNG
 
 
 def test_recipe_eval_every_records_curves_without_changing_training(tmp_path):
     from hyperloom.recipes.federated.recipe import Config, run
 
-    kw = dict(
-        dataset="digits",
-        num_clients=4,
-        new_clients=1,
-        rounds=5,
-        clients_per_round=2,
-        inner_steps=3,
-        finetune_steps=3,
-        new_client_rounds=2,
-        hn_hidden=16,
-        hn_layers=1,
-        methods=("pfedhn-pc", "fedavg", "fedavg-ft", "local"),
-        quiet=True,
-    )
+    kw = dict(TINY_RUN, rounds=5, methods=("pfedhn-pc", "fedavg", "fedavg-ft", "local"))
     plain = run(Config(**kw, out=str(tmp_path / "plain")))["results"]
     traced = run(Config(**kw, eval_every=2, out=str(tmp_path / "traced")))["results"]
     for name, res in traced.items():
@@ -326,7 +314,7 @@ def test_recipe_eval_every_records_curves_without_changing_training(tmp_path):
         assert res["curve"][-1]["acc"] == pytest.approx(res["acc"])  # the same final weights
     assert "curve" not in plain["local"]
     (run_dir,) = (tmp_path / "traced").iterdir()
-    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run_dir / "curves.png").read_bytes()[:8] == PNG
     (run_dir,) = (tmp_path / "plain").iterdir()
     assert not (run_dir / "curves.png").exists()
 
@@ -340,7 +328,7 @@ def test_plot_clients_reads_a_results_file_without_new_clients(tmp_path):
         "local": {"client_accs": [96.0, 90.5, 98.0]},
     }
     plot_clients(json.loads(json.dumps(results)), tmp_path / "clients.png", title="t")
-    assert (tmp_path / "clients.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "clients.png").read_bytes()[:8] == PNG
 
 
 def test_diverged_pc_client_keeps_its_head_and_is_rejected(caplog):
@@ -542,4 +530,4 @@ def test_plot_curves_draws_only_the_methods_with_a_curve(tmp_path, monkeypatch):
     }
     plot_curves(results, tmp_path / "curves.png", title="t")
     assert drawn == ["pfedhn"]
-    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "curves.png").read_bytes()[:8] == PNG

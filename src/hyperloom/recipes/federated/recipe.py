@@ -297,6 +297,13 @@ def generated(hnet: HyperNetwork, client: int) -> dict[str, Tensor]:
         return {k: v.detach() for k, v in hnet.generate(task=torch.tensor(client)).items()}
 
 
+def personal_model(
+    hnet: HyperNetwork, personal: dict[int, dict[str, Tensor]], client: int
+) -> dict[str, Tensor]:
+    """``client``'s whole model under pFedHN: the generated weights and (pFedHN-PC) its head."""
+    return {**generated(hnet, client), **personal.get(client, {})}
+
+
 def diverged(weights: dict[str, Tensor], client: int, rnd: int) -> bool:
     """Whether a client's local training produced NaN or inf (logged as a warning).
 
@@ -495,7 +502,7 @@ def run(config: Config) -> dict:
                 if config.eval_every and (rnd % config.eval_every == 0 or rnd == config.rounds):
                     with Stopwatch() as sw_curve, torch.no_grad():
                         if hnet is not None:
-                            now = [{**generated(hnet, c), **personal.get(c, {})} for c in range(n)]
+                            now = [personal_model(hnet, personal, c) for c in range(n)]
                         else:
                             now = [global_w if method == "fedavg" else local_w[c] for c in range(n)]
                         accs = [test(w, c) for c, w in enumerate(now)]
@@ -507,7 +514,7 @@ def run(config: Config) -> dict:
         new_ids = list(range(n, n + m))
         with Stopwatch() as sw_new:
             if hnet is not None:
-                accs = [test({**generated(hnet, c), **personal.get(c, {})}, c) for c in range(n)]
+                accs = [test(personal_model(hnet, personal, c), c) for c in range(n)]
                 if m:
                     hnet.conditioner.add(m)
                 new_accs = []
@@ -521,7 +528,7 @@ def run(config: Config) -> dict:
                         pfedhn_step(
                             hnet, c, {name: new[name] for name in theta}, opt_e, max_grad_norm=None
                         )
-                    new_accs.append(test({**generated(hnet, c), **personal.get(c, {})}, c))
+                    new_accs.append(test(personal_model(hnet, personal, c), c))
                 results[method] = summarise(method, "inprocess", accs, new_accs)
             elif method == "fedavg":
                 if "fedavg" in config.methods:
