@@ -492,18 +492,7 @@ def test_flower_simulation_end_to_end(tmp_path):
     from hyperloom.recipes.federated.flower_app import simulate
     from hyperloom.recipes.federated.recipe import Config
 
-    cfg = Config(
-        dataset="digits",
-        num_clients=4,
-        new_clients=0,
-        rounds=2,
-        clients_per_round=2,
-        inner_steps=3,
-        hn_hidden=16,
-        hn_layers=1,
-        out=str(tmp_path),
-        quiet=True,
-    )
+    cfg = Config(**dict(TINY_RUN, new_clients=0), rounds=2, out=str(tmp_path))
     res = simulate(cfg, "pfedhn-pc")["pfedhn-pc"]
     assert res["engine"] == "flower"
     assert sorted(res["partitions"]) == [0, 1, 2, 3]  # every SuperNode evaluated
