@@ -22,9 +22,11 @@ fast path against that general path, outputs and gradients.
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import difflib
-from collections.abc import Iterator, Mapping
+import functools
+import threading
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -114,7 +116,77 @@ def call(target: nn.Module, weights: Weights, *args: Any, **kwargs: Any) -> Any:
         layers = _layers(target)
         if layers is not None:
             return _run_direct(layers, by_id, args[0])
-    return functional_call(target, dict(weights), args, kwargs, tie_weights=True, strict=False)
+    return swapped_call(target, weights, args, kwargs)
+
+
+# One lock for every call that swaps tensors into a module: two threads calling one target (or
+# a target and one of its submodules) would otherwise run with each other's tensors. The fast
+# paths swap nothing and run without it.
+_SWAP_LOCK = threading.RLock()
+
+
+def swapped_call(
+    target: nn.Module,
+    weights: Weights,
+    args: tuple,
+    kwargs: dict,
+    statistics: Mapping[str, Tensor] | None = None,
+) -> Any:
+    """``functional_call`` with ``weights`` (already checked), safe under threads and errors.
+
+    BatchNorm layers in training mode update copies of their running statistics, which are
+    written back only when the call returns: a call that raises leaves them as they were.
+
+    Args:
+        target: the module.
+        weights: ``name -> tensor``, names and shapes already checked.
+        args: positional inputs.
+        kwargs: keyword inputs.
+        statistics: where the BatchNorm statistics live, ``buffer name -> tensor``; ``None``:
+            the module's own buffers. Read in eval mode, updated in training mode.
+
+    Returns:
+        What ``target`` returns.
+    """
+    own = _norm_statistics(target)
+    homes = dict(own) if statistics is None else dict(statistics)
+    if set(homes) != set(own):
+        raise ValueError(
+            f"statistics must name the BatchNorm buffers {sorted(own)}, got {sorted(homes)}"
+        )
+    training = _updating_statistics(target)
+    work = {n: t.clone() if n in training else t for n, t in homes.items()}
+    with _SWAP_LOCK:
+        out = functional_call(
+            target, {**weights, **work}, args, kwargs, tie_weights=True, strict=False
+        )
+        with torch.no_grad():
+            for n in training:
+                homes[n].copy_(work[n])
+    return out
+
+
+def _norm_statistics(target: nn.Module) -> dict[str, Tensor]:
+    """``name -> buffer`` for the running statistics of every BatchNorm layer that keeps them."""
+    out = {}
+    for prefix, m in target.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            for local in ("running_mean", "running_var", "num_batches_tracked"):
+                buf = m._buffers.get(local)
+                if buf is not None:
+                    out[f"{prefix}.{local}" if prefix else local] = buf
+    return out
+
+
+def _updating_statistics(target: nn.Module) -> set[str]:
+    """The buffer names of :func:`_norm_statistics` that a call in the current mode updates."""
+    out = set()
+    for prefix, m in target.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training:
+            for local in ("running_mean", "running_var", "num_batches_tracked"):
+                if m._buffers.get(local) is not None:
+                    out.add(f"{prefix}.{local}" if prefix else local)
+    return out
 
 
 def call_batched(target: nn.Module, weights: Weights, *args: Any, **kwargs: Any) -> Any:
@@ -163,6 +235,8 @@ def call_batched(target: nn.Module, weights: Weights, *args: Any, **kwargs: Any)
     if not weights:
         raise ValueError("call_batched needs at least one weight tensor to batch over")
     n = next(iter(weights.values())).shape[0]
+    if n == 0:
+        return _call_batched_empty(target, weights, args, kwargs)
     leaves, spec = pytree.tree_flatten((args, kwargs))
     in_leaves = []
     for i, leaf in enumerate(leaves):
@@ -184,17 +258,42 @@ def call_batched(target: nn.Module, weights: Weights, *args: Any, **kwargs: Any)
     )
 
 
+def _call_batched_empty(target: nn.Module, weights: Weights, args: tuple, kwargs: dict) -> Any:
+    """:func:`call_batched` with zero weight sets: empty outputs of the right shapes.
+
+    Runs one weight set of zeros on one input slice of zeros, appended to the (empty) given
+    ones, and keeps none of it: the outputs have a leading dimension of 0 and the shapes that
+    ``N`` weight sets would give, and stay connected to the given tensors for autograd.
+    """
+
+    def pad(t: Any) -> Any:
+        if not isinstance(t, Tensor):
+            return t
+        if t.dim() == 0 or t.shape[0] != 0:
+            raise ValueError(
+                f"an input has shape {tuple(t.shape)}; call_batched with 0 weight sets needs a "
+                "leading dimension of 0"
+            )
+        return torch.cat([t, t.new_zeros(1, *t.shape[1:])])
+
+    padded = {k: pad(v) for k, v in weights.items()}
+    a, kw = pytree.tree_map(pad, (args, kwargs))
+    out = call_batched(target, padded, *a, **kw)
+    return pytree.tree_map(lambda t: t[:0] if isinstance(t, Tensor) else t, out)
+
+
 def _call_batched_vmap(
     target: nn.Module, weights: Weights, n: int, in_dims_inputs: Any, args: tuple, kwargs: dict
 ) -> Any:
     """The general path of :func:`call_batched`: ``vmap`` over ``functional_call``."""
     stats, counts = _running_statistics(target, n)
+    module = _recurrent_stand_in(target)
 
     def one(w: dict[str, Tensor], s: dict[str, Tensor], c: dict[str, Tensor], inputs: tuple):
         a, kw = inputs
-        return functional_call(target, {**w, **s, **c}, a, kw, tie_weights=True, strict=False)
+        return functional_call(module, {**w, **s, **c}, a, kw, tie_weights=True, strict=False)
 
-    with _functional_recurrent(target):
+    with _SWAP_LOCK:
         return vmap(one, in_dims=(0, 0, None, in_dims_inputs), randomness="different")(
             dict(weights), stats, counts, (args, kwargs)
         )
@@ -223,26 +322,33 @@ def _running_statistics(target: nn.Module, n: int) -> tuple[dict[str, Tensor], d
     return stats, counts
 
 
-@contextlib.contextmanager
-def _functional_recurrent(target: nn.Module) -> Iterator[None]:
-    """Route the recurrent modules of ``target`` through :func:`rnn_forward` for one call."""
-    patched = []
-    try:
-        for m in target.modules():
-            if isinstance(m, nn.RNNBase) and "forward" not in vars(m):
-                m.forward = _bound_rnn_forward(m)  # instance attribute, removed below
-                patched.append(m)
-        yield
-    finally:
-        for m in patched:
-            del m.forward
+def _recurrent_stand_in(target: nn.Module) -> nn.Module:
+    """``target``, or a stand-in whose recurrent modules run through :func:`rnn_forward`.
 
+    ``nn.RNN``/``nn.GRU``/``nn.LSTM`` have no vmap rule. Rather than patching the user's modules,
+    the modules on the way to each recurrent one are shallow copies (their own dictionaries of
+    parameters, buffers and children; the same tensors), and each recurrent copy runs
+    :func:`rnn_forward` on its own parameters. The rest of the tree is shared, unchanged.
+    """
+    memo: dict[int, nn.Module] = {}
 
-def _bound_rnn_forward(module: nn.RNNBase):
-    def forward(input: Tensor, hx: Any = None) -> Any:
-        return rnn_forward(module, input, hx)
+    def stand_in(m: nn.Module) -> nn.Module:
+        if id(m) in memo:
+            return memo[id(m)]
+        if not any(isinstance(s, nn.RNNBase) for s in m.modules()):
+            memo[id(m)] = m
+            return m
+        new = copy.copy(m)  # a new object; its dictionaries are replaced below
+        memo[id(m)] = new
+        object.__setattr__(new, "_parameters", dict(m._parameters))
+        object.__setattr__(new, "_buffers", dict(m._buffers))
+        object.__setattr__(new, "_modules", {k: stand_in(c) for k, c in m._modules.items()})
+        if isinstance(m, nn.RNNBase) and "forward" not in vars(m):
+            object.__setattr__(new, "_flat_weights", list(m._flat_weights))
+            object.__setattr__(new, "forward", functools.partial(rnn_forward, new))
+        return new
 
-    return forward
+    return stand_in(target)
 
 
 def rnn_forward(module: nn.RNNBase, input: Tensor, hx: Any = None) -> Any:
@@ -388,6 +494,10 @@ _CONVS = frozenset({nn.Conv1d, nn.Conv2d, nn.Conv3d})
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _LAYERS = _ELEMENTWISE | _CONVS | {nn.Linear, nn.Flatten}
 _CELLS = frozenset({nn.RNNCell, nn.GRUCell, nn.LSTMCell})
+_RECURRENT = frozenset({nn.RNN, nn.GRU, nn.LSTM})
+# Every module type some fast path runs (the tests iterate this table): stacks of _LAYERS,
+# or one recurrent module, or one recurrent cell.
+_DISPATCH = _LAYERS | _CELLS | _RECURRENT
 
 
 def _resolve(target: nn.Module, weights: Weights, batch_dims: int) -> dict[int, Tensor] | None:
@@ -497,7 +607,7 @@ def _batched_plan(target: nn.Module, args: tuple, kwargs: dict) -> Any:
         return None
     x = args[0]
     kind = type(target)
-    if kind in (nn.RNN, nn.GRU, nn.LSTM):
+    if kind in _RECURRENT:
         if len(args) > 2 or target.proj_size or _global_hooks() or not _plain(target):
             return None
         if x.dim() not in (3, 4):
@@ -563,21 +673,44 @@ class _BatchedLinear(torch.autograd.Function):
         x, w, b = inputs
         ctx.save_for_backward(x, w)
         ctx.bias_dim = None if b is None else b.dim()
+        ctx.amp = _autocast_state(x.device.type)
 
     @staticmethod
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, w = ctx.saved_tensors
         gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = torch.bmm(gy, w)  # (N, M, in)
-        if ctx.needs_input_grad[1]:
-            if x.shape[1] == 1:  # one row per weight set: an outer product, element-wise
-                gw = gy.transpose(1, 2) * x  # (N, out, 1) * (N, 1, in) -> (N, out, in)
-            else:
-                gw = torch.bmm(gy.transpose(1, 2), x)  # (N, out, in), w's own layout
-        if ctx.bias_dim is not None and ctx.needs_input_grad[2]:
-            gb = gy.sum(1) if ctx.bias_dim == 2 else gy.sum((0, 1))
+        with _autocast_as(ctx.amp):
+            if ctx.needs_input_grad[0]:
+                gx = torch.bmm(gy, w)  # (N, M, in)
+            if ctx.needs_input_grad[1]:
+                if x.shape[1] == 1:  # one row per weight set: an outer product, element-wise
+                    gw = gy.transpose(1, 2) * x  # (N, out, 1) * (N, 1, in) -> (N, out, in)
+                else:
+                    gw = torch.bmm(gy.transpose(1, 2), x)  # (N, out, in), w's own layout
+            if ctx.bias_dim is not None and ctx.needs_input_grad[2]:
+                gb = gy.sum(1) if ctx.bias_dim == 2 else gy.sum((0, 1))
         return gx, gw, gb
+
+
+def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype]:
+    """The autocast state of a custom Function's forward, for its backward to run under."""
+    return (
+        device_type,
+        torch.is_autocast_enabled(device_type),
+        torch.get_autocast_dtype(device_type),
+    )
+
+
+def _autocast_as(state: tuple[str, bool, torch.dtype]) -> torch.autocast:
+    """Run a backward under its forward's autocast state (what ``torch.amp.custom_bwd`` does).
+
+    Under autocast a forward's matmuls ran in the lower precision; its backward, which autograd
+    runs outside autocast, would otherwise meet ``bfloat16`` gradients and ``float32`` saved
+    tensors in one matmul. Gradients are returned in the compute dtype; autograd casts each to
+    its input's dtype.
+    """
+    device_type, enabled, dtype = state
+    return torch.autocast(device_type, dtype=dtype, enabled=enabled)
 
 
 def _conv_batched(m: nn.Module, by_id: dict[int, Tensor], x: Tensor) -> Tensor:
@@ -727,6 +860,7 @@ def call_from_readout(
     if (
         layers is None
         or h.dim() != 2
+        or h.shape[0] == 0
         or x.dim() < 2
         or x.shape[0] != h.shape[0]
         or weight.dtype != h.dtype
@@ -792,13 +926,19 @@ class _ReadoutLinear(torch.autograd.Function):
         u = torch.bmm(x.expand(r3.shape[0], b, d_in), r3)  # (out, B, K)
         y = torch.bmm(u.transpose(0, 1), h.unsqueeze(2)).squeeze(2)  # (B, out)
         if r is not None:
-            y = y.addmm_(x, r.view(-1, d_in).t())
+            y = torch.addmm(y, x, r.view(-1, d_in).t())  # out of place: autocast casts it
         ctx.save_for_backward(x, h, R, r)
         ctx.u = u if ctx.needs_input_grad[1] else None  # for grad_h; no graph of its own
+        ctx.amp = _autocast_state(x.device.type)
         return y
 
     @staticmethod
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        with _autocast_as(ctx.amp):
+            return _ReadoutLinear._backward(ctx, gy)
+
+    @staticmethod
+    def _backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
         x, h, R, r = ctx.saved_tensors
         need_x, need_h, need_R, need_r = ctx.needs_input_grad
         b, d_in = x.shape

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -13,7 +14,16 @@ from torch.utils import _pytree as pytree
 
 from .conditioning.base import Conditioner
 from .filters import Filter
-from .functional import _functorch_active, _layers, call, call_batched, call_from_readout
+from .functional import (
+    _functorch_active,
+    _layers,
+    _norm_statistics,
+    call,
+    call_batched,
+    call_from_readout,
+    check_weights,
+    swapped_call,
+)
 from .generators.base import Generator
 from .init import hyperfan_in_, hyperfan_out_
 from .target import TargetSpec, select
@@ -30,6 +40,9 @@ class Criteria:
     input_variability: str
     output_variability: str
     architecture: str
+    constant_offsets: dict[str, float] = field(default_factory=dict)
+    """Generated tensors that the target initialised to one value (normalisation scales and
+    shifts, a FiLM gain of ones): each is generated as that value plus the learned output."""
 
     def __str__(self) -> str:
         rows = [
@@ -39,6 +52,9 @@ class Criteria:
             ("4. output variability", self.output_variability),
             ("5. architecture", self.architecture),
         ]
+        if self.constant_offsets:
+            offsets = ", ".join(f"{n} ({v:g})" for n, v in self.constant_offsets.items())
+            rows.append(("constant + output", offsets))
         return "\n".join(f"{k:<24}{v}" for k, v in rows)
 
     def to_dict(self) -> dict[str, str]:
@@ -63,6 +79,9 @@ class HyperNetwork(nn.Module):
             generator's initialisation.
         gain: the gain passed to the hyperfan initialisation.
         check_finite: raise when generated weights contain NaN or infinity (costs a sync).
+        task_statistics: keep BatchNorm running statistics per task (task-conditioned
+            hypernetworks only): each task's calls read and update their own copy, which starts
+            as the target's own statistics; the target's buffers are then never updated.
 
     Calls:
         ``hnet(x, task=3)`` runs the target with one weight set for the whole batch;
@@ -70,7 +89,15 @@ class HyperNetwork(nn.Module):
         of task ``ids[i]``, generating each distinct task's weights once; data- and
         noise-conditioned hypernetworks give every sample its own weights. Per-sample calls run
         each sample as a batch of one and concatenate the outputs along dimension 0, so the
-        target's outputs must be batch-first.
+        target's outputs must be batch-first. When the target holds BatchNorm in training mode
+        (or ``task_statistics`` is on), ``hnet(x, task=ids)`` runs the samples of each task as
+        one batch instead, so that samples sharing a weight set are normalised together.
+        Keyword arguments are the conditioner's context (``task=``, ``z=``, ...) or arguments
+        of the target's ``forward``; any other name is refused.
+
+    Dtype and device: the hypernetwork is created in its target's dtype (the conditioner and
+    generator are moved to it) and then follows ``.to()``, ``.double()``, ``.half()`` and
+    autocast like any module: generated weights are in the generator's current dtype.
 
     Example:
         >>> import hyperloom as hl
@@ -93,6 +120,7 @@ class HyperNetwork(nn.Module):
         init: str | None = "hyperfan_in",
         gain: float = 1.0,
         check_finite: bool = False,
+        task_statistics: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(target, nn.Module):
@@ -104,12 +132,29 @@ class HyperNetwork(nn.Module):
         if init is not None and init not in _INITS:
             raise ValueError(f"init must be one of {[*_INITS, None]}, got {init!r}")
         spec = select(target, *(() if generate is None else (generate,)))
+        dtypes = {p.dtype for p in spec}
+        if len(dtypes) == 1:  # the conditioner computes in the target's dtype, as the generator
+            conditioner.to(next(iter(dtypes)))
         self.target = target
         self.conditioner = conditioner
         self.generator = generator.bind(spec, conditioner.dim)
         if init is not None:
             _INITS[init](self.generator, gain=gain)
         self.check_finite = check_finite
+        self.task_statistics: TaskStatistics | None = None
+        if task_statistics:
+            if not hasattr(conditioner, "num") or conditioner.keys != ("task",):
+                raise ValueError(
+                    "task_statistics=True needs a task-conditioned hypernetwork (TaskEmbedding), "
+                    f"got {type(conditioner).__name__}"
+                )
+            if not _norm_statistics(target):
+                raise ValueError(
+                    "task_statistics=True needs a target with BatchNorm running statistics; "
+                    f"{type(target).__name__} has none"
+                )
+            self.task_statistics = TaskStatistics(target, conditioner.num)
+        self._target_keywords = _keywords(target)
         generated = {id(target.get_parameter(n)) for n in spec.names}
         self._generated_names = frozenset(
             "target." + n
@@ -136,14 +181,22 @@ class HyperNetwork(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         context = {k: kwargs.pop(k) for k in self.conditioner.keys if k in kwargs}
+        self._check_keywords(kwargs)
         cond, index = self.conditioner.from_call(args, context)
         if index is None and cond.dim() == 2:  # every sample its own context
             out = self._from_readout(cond, args, kwargs)
             if out is not None:
                 return out
         weights = self._weights(cond)
+        stats = self.task_statistics
         if cond.dim() == 1:  # one context for the whole batch
+            if stats is not None:
+                check_weights(self.target, weights)
+                rows = stats.rows(_task_id(context["task"]), self.conditioner.num)
+                return swapped_call(self.target, weights, args, kwargs, rows)
             return call(self.target, weights, *args, **kwargs)
+        if index is not None and (stats is not None or self._normalises_batches()):
+            return self._per_task(weights, index, context, args, kwargs)
         if index is not None and cond.shape[0] == 1:  # one distinct static context
             return call(self.target, {k: v[0] for k, v in weights.items()}, *args, **kwargs)
         if index is not None:
@@ -197,6 +250,8 @@ class HyperNetwork(nn.Module):
         plain = copy.deepcopy(self.target)
         for name, t in weights.items():
             plain.get_parameter(name).copy_(t)
+        for name, t in self._task_rows(context).items():
+            plain.get_buffer(name).copy_(t)
         return plain
 
     @torch.no_grad()
@@ -238,6 +293,8 @@ class HyperNetwork(nn.Module):
                 )
             own = self.target.get_parameter(name)  # tied names share it: replaced together
             memo[id(own)] = nn.Parameter(t.detach(), requires_grad=False)
+        for name, t in self._task_rows(context).items():  # the task's statistics, a copy
+            memo[id(self.target.get_buffer(name))] = t.clone()
         return copy.deepcopy(self.target, memo)
 
     def describe(self) -> Criteria:
@@ -255,6 +312,7 @@ class HyperNetwork(nn.Module):
             input_variability="dynamic" if self.conditioner.dynamic else "static",
             output_variability="dynamic" if self.generator.dynamic_output else "static",
             architecture=self.generator.architecture,
+            constant_offsets={p.name: p.init_const for p in self.spec if p.init_const is not None},
         )
 
     def config(self) -> dict[str, Any]:
@@ -264,7 +322,75 @@ class HyperNetwork(nn.Module):
             "conditioner": self.conditioner.config(),
             "generator": self.generator.config(),
             "check_finite": self.check_finite,
+            "task_statistics": self.task_statistics is not None,
         }
+
+    def _check_keywords(self, kwargs: dict[str, Any]) -> None:
+        """Refuse keywords that are neither context nor an argument of the target's forward."""
+        accepted = self._target_keywords
+        if accepted is None:
+            return
+        unknown = sorted(k for k in kwargs if k not in accepted)
+        if unknown:
+            raise TypeError(
+                f"unknown keyword {', '.join(map(repr, unknown))}: this hypernetwork's context is "
+                f"{list(self.conditioner.keys)} and {type(self.target).__name__}.forward takes "
+                f"{sorted(accepted) or 'no keywords'}"
+            )
+
+    def _normalises_batches(self) -> bool:
+        """Whether a BatchNorm layer of the target is in training mode (batch statistics)."""
+        return any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+            for m in self.target.modules()
+        )
+
+    def _task_rows(self, context: dict[str, Any]) -> dict[str, Tensor]:
+        """One task's BatchNorm statistics with ``task_statistics``, else nothing."""
+        if self.task_statistics is None:
+            return {}
+        return self.task_statistics.rows(_task_id(context["task"]), self.conditioner.num)
+
+    def _per_task(
+        self, weights: dict[str, Tensor], index: Tensor, context: dict, args: tuple, kwargs: dict
+    ) -> Any:
+        """Each task's samples through the target as one batch, with that task's weights.
+
+        Samples that share a weight set are normalised together by BatchNorm in training mode
+        (and use their task's statistics with ``task_statistics``), exactly as running each
+        task's samples as one batch; the outputs come back in the samples' order.
+        """
+        n = index.shape[0]
+        order = torch.argsort(index, stable=True)  # samples grouped by task
+        counts = torch.bincount(index, minlength=next(iter(weights.values())).shape[0]).tolist()
+        ids = torch.unique(torch.as_tensor(context["task"])).tolist() if context else []
+        check_weights(self.target, {k: v[0] for k, v in weights.items()})
+        outs, start = [], 0
+        for j, count in enumerate(counts):
+            rows = order[start : start + count]
+            start += count
+
+            def take(leaf: Any, rows: Tensor = rows) -> Any:
+                if not isinstance(leaf, Tensor):
+                    return leaf
+                if leaf.dim() == 0 or leaf.shape[0] != n:
+                    raise ValueError(
+                        f"per-sample task ids for {n} samples, but an input has shape "
+                        f"{tuple(leaf.shape)}: every tensor input needs a leading dimension of {n}"
+                    )
+                return leaf[rows]
+
+            a, kw = pytree.tree_map(take, (args, kwargs))
+            stats = None
+            if self.task_statistics is not None:
+                stats = self.task_statistics.rows(ids[j], self.conditioner.num)
+            outs.append(
+                swapped_call(self.target, {k: v[j] for k, v in weights.items()}, a, kw, stats)
+            )
+        inverse = torch.argsort(order)  # sample i's row in the grouped outputs
+        return pytree.tree_map(
+            lambda *ts: torch.cat(ts)[inverse] if isinstance(ts[0], Tensor) else ts[0], *outs
+        )
 
     def _weights(self, cond: Tensor) -> dict[str, Tensor]:
         weights = self.generator(cond)
@@ -336,3 +462,52 @@ class HyperNetwork(nn.Module):
 
     def extra_repr(self) -> str:
         return f"generates {len(self.spec)} tensors ({self.spec.numel:,} weights)"
+
+
+class TaskStatistics(nn.Module):
+    """BatchNorm running statistics kept per task, for ``HyperNetwork(task_statistics=True)``.
+
+    One buffer ``(num_tasks, *shape)`` per running statistic of the target; row ``t`` starts as
+    the target's own statistic and is read and updated by task ``t``'s calls only. New tasks
+    (``TaskEmbedding.add``) get rows on their first call.
+
+    Example:
+        >>> stats = TaskStatistics(nn.BatchNorm1d(4), num=3)
+        >>> {k: tuple(v.shape) for k, v in stats.rows(2, 3).items()}
+        {'running_mean': (4,), 'running_var': (4,), 'num_batches_tracked': ()}
+    """
+
+    def __init__(self, target: nn.Module, num: int) -> None:
+        super().__init__()
+        self._target = [target]  # a list: not a submodule of this one
+        self._keys = {}
+        for name, buf in _norm_statistics(target).items():
+            key = name.replace(".", "__")
+            self._keys[name] = key
+            self.register_buffer(key, buf.detach().unsqueeze(0).repeat(num, *[1] * buf.dim()))
+
+    def rows(self, task: int, num: int) -> dict[str, Tensor]:
+        """Task ``task``'s statistics ``{buffer name: view}`` (``num``: tasks there are now)."""
+        have = next(iter(self._buffers.values())).shape[0]
+        if num > have:  # the embedding grew: new rows start as the target's statistics
+            own = _norm_statistics(self._target[0])
+            for name, key in self._keys.items():
+                new = own[name].detach().unsqueeze(0).repeat(num - have, *[1] * own[name].dim())
+                self._buffers[key] = torch.cat([self._buffers[key], new])
+        return {name: self._buffers[key][task] for name, key in self._keys.items()}
+
+
+def _task_id(task: Any) -> int:
+    """One task id from a call's ``task=`` (an int or a 0-d tensor)."""
+    return int(task)
+
+
+def _keywords(target: nn.Module) -> frozenset[str] | None:
+    """The keyword arguments ``target.forward`` accepts; ``None`` when it takes ``**kwargs``."""
+    try:
+        params = inspect.signature(target.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))

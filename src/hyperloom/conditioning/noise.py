@@ -66,7 +66,8 @@ class Noise(Conditioner):
             if key not in self._generators:
                 self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
             generator = self._generators[key]
-        z = torch.randn(n, self.dim, generator=generator, device=device)
+        dtype = self._device_probe.dtype  # follows .to()/.double() like a parameter would
+        z = torch.randn(n, self.dim, generator=generator, device=device, dtype=dtype)
         return z * self.std  # (n, dim)
 
     def forward(self, n: int) -> Tensor:

@@ -19,8 +19,9 @@ class SampleEncoder(Conditioner):
     Args:
         encoder: any module mapping a batch of inputs ``(B, ...)`` to ``(B, dim)``.
         dim: the encoder's output size.
-        key: the call keyword to read the input from; when a call does not pass it, the first
-            positional input (the target's own input) is used.
+        key: the call keyword to read the input from. With the default ``"x"`` a call that
+            does not pass it conditions on its first positional input (the target's own input);
+            with any other key the call must pass it.
 
     Example:
         >>> enc = SampleEncoder(nn.Sequential(nn.Flatten(), nn.Linear(64, 16)), dim=16)
@@ -50,12 +51,16 @@ class SampleEncoder(Conditioner):
     def from_call(self, args: tuple, context: Mapping[str, Any]) -> tuple[Tensor, Tensor | None]:
         if self.key in context:
             x = context[self.key]
-        elif args:
+        elif args and self.key == "x":
             x = args[0]
+        elif self.key != "x":
+            raise TypeError(
+                f"this hypernetwork is conditioned on {self.key}=...: pass it with the call "
+                f"(SampleEncoder(key={self.key!r}) never falls back to the target's input)"
+            )
         else:
             raise TypeError(
-                f"this hypernetwork is data-conditioned: pass the input positionally or as "
-                f"{self.key}=..."
+                "this hypernetwork is data-conditioned: pass the input positionally or as x=..."
             )
         return self(x), None
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..target import TargetSpec
+from .trunk import ACTIVATIONS
 
 
 class Generator(nn.Module):
@@ -22,6 +23,11 @@ class Generator(nn.Module):
     generated as that constant plus the learned output, so that a fresh hypernetwork starts
     near the target's own initialisation.
 
+    Dtype and device: :meth:`bind` creates the parameters in the spec's floating dtype (when all
+    its tensors share one), and from then on the generated tensors are in whatever dtype and on
+    whatever device the generator's computation gives: they follow ``.to()``, ``.double()``,
+    ``.half()`` and autocast like any module's outputs, and are never cast back.
+
     Subclasses set :attr:`strategy` (criterion 2), :attr:`architecture` (criterion 5) and
     :attr:`dynamic_output` (criterion 4) and implement ``_build``, ``_generate`` and
     ``_readouts``.
@@ -34,6 +40,13 @@ class Generator(nn.Module):
 
     def __init__(self, options: dict[str, Any]) -> None:
         super().__init__()
+        activation = options.get("activation")
+        if activation is not None and activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}"
+            )
+        if "norm" in options and not isinstance(options["norm"], bool):
+            raise ValueError(f"norm must be True or False, got {options['norm']!r}")
         self.options = dict(options)
         self.spec: TargetSpec | None = None
         self.cond_dim: int | None = None
@@ -63,6 +76,9 @@ class Generator(nn.Module):
         self.spec = spec
         self.cond_dim = cond_dim
         self._build()
+        dtypes = {p.dtype for p in spec}
+        if len(dtypes) == 1:  # built in the target's dtype; from here on it follows .to()
+            self.to(dtypes.pop())
         return self
 
     @property
@@ -95,9 +111,7 @@ class Generator(nn.Module):
             for p, t in zip(spec, parts, strict=True):
                 if len(p.shape) != 1:  # a vector's part has its shape already
                     t = t.view(*lead, *p.shape)  # (*, numel_p) -> (*, *shape), a view
-                if p.init_const:
-                    t = t + p.init_const
-                out[p.name] = t if t.dtype == p.dtype else t.to(p.dtype)
+                out[p.name] = t + p.init_const if p.init_const else t
             return out
         raw = self._generate(cond.reshape(-1, self.cond_dim))  # {name: (M, *shape)}
         return finish(raw, spec, lead)
@@ -172,16 +186,15 @@ def check_cond_dim(cond_dim: object) -> None:
 def finish(raw: dict[str, Tensor], spec: TargetSpec, lead: tuple[int, ...]) -> dict[str, Tensor]:
     """Raw generated tensors ``{name: (M, *shape)}`` -> ``{name: (*lead, *shape)}``.
 
-    Adds each constant-initialised tensor's constant and casts to the spec's dtype; every
-    generator's output goes through here (or, for flat parts, the same steps as views).
+    Adds each constant-initialised tensor's constant; every generator's output goes through
+    here (or, for flat parts, the same steps as views). The dtype is the computation's own (the
+    generator's current dtype, or autocast's): it is not cast back to the spec's.
     """
     out = {}
     for p in spec:
         t = raw[p.name]
         if p.init_const:
             t = t + p.init_const
-        if t.dtype != p.dtype:
-            t = t.to(p.dtype)
         want = (*lead, *p.shape)
         out[p.name] = t if t.shape == want else t.reshape(want)
     return out

@@ -50,7 +50,7 @@ class FlatGenerator(Generator):
         activation: str = "relu",
         norm: bool = True,
     ) -> None:
-        super().__init__({"hidden": tuple(hidden), "activation": activation, "norm": bool(norm)})
+        super().__init__({"hidden": tuple(hidden), "activation": activation, "norm": norm})
         if spec is not None:
             self.bind(spec, cond_dim)  # type: ignore[arg-type]
 
