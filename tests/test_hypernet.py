@@ -249,9 +249,12 @@ def test_generator_given_bound_or_by_options_is_the_same_mechanism():
     target = nn.Linear(4, 3)
     spec = hl.select(target)
     torch.manual_seed(1)
-    a = hl.HyperNetwork(target, hl.TaskEmbedding(2, 5), hl.ChunkedGenerator(chunk_size=4))
+    a = hl.HyperNetwork(
+        target, hl.TaskEmbedding(2, 5), hl.ChunkedGenerator(chunk_size=4), init=None
+    )
     torch.manual_seed(1)
     cond = hl.TaskEmbedding(2, 5)
+    # a generator given bound keeps its parameters (no hyperfan over them), like init=None
     b = hl.HyperNetwork(target, cond, hl.ChunkedGenerator(spec, 5, chunk_size=4))
     for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert na == nb and torch.equal(pa, pb)

@@ -34,6 +34,7 @@ from .generators import register as register
 from .init import hyperfan_in_ as hyperfan_in_
 from .init import hyperfan_out_ as hyperfan_out_
 from .init import target_variance as target_variance
+from .init import pretrained_init_ as pretrained_init_
 from .hypernet import Criteria as Criteria
 from .hypernet import HyperNetwork as HyperNetwork
 from .hyperlstm import HyperLSTM as HyperLSTM

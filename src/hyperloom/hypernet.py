@@ -25,7 +25,7 @@ from .functional import (
     swapped_call,
 )
 from .generators.base import Generator
-from .init import hyperfan_in_, hyperfan_out_
+from .init import hyperfan_in_, hyperfan_out_, pretrained_init_
 from .target import TargetSpec, select
 
 _INITS = {"hyperfan_in": hyperfan_in_, "hyperfan_out": hyperfan_out_}
@@ -75,8 +75,11 @@ class HyperNetwork(nn.Module):
             the conditioner's size) or one already bound to the same spec and size.
         generate: a filter (module type, glob, predicate or tuple) choosing the generated
             parameters; ``None`` generates all of them.
-        init: ``"hyperfan_in"`` (default), ``"hyperfan_out"`` or ``None`` to keep the
-            generator's initialisation.
+        init: how a generator bound here starts: ``"hyperfan_in"`` (default),
+            ``"hyperfan_out"``, ``"pretrained"`` (every context first generates the target's
+            current weights, :func:`~hyperloom.pretrained_init_`) or ``None`` (the generator's
+            own initialisation). A generator given already bound keeps its parameters (it may
+            hold trained weights): call ``hl.hyperfan_in_(hnet.generator)`` to re-initialise it.
         gain: the gain passed to the hyperfan initialisation.
         check_finite: raise when generated weights contain NaN or infinity (costs a sync).
         task_statistics: keep BatchNorm running statistics per task (task-conditioned
@@ -129,16 +132,19 @@ class HyperNetwork(nn.Module):
             raise TypeError(f"conditioner must be a Conditioner, got {type(conditioner).__name__}")
         if not isinstance(generator, Generator):
             raise TypeError(f"generator must be a Generator, got {type(generator).__name__}")
-        if init is not None and init not in _INITS:
-            raise ValueError(f"init must be one of {[*_INITS, None]}, got {init!r}")
+        if init is not None and init not in (*_INITS, "pretrained"):
+            raise ValueError(f"init must be one of {[*_INITS, 'pretrained', None]}, got {init!r}")
         spec = select(target, *(() if generate is None else (generate,)))
         dtypes = {p.dtype for p in spec}
         if len(dtypes) == 1:  # the conditioner computes in the target's dtype, as the generator
             conditioner.to(next(iter(dtypes)))
         self.target = target
         self.conditioner = conditioner
+        given_bound = generator.is_bound
         self.generator = generator.bind(spec, conditioner.dim)
-        if init is not None:
+        if init == "pretrained":
+            pretrained_init_(self.generator, target)
+        elif init is not None and not given_bound:
             _INITS[init](self.generator, gain=gain)
         self.check_finite = check_finite
         self.task_statistics: TaskStatistics | None = None

@@ -147,3 +147,48 @@ def hyperfan_out_(
     Arguments as :func:`hyperfan_in_`.
     """
     return _hyperfan(gen, "fan_out", gain, cond_std, probe)
+
+
+@torch.no_grad()
+def pretrained_init_(gen: Generator, target: nn.Module) -> Generator:
+    """Start a generator at a target's current weights: every context generates them at first.
+
+    The output layer's weight is zeroed and its bias set to the target's values (less each
+    constant-initialised tensor's constant, which the generator adds), so the hypernetwork's
+    first output equals the pretrained model for any context; training then moves away from it
+    (hyperlight's ``from_existing``). Needs a generator whose output rows are the target's
+    elements (``FlatGenerator``, ``HeadsGenerator``); shared heads (chunk-wise,
+    component-wise) cannot hold one value per element.
+
+    Args:
+        gen: a bound generator.
+        target: the module whose parameters (by the spec's names) the generator starts at.
+
+    Returns:
+        ``gen``.
+
+    Raises:
+        ValueError: the generator's outputs are not one row per element.
+
+    Example:
+        >>> from hyperloom import FlatGenerator, select
+        >>> net = nn.Linear(3, 2)
+        >>> gen = pretrained_init_(FlatGenerator(select(net), 4), net)
+        >>> torch.equal(gen(torch.randn(4))["weight"], net.weight)
+        True
+    """
+    readouts = gen._element_readouts()
+    spec = gen._bound_spec()
+    if readouts is None:
+        raise ValueError(
+            f"{type(gen).__name__} cannot start at a target's weights: its output rows are shared "
+            "between elements; use FlatGenerator or HeadsGenerator"
+        )
+    for linear, names in readouts:
+        values = [
+            target.get_parameter(n).detach().reshape(-1) - (spec[n].init_const or 0.0)
+            for n in names
+        ]
+        linear.weight.zero_()
+        linear.bias.copy_(torch.cat(values))
+    return gen

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..target import TargetSpec
 from .base import Generator, per_element_variance
 from .registry import register
-from .trunk import MLPTrunk
+from .trunk import Activation
 
 
 @register("chunked")
@@ -28,7 +28,10 @@ class ChunkedGenerator(Generator):
         chunk_size: numbers per chunk.
         chunk_dim: size of each chunk embedding.
         hidden: trunk hidden sizes.
-        activation: trunk activation.
+        activation: trunk activation (a name or a ``torch.nn`` activation module).
+        norm: RMS-normalise the trunk's features (default; see :class:`MLPTrunk`).
+        final_activation: end the trunk with its activation (default); ``False`` ends it on a
+            linear layer (pFedHN's hypernetwork).
 
     Example:
         >>> from hyperloom import select
@@ -47,7 +50,9 @@ class ChunkedGenerator(Generator):
         chunk_size: int = 1024,
         chunk_dim: int = 8,
         hidden: Sequence[int] = (64,),
-        activation: str = "relu",
+        activation: Activation = "relu",
+        norm: bool = True,
+        final_activation: bool = True,
     ) -> None:
         if chunk_size < 1 or chunk_dim < 1:
             raise ValueError(
@@ -59,6 +64,8 @@ class ChunkedGenerator(Generator):
                 "chunk_dim": chunk_dim,
                 "hidden": tuple(hidden),
                 "activation": activation,
+                "norm": norm,
+                "final_activation": final_activation,
             }
         )
         if spec is not None:
@@ -72,7 +79,7 @@ class ChunkedGenerator(Generator):
     def _build(self) -> None:
         o = self.options
         self.chunk_embeddings = nn.Parameter(torch.randn(self.num_chunks, o["chunk_dim"]))
-        self.trunk = MLPTrunk(self.cond_dim + o["chunk_dim"], o["hidden"], o["activation"])
+        self.trunk = self._trunk(self.cond_dim + o["chunk_dim"])
         self.readout = nn.Linear(self.trunk.out_dim, o["chunk_size"])
 
     def _generate(self, cond: Tensor) -> dict[str, Tensor]:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..target import TargetSpec
 from .base import Generator
 from .registry import register
-from .trunk import MLPTrunk
+from .trunk import Activation
 
 
 @register("component")
@@ -29,7 +29,10 @@ class ComponentGenerator(Generator):
         cond_dim: conditioning size (or ``None``).
         component_dim: size of each component embedding.
         hidden: trunk hidden sizes.
-        activation: trunk activation.
+        activation: trunk activation (a name or a ``torch.nn`` activation module).
+        norm: RMS-normalise the trunk's features (default; see :class:`MLPTrunk`).
+        final_activation: end the trunk with its activation (default); ``False`` ends it on a
+            linear layer (pFedHN's hypernetwork).
 
     Example:
         >>> from hyperloom import select
@@ -48,12 +51,20 @@ class ComponentGenerator(Generator):
         *,
         component_dim: int = 8,
         hidden: Sequence[int] = (64,),
-        activation: str = "relu",
+        activation: Activation = "relu",
+        norm: bool = True,
+        final_activation: bool = True,
     ) -> None:
         if component_dim < 1:
             raise ValueError(f"component_dim must be >= 1, got {component_dim}")
         super().__init__(
-            {"component_dim": component_dim, "hidden": tuple(hidden), "activation": activation}
+            {
+                "component_dim": component_dim,
+                "hidden": tuple(hidden),
+                "activation": activation,
+                "norm": norm,
+                "final_activation": final_activation,
+            }
         )
         if spec is not None:
             self.bind(spec, cond_dim)  # type: ignore[arg-type]
@@ -67,7 +78,7 @@ class ComponentGenerator(Generator):
             groups.setdefault((p.shape, p.init_const is not None), []).append(i)
         self.groups = list(groups.values())  # tensor indices per shape group
         self.component_embeddings = nn.Parameter(torch.randn(len(self.spec), o["component_dim"]))
-        self.trunk = MLPTrunk(self.cond_dim + o["component_dim"], o["hidden"], o["activation"])
+        self.trunk = self._trunk(self.cond_dim + o["component_dim"])
         self.heads = nn.ModuleList(
             nn.Linear(self.trunk.out_dim, self.spec.params[g[0]].numel) for g in self.groups
         )

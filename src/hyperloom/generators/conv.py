@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..target import ParamInfo, TargetSpec
 from .base import Generator
 from .registry import register
-from .trunk import MLPTrunk
+from .trunk import Activation
 
 
 @register("conv")
@@ -45,7 +45,9 @@ class ConvGenerator(Generator):
         block_out: output channels per slice (Ha et al.'s ResNets: 16).
         block_in: input channels per slice.
         hidden: hidden sizes of the trunk for the non-kernel tensors.
-        activation: that trunk's activation.
+        activation: that trunk's activation (a name or a ``torch.nn`` activation module).
+        norm: RMS-normalise that trunk's features (default; see :class:`MLPTrunk`).
+        final_activation: end that trunk with its activation (default).
 
     Example:
         >>> from hyperloom import select
@@ -68,7 +70,9 @@ class ConvGenerator(Generator):
         block_out: int = 16,
         block_in: int = 16,
         hidden: Sequence[int] = (64,),
-        activation: str = "relu",
+        activation: Activation = "relu",
+        norm: bool = True,
+        final_activation: bool = True,
     ) -> None:
         for name, value in (
             ("embedding_dim", embedding_dim),
@@ -86,6 +90,8 @@ class ConvGenerator(Generator):
                 "block_in": block_in,
                 "hidden": tuple(hidden),
                 "activation": activation,
+                "norm": norm,
+                "final_activation": final_activation,
             }
         )
         if spec is not None:
@@ -139,7 +145,7 @@ class ConvGenerator(Generator):
             self.second.append(nn.Linear(d, si * math.prod(k)))
         self.plain = [i for i, p in enumerate(self.spec) if not self.is_kernel(p)]
         if self.plain:
-            self.trunk = MLPTrunk(c, o["hidden"], o["activation"])
+            self.trunk = self._trunk(c)
             self.heads = nn.ModuleList(
                 nn.Linear(self.trunk.out_dim, self.spec.params[i].numel) for i in self.plain
             )

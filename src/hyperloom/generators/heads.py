@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..target import TargetSpec
 from .base import Generator
 from .registry import register
-from .trunk import MLPTrunk
+from .trunk import Activation
 
 
 @register("heads")
@@ -25,7 +25,10 @@ class HeadsGenerator(Generator):
         spec: the target spec (or ``None``, to be bound later).
         cond_dim: conditioning size (or ``None``).
         hidden: trunk hidden sizes.
-        activation: trunk activation.
+        activation: trunk activation (a name or a ``torch.nn`` activation module).
+        norm: RMS-normalise the trunk's features (default; see :class:`MLPTrunk`).
+        final_activation: end the trunk with its activation (default); ``False`` ends it on a
+            linear layer (pFedHN's hypernetwork).
 
     Example:
         >>> from hyperloom import select
@@ -42,14 +45,23 @@ class HeadsGenerator(Generator):
         cond_dim: int | None = None,
         *,
         hidden: Sequence[int] = (64,),
-        activation: str = "relu",
+        activation: Activation = "relu",
+        norm: bool = True,
+        final_activation: bool = True,
     ) -> None:
-        super().__init__({"hidden": tuple(hidden), "activation": activation})
+        super().__init__(
+            {
+                "hidden": tuple(hidden),
+                "activation": activation,
+                "norm": norm,
+                "final_activation": final_activation,
+            }
+        )
         if spec is not None:
             self.bind(spec, cond_dim)  # type: ignore[arg-type]
 
     def _build(self) -> None:
-        self.trunk = MLPTrunk(self.cond_dim, self.options["hidden"], self.options["activation"])
+        self.trunk = self._trunk(self.cond_dim)
         self.heads = nn.ModuleList(nn.Linear(self.trunk.out_dim, p.numel) for p in self.spec)
 
     def _generate(self, cond: Tensor) -> dict[str, Tensor]:
@@ -58,6 +70,9 @@ class HeadsGenerator(Generator):
             p.name: head(h).view(-1, *p.shape)
             for p, head in zip(self.spec, self.heads, strict=True)
         }
+
+    def _element_readouts(self) -> list[tuple[nn.Linear, list[str]]]:
+        return [(head, [p.name]) for p, head in zip(self._bound_spec(), self.heads, strict=True)]
 
     def _readouts(self, variance: dict[str, float]) -> list[tuple[nn.Linear, Tensor]]:
         return [

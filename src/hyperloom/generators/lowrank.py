@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..target import TargetSpec
 from .base import Generator
 from .registry import register
-from .trunk import MLPTrunk
+from .trunk import Activation
 
 
 @register("lowrank")
@@ -26,7 +26,10 @@ class LowRankGenerator(Generator):
         cond_dim: conditioning size (or ``None``).
         rank: the rank ``r`` (capped at ``min(out, in)`` per tensor).
         hidden: trunk hidden sizes.
-        activation: trunk activation.
+        activation: trunk activation (a name or a ``torch.nn`` activation module).
+        norm: RMS-normalise the trunk's features (default; see :class:`MLPTrunk`).
+        final_activation: end the trunk with its activation (default); ``False`` ends it on a
+            linear layer (pFedHN's hypernetwork).
 
     Example:
         >>> from hyperloom import select
@@ -44,11 +47,21 @@ class LowRankGenerator(Generator):
         *,
         rank: int = 4,
         hidden: Sequence[int] = (64,),
-        activation: str = "relu",
+        activation: Activation = "relu",
+        norm: bool = True,
+        final_activation: bool = True,
     ) -> None:
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
-        super().__init__({"rank": rank, "hidden": tuple(hidden), "activation": activation})
+        super().__init__(
+            {
+                "rank": rank,
+                "hidden": tuple(hidden),
+                "activation": activation,
+                "norm": norm,
+                "final_activation": final_activation,
+            }
+        )
         if spec is not None:
             self.bind(spec, cond_dim)  # type: ignore[arg-type]
 
@@ -62,7 +75,7 @@ class LowRankGenerator(Generator):
         return rows, cols, min(self.options["rank"], rows, cols)
 
     def _build(self) -> None:
-        self.trunk = MLPTrunk(self.cond_dim, self.options["hidden"], self.options["activation"])
+        self.trunk = self._trunk(self.cond_dim)
         h = self.trunk.out_dim
         self.heads = nn.ModuleList()
         for p in self.spec:

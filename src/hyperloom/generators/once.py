@@ -13,7 +13,7 @@ from ..functional import _functorch_active
 from ..target import TargetSpec
 from .base import Generator, per_element_variance
 from .registry import register
-from .trunk import MLPTrunk
+from .trunk import Activation
 
 
 @register("once")
@@ -30,6 +30,8 @@ class FlatGenerator(Generator):
         activation: trunk activation.
         norm: RMS-normalise the trunk's features (default; see :class:`MLPTrunk`). ``False``
             gives the plain MLP of most hypernetworks, one normalisation less per call.
+        final_activation: end the trunk with its activation (default); ``False`` ends it on a
+            linear layer (pFedHN's hypernetwork).
 
     Example:
         >>> from hyperloom import select
@@ -47,16 +49,23 @@ class FlatGenerator(Generator):
         cond_dim: int | None = None,
         *,
         hidden: Sequence[int] = (64,),
-        activation: str = "relu",
+        activation: Activation = "relu",
         norm: bool = True,
+        final_activation: bool = True,
     ) -> None:
-        super().__init__({"hidden": tuple(hidden), "activation": activation, "norm": norm})
+        super().__init__(
+            {
+                "hidden": tuple(hidden),
+                "activation": activation,
+                "norm": norm,
+                "final_activation": final_activation,
+            }
+        )
         if spec is not None:
             self.bind(spec, cond_dim)  # type: ignore[arg-type]
 
     def _build(self) -> None:
-        o = self.options
-        self.trunk = MLPTrunk(self.cond_dim, o["hidden"], o["activation"], norm=o["norm"])
+        self.trunk = self._trunk(self.cond_dim)
         self.readout = nn.Linear(self.trunk.out_dim, self.spec.numel)
         self._sizes = [p.numel for p in self.spec]
 
@@ -71,6 +80,9 @@ class FlatGenerator(Generator):
         if type(r) is not nn.Linear or r._forward_hooks or r._forward_pre_hooks:
             return None
         return self.trunk(cond), r  # (*, K)
+
+    def _element_readouts(self) -> list[tuple[nn.Linear, list[str]]]:
+        return [(self.readout, list(self._bound_spec().names))]
 
     def _readouts(self, variance: dict[str, float]) -> list[tuple[nn.Linear, Tensor]]:
         return [(self.readout, per_element_variance(self.spec, variance))]

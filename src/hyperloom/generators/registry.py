@@ -15,11 +15,23 @@ _GENERATORS: dict[str, type[Generator]] = {}
 
 
 def register(name: str) -> Callable[[G], G]:
-    """Class decorator: list a generator under ``name`` (used by checkpoints, the CLI and tests)."""
+    """Class decorator: list a generator under ``name`` (used by checkpoints, the CLI and tests).
+
+    Registering a different class under a taken name is an error; the same class (same module
+    and qualified name, as when a notebook cell is run again) replaces the old definition.
+    """
 
     def deco(cls: G) -> G:
-        if name in _GENERATORS:
-            raise ValueError(f"a generator is already registered as {name!r}")
+        old = _GENERATORS.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (
+            cls.__module__,
+            cls.__qualname__,
+        ):
+            raise ValueError(
+                f"a generator is already registered as {name!r}: "
+                f"{old.__module__}.{old.__qualname__}"
+            )
+        # the same class defined again (a re-run notebook cell) replaces the old definition
         cls.registry_name = name
         _GENERATORS[name] = cls
         return cls

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from ..target import ParamInfo, TargetSpec
 from .base import Generator, check_cond_dim, finish
 from .registry import register
-from .trunk import ACTIVATIONS
+from .trunk import Activation, activation_module
 
 ROLES = ("linear", "conv", "bias", "scale", "shift")
 _CACHE_SIZE = 64
@@ -251,7 +251,7 @@ class TiledGenerator(Generator):
         *,
         tile: Sequence[int] = (16, 16),
         hidden: Sequence[int] = (64,),
-        activation: str = "relu",
+        activation: Activation = "relu",
         frequencies: int = 6,
         integrated: bool = False,
         standardize: bool = False,
@@ -262,10 +262,6 @@ class TiledGenerator(Generator):
             raise ValueError(f"tile must be two sizes >= 1 (rows, columns), got {tile}")
         if not hidden or any(int(h) < 1 for h in hidden):
             raise ValueError(f"hidden must be one or more sizes >= 1, got {tuple(hidden)}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}"
-            )
         if frequencies < 0:
             raise ValueError(f"frequencies must be >= 0, got {frequencies}")
         if max_numel < 1:
@@ -312,7 +308,7 @@ class TiledGenerator(Generator):
         t_o, t_i = o["tile"]
         sizes = [self.cond_dim + num_features(o["frequencies"]), *o["hidden"]]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
-        self.act = ACTIVATIONS[o["activation"]]()
+        self.act = activation_module(o["activation"])
         self.matrix_readout = nn.Linear(sizes[-1], t_o * t_i)
         self.vector_readout = nn.Linear(sizes[-1], t_o)
         self.const_scale = nn.Parameter(torch.zeros(()))

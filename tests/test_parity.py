@@ -1,0 +1,142 @@
+"""API gaps found by porting the peers' research code (hypnettorch, hyperlight, pFedHN)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+import hyperloom as hl
+from hyperloom.generators.registry import _GENERATORS, register
+from hyperloom.generators.trunk import MLPTrunk, activation_config, activation_module
+
+MLP_GENERATORS = {
+    "once": lambda **kw: hl.FlatGenerator(**kw),
+    "heads": lambda **kw: hl.HeadsGenerator(**kw),
+    "chunked": lambda **kw: hl.ChunkedGenerator(chunk_size=32, **kw),
+    "component": lambda **kw: hl.ComponentGenerator(**kw),
+    "lowrank": lambda **kw: hl.LowRankGenerator(rank=2, **kw),
+}
+
+
+def _target() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+
+
+@pytest.mark.parametrize("activation", ["leaky_relu", nn.LeakyReLU(0.2), nn.Softplus(beta=2.0)])
+@pytest.mark.parametrize("name", list(MLP_GENERATORS))
+def test_activation_as_a_name_or_module_round_trips_through_config(name, activation):
+    gen = MLP_GENERATORS[name](activation=activation, hidden=(16,))
+    hnet = hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), gen)
+    act = hnet.generator.trunk.act
+    assert type(act) is (nn.LeakyReLU if activation == "leaky_relu" else type(activation))
+    if isinstance(activation, nn.Module):
+        assert act is not activation  # a copy: the trunk owns its module
+    rebuilt = hl.build_generator(hnet.generator.config(), hnet.spec, 4)
+    assert repr(rebuilt.trunk.act) == repr(act)
+    rebuilt.load_state_dict(hnet.generator.state_dict())
+    c = torch.randn(3, 4)
+    for k, v in hnet.generator(c).items():
+        assert_close(rebuilt(c)[k], v)
+
+
+def test_leaky_relu_slope_is_kept():
+    cfg = activation_config(nn.LeakyReLU(0.3))
+    assert cfg == {"name": "LeakyReLU", "kwargs": {"negative_slope": 0.3}}
+    assert activation_module(cfg).negative_slope == 0.3
+
+
+@pytest.mark.parametrize("bad", [nn.Linear(2, 2), {"name": "Linear", "kwargs": {}}, 3])
+def test_activation_must_be_a_torch_activation(bad):
+    with pytest.raises(ValueError, match="activation"):
+        hl.HeadsGenerator(activation=bad)
+
+
+@pytest.mark.parametrize("name", list(MLP_GENERATORS))
+def test_norm_option_on_every_mlp_generator(name):
+    gen = MLP_GENERATORS[name](norm=False, hidden=(16,))
+    hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), gen)
+    assert gen.trunk.norm is False
+    assert gen.config()["options"]["norm"] is False
+    normed = MLP_GENERATORS[name](hidden=(16,))
+    hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), normed)
+    assert normed.trunk.norm is True
+
+
+@pytest.mark.parametrize("name", list(MLP_GENERATORS))
+def test_trunk_can_end_without_a_final_activation(name):
+    gen = MLP_GENERATORS[name](final_activation=False, hidden=(8, 8), norm=False)
+    hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), gen)
+    trunk = gen.trunk
+    x = torch.randn(6, trunk.layers[0].in_features)
+    ref = trunk.layers[1](torch.relu(trunk.layers[0](x)))  # pFedHN: Linear, ReLU, Linear
+    assert_close(trunk(x), ref)
+    assert (trunk(x) < 0).any()  # no ReLU at the end
+    assert gen.config()["options"]["final_activation"] is False
+
+
+def test_trunk_forward_pair_respects_final_activation():
+    trunk = MLPTrunk(6, (5, 4), final_activation=False, norm=False)
+    c, e = torch.randn(3, 2), torch.randn(7, 4)
+    full = torch.cat([c[:, None].expand(3, 7, 2), e[None].expand(3, 7, 4)], dim=-1)
+    assert_close(trunk.forward_pair(c, e), trunk(full))
+
+
+def test_registering_the_same_class_again_replaces_it():
+    class Rerun(hl.FlatGenerator):
+        pass
+
+    try:
+        register("rerun_cell")(Rerun)
+
+        class Rerun(hl.FlatGenerator):  # the cell run a second time
+            pass
+
+        register("rerun_cell")(Rerun)
+        assert hl.get_generator("rerun_cell") is Rerun
+
+        class Other(hl.FlatGenerator):
+            pass
+
+        with pytest.raises(ValueError, match="already registered"):
+            register("rerun_cell")(Other)
+    finally:
+        _GENERATORS.pop("rerun_cell", None)
+
+
+def test_a_trained_generator_is_not_reinitialised():
+    target = _target()
+    spec = hl.select(target)
+    gen = hl.HeadsGenerator(spec, 4)
+    with torch.no_grad():
+        for p in gen.parameters():
+            p.fill_(0.123)  # stands for trained weights
+    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(2, 4), gen)
+    assert all(bool((p == 0.123).all()) for p in hnet.generator.parameters())
+    hl.hyperfan_in_(hnet.generator)  # explicitly, when wanted
+    assert not all(bool((p == 0.123).all()) for p in hnet.generator.parameters())
+
+
+@pytest.mark.parametrize("gen", ["once", "heads"])
+def test_pretrained_init_starts_at_the_target(gen):
+    torch.manual_seed(0)
+    target = nn.Sequential(nn.Linear(5, 7), nn.LayerNorm(7), nn.Linear(7, 3))
+    with torch.no_grad():
+        target[1].weight.uniform_(0.5, 1.5)  # "pretrained": no longer its constant
+    x = torch.randn(4, 5)
+    expected = target(x)
+    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, 4), MLP_GENERATORS[gen](), init="pretrained")
+    for t in range(3):
+        assert_close(hnet(x, task=t), expected)
+    assert_close(hnet(x, task=torch.tensor([0, 2, 1, 0])), expected)
+    loss = hnet(x, task=1).pow(2).sum()
+    loss.backward()  # trainable from there
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in hnet.parameters())
+
+
+def test_pretrained_init_needs_one_row_per_element():
+    with pytest.raises(ValueError, match="FlatGenerator or HeadsGenerator"):
+        hl.HyperNetwork(
+            _target(), hl.TaskEmbedding(2, 4), hl.ChunkedGenerator(chunk_size=8), init="pretrained"
+        )
