@@ -1,5 +1,6 @@
 """Checkpoints: round trips, refusal of broken files, atomic writes, exact resume."""
 
+import contextlib
 import json
 import struct
 
@@ -99,12 +100,17 @@ def test_tampered_tensor_is_refused(tmp_path):
         hl.load(path)
 
 
-def _rewrite_metadata(path, edit):
+def _rewrite_metadata(path, edit, redigest=False):
+    """Edit the metadata in place; ``redigest`` recomputes the SHA-256 as a forger would."""
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + n])
     meta = json.loads(header["__metadata__"]["hyperloom"])
     edit(meta)
+    if redigest:
+        from safetensors.torch import load_file
+
+        meta["sha256"] = checkpoint._digest(load_file(str(path)), meta)
     header["__metadata__"]["hyperloom"] = json.dumps(meta)
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
@@ -115,7 +121,7 @@ def test_incompatible_format_is_refused(tmp_path):
     path = hl.save(_hnet(), tmp_path / "h.safetensors")
     _rewrite_metadata(path, lambda m: m.update(format=99, version="9.0"))
     with pytest.raises(
-        ValueError, match=r"format 99; hyperloom .* reads format 1 \(written by version '9.0'\)"
+        ValueError, match=r"format 99; hyperloom .* reads format 2 \(written by version '9.0'\)"
     ):
         hl.load(path)
 
@@ -217,3 +223,374 @@ def test_describe_checkpoint(tmp_path):
     text = checkpoint.describe_checkpoint(path)
     for piece in ("chunk-wise", "task-conditioned", "1.weight", "2: c", "built by mlp"):
         assert piece in text
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile and corrupt files (issue 19): one error type, named fields, bounded work
+
+
+def test_metadata_is_covered_by_the_digest(tmp_path):
+    path = hl.save(_hnet(), tmp_path / "h.safetensors")
+    _rewrite_metadata(path, lambda m: m["target"]["kwargs"].update(activation="gelu"))
+    with pytest.raises(ValueError, match="SHA-256 check: the tensors or the metadata"):
+        hl.load(path)
+
+
+def _task_num(m, num):
+    m["hypernetwork"]["conditioner"]["num"] = num
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: _task_num(m, 2**40), "3 tensors|task embeddings but the file holds"),
+        (lambda m: m["target"]["kwargs"].update(in_features=2**40), "checkpoint field target"),
+        (
+            lambda m: m["target"]["kwargs"].update(hidden=[2**20] * 3),
+            "checkpoint field target|does not match",
+        ),
+        (
+            lambda m: m["hypernetwork"]["spec"]["params"][0].update(shape=[2**40, 6]),
+            "checkpoint field hypernetwork.spec: .* generated elements",
+        ),
+        (
+            lambda m: m["hypernetwork"]["generator"]["options"].update(chunk_size=2**40),
+            "generator",
+        ),
+        (
+            lambda m: m["hypernetwork"]["generator"]["options"].update(hidden=[2**30]),
+            "generator",
+        ),
+    ],
+)
+def test_huge_declared_sizes_are_refused_before_allocating(tmp_path, edit, message):
+    import time
+
+    path = hl.save(_hnet(), tmp_path / "h.safetensors")
+    _rewrite_metadata(path, edit, redigest=True)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=message):
+        hl.load(path)
+    assert time.perf_counter() - start < 5.0
+
+
+def _deep(n):
+    return json.loads("[" * n + "]" * n)
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda m: m.update(hypernetwork=5), "hypernetwork"),
+        (lambda m: m["hypernetwork"].update(spec={"params": 3}), "hypernetwork.spec.params"),
+        (lambda m: m["hypernetwork"]["spec"]["params"][0].pop("name"), r"params.0.name"),
+        (lambda m: m["hypernetwork"]["spec"]["params"][0].update(dtype="int8"), "spec"),
+        (lambda m: m["hypernetwork"]["spec"]["params"][0].update(dtype="__class__"), "spec"),
+        (lambda m: m["hypernetwork"]["conditioner"].update(type=7), "conditioner.type"),
+        (lambda m: m["hypernetwork"]["conditioner"].update(type="gpt"), "conditioner"),
+        (lambda m: m["hypernetwork"]["conditioner"].update(num="3"), "conditioner.num"),
+        (lambda m: m["hypernetwork"]["conditioner"].update(dim=-4), "conditioner"),
+        (lambda m: m["hypernetwork"]["generator"].update(name=""), "generator"),
+        (lambda m: m["hypernetwork"]["generator"]["options"].update(hidden="x"), "generator"),
+        (lambda m: m["hypernetwork"]["generator"]["options"].update(bogus=1), "generator"),
+        (lambda m: m["hypernetwork"].update(check_finite="yes"), "check_finite"),
+        (lambda m: m["target"].update(builder="rm -rf"), "target"),
+        (lambda m: m["target"].update(kwargs=[1]), "target.kwargs"),
+        (lambda m: m["target"]["kwargs"].update(activation="gelu"), None),  # loads: valid
+        (lambda m: m["target"]["kwargs"].update(hidden=[6]), "does not match|target"),
+        (lambda m: m.update(tasks=[1, 2, 3]), "tasks.0"),
+        (lambda m: m["criteria"].pop("inputs"), "criteria.inputs"),
+        (lambda m: m["hypernetwork"]["conditioner"].update(x=_deep(9)), "x"),
+    ],
+)
+def test_hostile_metadata_is_a_value_error_naming_the_field(tmp_path, edit, field):
+    path = hl.save(_hnet(), tmp_path / "h.safetensors", tasks=["a", "b", "c"])
+    _rewrite_metadata(path, edit, redigest=True)
+    if field is None:
+        hl.load(path)
+        return
+    with pytest.raises(ValueError, match=field):
+        hl.load(path)
+    with contextlib.suppress(ValueError):  # describe reads only the metadata: prints or refuses
+        checkpoint.describe_checkpoint(path)
+
+
+def test_metadata_nested_past_the_recursion_limit_is_a_value_error(tmp_path):
+    path = hl.save(_hnet(), tmp_path / "h.safetensors")
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"]["hyperloom"] = "[" * 100_000 + "]" * 100_000
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+    with pytest.raises(ValueError, match="corrupted hyperloom metadata"):
+        hl.load(path)
+
+
+def test_describe_escapes_terminal_sequences(tmp_path):
+    path = hl.save(_hnet(), tmp_path / "h.safetensors", tasks=["a", "\x1b[2Jevil\x07", "c"])
+    text = checkpoint.describe_checkpoint(path)
+    assert "\x1b" not in text and "\x07" not in text
+    assert "1: \\x1b[2Jevil\\x07" in text
+
+
+def test_another_architecture_names_the_first_mismatch(tmp_path):
+    path = hl.save(_hnet(), tmp_path / "h.safetensors")
+    other = hl.build_target("mlp", in_features=6, hidden=[7], out_features=3)
+    with pytest.raises(ValueError, match=r"parameter '1.weight': shape \(5, 6\) in the checkpoint"):
+        hl.load(path, target=other)
+    deeper = nn.Sequential(
+        nn.Flatten(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 3)
+    )
+    with pytest.raises(ValueError, match=r"missing \['target.5.weight'"):
+        hl.load(path, target=deeper)
+
+
+def _norm_target():
+    return nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 2))
+
+
+def test_init_const_disagreement_names_the_parameter(tmp_path):
+    hnet = hl.HyperNetwork(_norm_target(), hl.TaskEmbedding(2, 3), hl.HeadsGenerator())
+    assert hnet.spec["1.weight"].init_const == 1.0
+    path = hl.save(hnet, tmp_path / "h.safetensors")
+    hl.load(path, target=_norm_target())  # the same record: loads
+    changed = _norm_target()
+    with torch.no_grad():
+        changed[1].weight.normal_()  # no longer constant-initialised
+    with pytest.raises(ValueError, match=r"parameter '1.weight': constant initialisation"):
+        hl.load(path, target=changed)
+
+
+def test_save_refuses_an_unregistered_generator(tmp_path):
+    class Mine(hl.FlatGenerator):  # inherits the registry name of FlatGenerator, not its entry
+        pass
+
+    hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 3), Mine())
+    with pytest.raises(ValueError, match="generator Mine: it is not registered"):
+        hl.save(hnet, tmp_path / "h.safetensors")
+    assert not list(tmp_path.iterdir())
+
+
+def test_dtype_round_trips(tmp_path):
+    target = hl.build_target("mlp", in_features=6, hidden=[5], out_features=3).double()
+    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, 4), hl.ChunkedGenerator(chunk_size=16))
+    hnet = hnet.double()
+    loaded = hl.load(hl.save(hnet, tmp_path / "h.safetensors"))
+    assert {p.dtype for p in loaded.parameters()} == {torch.float64}
+    x = torch.randn(4, 6, dtype=torch.float64)
+    torch.testing.assert_close(loaded(x, task=1), hnet(x, task=1), rtol=0, atol=0)
+
+
+def _rng_states():
+    import random
+
+    import numpy as np
+
+    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def _assert_rng_unchanged(before):
+    after = _rng_states()
+    assert torch.equal(before[0], after[0])
+    assert (before[1] == after[1]).all() and before[2] == after[2]
+
+
+def test_resume_refuses_another_optimizer_before_touching_the_rng(tmp_path):
+    hnet = _hnet()
+    opt = torch.optim.Adam(hnet.parameters(), lr=1e-2)
+    _train(hnet, opt, 2)
+    path = hl.save(hnet, tmp_path / "h.safetensors", optimizer=opt, step=2)
+    sgd = torch.optim.SGD(hl.load(path).parameters(), lr=0.1)
+    torch.manual_seed(7)
+    before = _rng_states()
+    with pytest.raises(ValueError, match=r"optimizer_type: the checkpoint holds .*Adam, not .*SGD"):
+        hl.resume(path, sgd)
+    _assert_rng_unchanged(before)
+    assert sgd.state_dict()["state"] == {}
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda t: t["optimizer"]["__dict__"][1][1][0]["__dict__"].pop(), "param_groups.0"),
+        (lambda t: t["rng"]["__dict__"][0].__setitem__(1, [1, 2]), "rng"),
+        (lambda t: t["rng"]["__dict__"][2][1]["__tuple__"].__setitem__(0, 4), "rng.python"),
+        (lambda t: t.update(optimizer={"__tensor__": "nope"}), "not in file"),
+        (lambda t: t["optimizer"]["__dict__"][0].__setitem__(1, {"__dict__": 3}), "optimizer"),
+    ],
+)
+def test_resume_refuses_tampered_state_before_touching_anything(tmp_path, edit, field):
+    hnet = _hnet()
+    opt = torch.optim.Adam(hnet.parameters(), lr=1e-2)
+    _train(hnet, opt, 2)
+    path = hl.save(hnet, tmp_path / "h.safetensors", optimizer=opt, step=2)
+    _rewrite_metadata(path, lambda m: edit(m["training"]), redigest=True)
+    fresh = torch.optim.Adam(hl.load(path).parameters(), lr=1e-2)
+    torch.manual_seed(3)
+    before = _rng_states()
+    with pytest.raises(ValueError, match=field):
+        hl.resume(path, fresh)
+    _assert_rng_unchanged(before)
+    assert fresh.state_dict()["state"] == {}
+
+
+def test_resume_refuses_optimizer_tensors_of_the_wrong_shape(tmp_path):
+    hnet = _hnet()
+    opt = torch.optim.Adam(hnet.parameters(), lr=1e-2)
+    _train(hnet, opt, 1)
+    path = hl.save(hnet, tmp_path / "h.safetensors", optimizer=opt, step=1)
+    other = hl.HyperNetwork(  # the same number of parameters, other shapes
+        hl.build_target("mlp", in_features=6, hidden=[5], out_features=3),
+        hl.TaskEmbedding(3, 5),
+        hl.ChunkedGenerator(chunk_size=16),
+    )
+    before = _rng_states()
+    with pytest.raises(ValueError, match=r"training.optimizer.state.0.exp_avg: shape \(4,\)"):
+        hl.resume(path, torch.optim.Adam(other.parameters(), lr=1e-2))
+    _assert_rng_unchanged(before)
+
+
+def test_seeded_noise_resumes_exactly(tmp_path):
+    def make():
+        torch.manual_seed(0)
+        return hl.HyperNetwork(
+            hl.build_target("mlp", in_features=6, hidden=[5], out_features=3),
+            hl.Noise(4, seed=11),
+            hl.FlatGenerator(),
+        )
+
+    def train(hnet, opt, steps):
+        for _ in range(steps):
+            x = torch.randn(8, 6)
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(hnet(x), torch.randint(0, 3, (8,)))
+            loss.backward()  # one noise draw per sample
+            opt.step()
+
+    straight = make()
+    opt = torch.optim.SGD(straight.parameters(), lr=0.01)
+    torch.manual_seed(1)
+    train(straight, opt, 6)
+
+    first = make()
+    opt = torch.optim.SGD(first.parameters(), lr=0.01)
+    torch.manual_seed(1)
+    train(first, opt, 3)
+    path = hl.save(first, tmp_path / "h.safetensors", optimizer=opt, step=3)
+    resumed = hl.load(path)
+    opt = torch.optim.SGD(resumed.parameters(), lr=0.01)
+    hl.resume(path, opt)
+    train(resumed, opt, 3)
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_save_cleans_stale_temporaries_and_fsyncs(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    pid = int(dead.stdout)
+    stale = tmp_path / f".h.safetensors.{pid}.tmp"
+    stale.write_bytes(b"x" * 1000)  # what a save killed by SIGKILL leaves
+    alive = tmp_path / f".h.safetensors.{os.getppid()}.tmp"  # a save still running elsewhere
+    alive.write_bytes(b"y")
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd)
+    )
+    path = hl.save(_hnet(), tmp_path / "h.safetensors")
+    assert not stale.exists() and alive.exists()
+    assert any(s.endswith(".tmp") for s in synced)  # the file, before the rename
+    assert str(tmp_path) in synced  # the folder, after it
+    hl.load(path)
+
+
+def test_export_refuses_to_overwrite_its_checkpoint(tmp_path):
+    path = hl.save(_hnet(), tmp_path / "h.safetensors")
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="is the checkpoint itself"):
+        checkpoint.export_checkpoint(path, task=0, out=tmp_path / "." / "h.safetensors")
+    assert path.read_bytes() == before
+
+
+def test_fuzz_load_finds_nothing_but_value_error(tmp_path):
+    """Mutated bytes and (re-digested) metadata: a ValueError or a valid load, nothing else."""
+    import time
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    good = hl.save(_hnet(), tmp_path / "good.safetensors", tasks=["a", "b", "c"])
+    data = good.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    meta = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["hyperloom"])
+    target = tmp_path / "fuzz.safetensors"
+    start = time.perf_counter()
+
+    def attempt():
+        with contextlib.suppress(ValueError):
+            hl.load(target)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(0, 255)), max_size=6),
+        st.integers(0, len(data)),
+    )
+    def bytes_(flips, cut):
+        raw = bytearray(data[:cut] if cut < 40 else data)
+        for i, b in flips:
+            if i < len(raw):
+                raw[i] = b
+        target.write_bytes(bytes(raw))
+        attempt()
+
+    json_values = st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**70), 2**70)
+        | st.floats()
+        | st.text(max_size=5),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+        ),
+        max_leaves=8,
+    )
+
+    def paths(node, prefix=()):
+        yield prefix
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from paths(v, (*prefix, k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                yield from paths(v, (*prefix, i))
+
+    every = [p for p in paths(meta) if p and p[0] != "sha256"]
+
+    @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(every), json_values)
+    def metadata(where, value):
+        import copy
+
+        m = copy.deepcopy(meta)
+        node = m
+        for k in where[:-1]:
+            node = node[k]
+        node[where[-1]] = value
+        target.write_bytes(data)
+        _rewrite_metadata(target, lambda old: (old.clear(), old.update(m)), redigest=True)
+        attempt()
+
+    bytes_()
+    metadata()
+    assert time.perf_counter() - start < 10.0

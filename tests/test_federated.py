@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import subprocess
 import sys
 import time
@@ -343,13 +344,15 @@ def test_diverged_pc_client_keeps_its_head_and_is_rejected(caplog):
     personal = {0: dict(head)}
     cfg = Config(inner_steps=5, inner_lr=1e12, inner_momentum=0.0)  # blows up at once
     with caplog.at_level(logging.WARNING, logger="hyperloom.federated"):
-        reply = pfedhn_client(target, clients, sent, personal, cfg, 1, 0)
+        reply, new_head = pfedhn_client(target, clients, sent, personal, cfg, 1, 0)
     assert check_reply(spec, reply) is not None  # the server rejects the reply
-    assert all(torch.equal(personal[0][n], head[n]) for n in head)  # the head was kept
+    assert new_head is None  # the client keeps its head
+    assert all(torch.equal(personal[0][n], head[n]) for n in head)  # nothing shared moved
     assert "client 0 diverged" in caplog.text
-    ok = pfedhn_client(target, clients, sent, personal, Config(inner_steps=2), 2, 0)
+    ok, new_head = pfedhn_client(target, clients, sent, personal, Config(inner_steps=2), 2, 0)
     assert check_reply(spec, ok) is None
-    assert not torch.equal(personal[0]["out.weight"], head["out.weight"])  # a sane round moves it
+    assert not torch.equal(new_head["out.weight"], head["out.weight"])  # a sane round moves it
+    assert all(torch.equal(personal[0][n], head[n]) for n in head)  # the caller applies it
 
 
 def test_recipe_imports_without_flower():
@@ -520,3 +523,183 @@ def test_plot_curves_draws_only_the_methods_with_a_curve(tmp_path, monkeypatch):
     plot_curves(results, tmp_path / "curves.png", title="t")
     assert drawn == ["pfedhn"]
     assert (tmp_path / "curves.png").read_bytes()[:8] == PNG
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile and faulty clients (issue 19)
+
+
+def test_check_reply_checks_finiteness_after_the_cast_and_the_trust_bound():
+    spec = hl.select(nn.Linear(3, 2))
+    sent = {"weight": torch.ones(2, 3), "bias": torch.ones(2)}
+    huge64 = {"weight": torch.full((2, 3), 1e300, dtype=torch.float64), "bias": torch.ones(2)}
+    assert "6 non-finite values of 6 (as float32)" in check_reply(spec, huge64)
+    huge32 = {"weight": torch.full((2, 3), 3e38), "bias": torch.ones(2)}
+    assert check_reply(spec, huge32) is None  # finite: only the trust bound can refuse it
+    assert "exceeds the trust bound 10" in check_reply(spec, huge32, sent=sent, trust_bound=10)
+    honest = {n: t + 0.1 for n, t in sent.items()}
+    assert check_reply(spec, honest, sent=sent, trust_bound=10) is None
+    assert "not a string" in check_reply(spec, {0: torch.zeros(2, 3), "bias": torch.zeros(2)})
+
+
+def test_pfedhn_step_validates_as_check_reply_does():
+    hnet = small_hnet()
+    opt = torch.optim.SGD(hnet.parameters(), lr=0.1)
+    before = {n: p.detach().clone() for n, p in hnet.named_parameters()}
+    good = moved_weights(hnet, 1)
+    bad = [
+        ({**good, "2.bias": torch.zeros(5)}, "shape"),
+        ({**good, "2.bias": torch.tensor([float("nan"), 0.0])}, "non-finite"),
+        ({**good, "2.bias": torch.tensor([1e300, 0.0], dtype=torch.float64)}, "non-finite"),
+        ({k: torch.full_like(v, 3e38) for k, v in good.items()}, "gradient norm|trust bound"),
+    ]
+    for reply, reason in bad:
+        with pytest.raises(ValueError, match=f"refused the .*client.* {reason}|{reason}"):
+            pfedhn_step(hnet, 1, reply, opt, max_grad_norm=None, trust_bound=None)
+    with pytest.raises(ValueError, match="trust bound"):
+        pfedhn_step(hnet, 1, {k: v * 100 for k, v in good.items()}, opt, trust_bound=10.0)
+    with pytest.raises(ValueError, match="max_grad_norm must be > 0 or None, got -1"):
+        pfedhn_step(hnet, 1, good, opt, max_grad_norm=-1)
+    for n, p in hnet.named_parameters():
+        assert torch.equal(p, before[n]) and p.grad is None, n
+
+
+def test_idle_embeddings_step_moves_every_row_as_pfedhns_code():
+    hnet = small_hnet(num=3)
+    rows = hnet.conditioner.rows
+    for idle, moves in (("skip", False), ("step", True)):
+        opt = torch.optim.SGD(hnet.parameters(), lr=0.1, weight_decay=0.5)
+        before = rows[2].detach().clone()
+        pfedhn_step(hnet, 0, moved_weights(hnet, 0), opt, idle=idle)
+        assert (not torch.equal(rows[2], before)) is moves, idle
+        if moves:  # a zero gradient: only the weight decay acts on it
+            torch.testing.assert_close(rows[2].detach(), before * (1 - 0.1 * 0.5))
+
+
+POISONS = {
+    "float64 1e300": lambda w: {
+        k: torch.full_like(v, 1e300, dtype=torch.float64) for k, v in w.items()
+    },
+    "float32 3e38": lambda w: {k: torch.full_like(v, 3e38) for k, v in w.items()},
+}
+
+
+@pytest.mark.parametrize("poison", sorted(POISONS))
+def test_poisoned_client_among_honest_ones_inprocess(tmp_path, monkeypatch, poison):
+    from hyperloom.recipes.federated import recipe
+
+    honest_client = recipe.pfedhn_client
+
+    def run_with(client_zero):
+        def client(target, clients, sent, personal, config, rnd, c):
+            reply, head = honest_client(target, clients, sent, personal, config, rnd, c)
+            return client_zero(reply, head) if c == 0 else (reply, head)
+
+        monkeypatch.setattr(recipe, "pfedhn_client", client)
+        cfg = recipe.Config(**TINY_RUN, rounds=4, methods=("pfedhn",), out=str(tmp_path))
+        return recipe.run(cfg)["results"]["pfedhn"]
+
+    poisoned = run_with(lambda reply, head: (POISONS[poison](reply), head))
+    dropped = run_with(lambda reply, head: None)  # client 0 never answers
+    assert any(s["client"] == 0 for s in poisoned["skipped"])
+    assert all(math.isfinite(a) for a in poisoned["client_accs"])
+    # the server ignored the poison exactly as a silent client: every accuracy is the same
+    assert poisoned["client_accs"] == dropped["client_accs"]
+    assert poisoned["new_client_accs"] == dropped["new_client_accs"]
+
+
+def test_timed_out_client_is_discarded_and_touches_nothing_shared():
+    from hyperloom.recipes.federated.recipe import ClientData, Config, pfedhn_client
+
+    torch.manual_seed(0)
+    target = lenet(1, 8, 10)
+    spec = hl.select(target, "conv*", "fc*")
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    clients = [ClientData(x, y, x, y), ClientData(x.flip(0), y.flip(0), x, y)]
+    theta = {n: p.detach().clone() for n, p in target.named_parameters() if n in spec.names}
+    sent = {0: theta, 1: {n: t + 0.01 for n, t in theta.items()}}
+    head = personal_weights(target, spec)
+    personal = {0: dict(head), 1: dict(head)}
+    fast, slow = Config(inner_steps=10), Config(inner_steps=2000)
+    alone, _ = pfedhn_client(target, clients, sent, personal, fast, 1, 1)
+    import threading
+
+    slow_done = threading.Event()
+
+    def work(c):
+        if c == 1:
+            return pfedhn_client(target, clients, sent, personal, fast, 1, c)
+        try:  # runs on beside client 1 after its time-out
+            return pfedhn_client(target, clients, sent, personal, slow, 1, c)
+        finally:
+            slow_done.set()
+
+    before = {n: p.detach().clone() for n, p in target.named_parameters()}
+    r = collect_replies([0, 1], work, timeout=2.0, round_=1)
+    assert set(r.ok) == {1} and "timed out" in r.skipped[0]
+    assert not slow_done.is_set()  # client 0 was still training while client 1 trained
+    assert slow_done.wait(120)
+    reply, _ = r.ok[1]
+    for n in reply:  # trained beside the timed-out client, as if alone
+        torch.testing.assert_close(reply[n], alone[n], rtol=0, atol=0)
+    for n, p in target.named_parameters():
+        assert torch.equal(p, before[n]), n
+    assert all(torch.equal(personal[0][n], head[n]) for n in head)
+
+
+@needs_flwr
+@pytest.mark.parametrize("poison", sorted(POISONS))
+def test_strategy_poisoned_node_among_honest_ones(task_identity, poison):
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from hyperloom.recipes.federated.flower_app import from_record
+
+    def one_round(with_poison):
+        torch.manual_seed(0)
+        strategy, hnet, _params = strategy_setup(clients_per_round=4)
+        strategy.trust_bound = 10.0
+        msgs = list(
+            strategy.configure_train(1, ArrayRecord(), ConfigRecord(), FakeGrid([1, 2, 3, 4]))
+        )
+        by_node = {m.metadata.dst_node_id: m for m in msgs}
+        sent = {node: from_record(m.content["arrays"]) for node, m in by_node.items()}
+        replies = []
+        for node in (1, 2, 3, 4):
+            w = {n: v + 0.01 * node for n, v in sent[node].items()}
+            if node == 2:
+                if not with_poison:
+                    continue
+                w = POISONS[poison](w)
+            replies.append(reply(by_node[node], w))
+        _, metrics = strategy.aggregate_train(1, replies)
+        return hnet, metrics, strategy
+
+    hnet, metrics, strategy = one_round(True)
+    clean, clean_metrics, _ = one_round(False)
+    assert metrics["num-updates"] == clean_metrics["num-updates"] == 3
+    assert [s["node"] for s in strategy.skipped] == [2]
+    for (n, p), q in zip(hnet.named_parameters(), clean.parameters(), strict=True):
+        assert torch.isfinite(p).all(), n
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+@needs_flwr
+def test_strategy_applies_one_reply_per_node_and_round(task_identity):
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from hyperloom.recipes.federated.flower_app import from_record
+
+    def run(copies):
+        torch.manual_seed(0)
+        strategy, _hnet, params = strategy_setup(clients_per_round=1)
+        (msg,) = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), FakeGrid([1, 2, 3, 4]))
+        w = {n: v + 0.1 for n, v in from_record(msg.content["arrays"]).items()}
+        _, metrics = strategy.aggregate_train(1, [reply(msg, w) for _ in range(copies)])
+        return params, metrics, strategy
+
+    once, m1, _ = run(1)
+    thrice, m3, strategy = run(3)
+    assert m1["num-updates"] == m3["num-updates"] == 1
+    assert sum("second reply" in s["reason"] for s in strategy.skipped) == 2
+    for a, b in zip(once, thrice, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

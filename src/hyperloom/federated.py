@@ -21,7 +21,8 @@ and its Flower app both use them):
   alone (the hypernetwork frozen) when a client joins after training (:func:`embedding_optimizer`);
 - pFedHN-PC: the parameters the hypernetwork does not generate (the classifier head) stay on the
   client, :func:`personal_weights`;
-- robustness: :func:`check_reply` (names, shapes, dtype, finiteness; a reason or ``None``),
+- robustness: :func:`check_reply` (names, shapes, dtype, finiteness after the cast to the
+  server's dtype, and a trust bound on the update's norm; a reason or ``None``),
   :func:`collect_replies` (failing, timed-out or dropped clients are skipped and logged), and
   :func:`fedavg` (weighted average, for the baselines of the in-process engine).
 
@@ -50,6 +51,8 @@ from .target import TargetSpec
 LOGGER = logging.getLogger("hyperloom.federated")
 
 __all__ = [
+    "IDLE_EMBEDDINGS",
+    "MAX_SERVER_GRAD_NORM",
     "Replies",
     "check_reply",
     "class_shares",
@@ -369,15 +372,29 @@ def personal_weights(target: nn.Module, spec: TargetSpec) -> dict[str, Tensor]:
 # Replies: validation and collection
 
 
-def check_reply(spec: TargetSpec, weights: Any) -> str | None:
+def check_reply(
+    spec: TargetSpec,
+    weights: Any,
+    *,
+    sent: Mapping[str, Tensor] | None = None,
+    trust_bound: float | None = None,
+) -> str | None:
     """Why a client's reply cannot be used, or ``None`` when it can.
 
-    A reply must name exactly the spec's tensors, each with its shape, a floating dtype and only
-    finite values. Nothing is modified.
+    A reply must name exactly the spec's tensors (string keys), each a tensor with its shape and
+    a floating dtype whose values stay finite once cast to the spec's dtype (the server's:
+    a float64 ``1e300`` is finite, but ``inf`` in float32). With ``sent`` (what the server sent)
+    and ``trust_bound``, the update must also satisfy the trust bound
+
+    ``||reply - sent|| <= trust_bound * ||sent||``,
+
+    both norms over all tensors, computed in float64. Nothing is modified.
 
     Args:
         spec: what the server sent (the generated tensors).
         weights: the reply, ``name -> tensor``.
+        sent: the weights the server sent this client (same names), for the trust bound.
+        trust_bound: the largest accepted ``||reply - sent|| / ||sent||``; ``None``: no bound.
 
     Returns:
         A human-readable reason, or ``None``.
@@ -389,24 +406,45 @@ def check_reply(spec: TargetSpec, weights: Any) -> str | None:
         True
         >>> nan = torch.tensor([0.0, float("nan")])
         >>> check_reply(spec, {"weight": torch.zeros(2, 3), "bias": nan})
-        "'bias' has 1 non-finite values of 2"
+        "'bias' has 1 non-finite values of 2 (as float32)"
+        >>> sent = {"weight": torch.ones(2, 3), "bias": torch.ones(2)}
+        >>> check_reply(spec, {"weight": torch.ones(2, 3) * 50, "bias": torch.ones(2)},
+        ...             sent=sent, trust_bound=10.0)
+        'update norm 120 exceeds the trust bound 10 x ||sent|| = 10 x 2.83'
     """
     if not isinstance(weights, Mapping):
         return f"expected a mapping of name -> tensor, got {type(weights).__name__}"
     for name, t in weights.items():
+        if not isinstance(name, str):
+            return f"key {name!r} is a {type(name).__name__}, not a string"
         if not isinstance(t, Tensor):
             return f"{name!r} is a {type(t).__name__}, not a tensor"
     try:
         spec.check(weights)
     except ValueError as e:
         return str(e)
-    for name, t in weights.items():
+    for p in spec:
+        t = weights[p.name]
         if not t.is_floating_point():
-            return f"{name!r} has dtype {t.dtype}, expected a floating dtype"
-        bad = int((~torch.isfinite(t)).sum())
+            return f"{p.name!r} has dtype {t.dtype}, expected a floating dtype"
+        bad = int((~torch.isfinite(t.to(p.dtype))).sum())
         if bad:
-            return f"{name!r} has {bad} non-finite values of {t.numel()}"
+            dtype = str(p.dtype).removeprefix("torch.")
+            return f"{p.name!r} has {bad} non-finite values of {t.numel()} (as {dtype})"
+    if trust_bound is not None and sent is not None:
+        change = _norm64(weights[p.name].to(p.dtype) - sent[p.name].to(p.dtype) for p in spec)
+        base = _norm64(sent[p.name] for p in spec)
+        if not change <= trust_bound * base:
+            return (
+                f"update norm {change:.3g} exceeds the trust bound {trust_bound:g} x ||sent|| = "
+                f"{trust_bound:g} x {base:.3g}"
+            )
     return None
+
+
+def _norm64(tensors: Any) -> float:
+    """The l2 norm over several tensors, accumulated in float64 (no float32 overflow)."""
+    return math.sqrt(sum(float(t.detach().double().pow(2).sum()) for t in tensors))
 
 
 @dataclass
@@ -433,8 +471,14 @@ def collect_replies(
 
     A client fails when ``work`` raises, drops out when it returns ``None``, and times out when
     it takes longer than ``timeout`` seconds (it then runs on in a worker thread, whose result is
-    ignored; in a real deployment Flower's ``send_and_receive(timeout=...)`` does the same). The
+    discarded; in a real deployment Flower's ``send_and_receive(timeout=...)`` does the same). The
     round goes on with the others.
+
+    Python cannot stop a thread, so a timed-out ``work`` keeps running beside the next clients:
+    ``work`` must therefore touch nothing shared. It must compute on its own copies (of the
+    target module, say: :func:`call` swaps tensors into the module it is given, so two threads
+    on one module see each other's weights) and return everything it produced; the caller
+    applies the results of :attr:`Replies.ok` only. The recipe's clients do so.
 
     Args:
         clients: client ids.
@@ -529,6 +573,13 @@ def pfedhn_grads(
     return list(torch.autograd.grad(outputs, list(params), grad_outputs=deltas, allow_unused=True))
 
 
+IDLE_EMBEDDINGS = ("skip", "step")
+"""What :func:`pfedhn_step` does to the parameters no reply moved (the other clients' rows)."""
+
+MAX_SERVER_GRAD_NORM = 1e18
+"""Larger total gradient norms are refused: their squares would overflow float32 in Adam."""
+
+
 def pfedhn_step(
     hnet: nn.Module,
     client: int,
@@ -537,12 +588,19 @@ def pfedhn_step(
     *,
     clients: Sequence[int] | None = None,
     max_grad_norm: float | None = 50.0,
+    trust_bound: float | None = None,
+    idle: str = "skip",
 ) -> float:
     """One pFedHN server step: regenerate, take the VJP with ``theta - theta_tilde``, step.
 
     The parameters that move are those in ``optimizer`` (the hypernetwork and the embeddings in
     training; one new client's embedding with :func:`embedding_optimizer`). With several
     clients (``clients=[...]`` and one reply each), their gradients are averaged before one step.
+
+    Every reply is checked as :func:`check_reply` does (against the weights generated now, for
+    the trust bound) and the gradient must be finite with a total norm below
+    :data:`MAX_SERVER_GRAD_NORM`, all before anything moves: a refused call leaves the
+    hypernetwork, its gradients and the optimizer as they were.
 
     Args:
         hnet: a :class:`~hyperloom.HyperNetwork` with a task-conditioned input (``task=`` ids).
@@ -552,9 +610,19 @@ def pfedhn_step(
         optimizer: the server optimizer.
         clients: several client ids for one averaged step.
         max_grad_norm: clip the total gradient norm (the paper uses 50); ``None`` to skip.
+        trust_bound: refuse a reply whose change exceeds this many times the norm of the
+            weights generated for it (:func:`check_reply`); ``None``: no bound.
+        idle: ``"skip"``: parameters no reply reaches (the other clients' embedding rows) have
+            no gradient, so the optimizer leaves them alone; ``"step"``: they get a zero
+            gradient, so weight decay and momentum move them at every step, as in pFedHN's code
+            (one ``nn.Embedding`` table under one optimizer).
 
     Returns:
         The mean ``||theta - theta_tilde||`` over the clients (how far the clients moved).
+
+    Raises:
+        ValueError: a reply that :func:`check_reply` refuses (the client and the reason are
+            named), a non-finite or too large gradient, or bad arguments.
 
     Example:
         >>> import hyperloom as hl
@@ -564,6 +632,12 @@ def pfedhn_step(
         >>> round(pfedhn_step(hnet, 1, w, opt), 3)
         0.316
     """
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
+    if trust_bound is not None and not trust_bound > 0:
+        raise ValueError(f"trust_bound must be > 0 or None, got {trust_bound}")
+    if idle not in IDLE_EMBEDDINGS:
+        raise ValueError(f"idle must be one of {IDLE_EMBEDDINGS}, got {idle!r}")
     ids = [client] if clients is None else list(clients)
     replies = [returned] if clients is None else list(returned)  # type: ignore[arg-type]
     if len(replies) != len(ids) or not ids:
@@ -573,13 +647,23 @@ def pfedhn_step(
     moved = 0.0
     for c, reply in zip(ids, replies, strict=True):
         theta = hnet.generate(task=torch.tensor(c))
-        moved += math.sqrt(sum(float((theta[n].detach() - reply[n]).pow(2).sum()) for n in theta))
+        sent = {n: t.detach() for n, t in theta.items()}
+        reason = check_reply(hnet.spec, reply, sent=sent, trust_bound=trust_bound)
+        if reason is not None:
+            raise ValueError(f"refused the reply of client {c}: {reason}")
+        moved += _norm64(sent[n] - reply[n].to(sent[n].dtype) for n in sent)
         grads = pfedhn_grads(theta, reply, params)
         for i, g in enumerate(grads):
             if g is not None:
                 total[i] = g / len(ids) if total[i] is None else total[i] + g / len(ids)
+    norm = _norm64(g for g in total if g is not None)
+    if not norm <= MAX_SERVER_GRAD_NORM:
+        raise ValueError(
+            f"refused the step for clients {ids}: gradient norm {norm:.3g} is not finite or "
+            f"exceeds {MAX_SERVER_GRAD_NORM:g}"
+        )
     for p, g in zip(params, total, strict=True):
-        p.grad = g
+        p.grad = torch.zeros_like(p) if g is None and idle == "step" else g
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_grad_norm)
     optimizer.step()

@@ -99,10 +99,11 @@ class PFedHNStrategy(Strategy):
     nodes connected at the first round, then in order of appearance; rows are added to the
     :class:`~hyperloom.TaskEmbedding` and to the optimizer as needed). ``configure_train`` sends
     each sampled node the weights generated from its row; ``aggregate_train`` checks every reply
-    (:func:`hyperloom.federated.check_reply`) and applies one server step per valid reply.
+    (:func:`hyperloom.federated.check_reply`, with the trust bound against what that node was
+    sent) and applies one server step per valid reply, at most one per node and round.
     Nodes that reply with an error, or do not reply in time (Flower's ``send_and_receive``
-    timeout) or drop out, are skipped and logged; invalid replies are rejected, logged, and
-    change nothing.
+    timeout) or drop out, are skipped and logged; invalid, unsolicited and duplicate replies are
+    rejected, logged, and change nothing.
 
     Args:
         hnet: the hypernetwork (its conditioner a ``TaskEmbedding``).
@@ -110,6 +111,10 @@ class PFedHNStrategy(Strategy):
         clients_per_round: nodes sampled per training round.
         min_available_nodes: wait for this many connected nodes before sampling.
         max_grad_norm: server gradient clipping (``None``: none).
+        trust_bound: refuse replies whose update norm exceeds this many times the norm of the
+            weights sent (``None``: no bound).
+        idle: what the server step does to embeddings no reply reached
+            (:func:`hyperloom.federated.pfedhn_step`).
         evaluate_rounds: rounds after which every node evaluates its personal model.
         seed: seed of the node sampling.
         personal_head: pFedHN-PC (nodes keep the non-generated tensors; for the log only).
@@ -123,6 +128,8 @@ class PFedHNStrategy(Strategy):
         clients_per_round: int = 1,
         min_available_nodes: int = 2,
         max_grad_norm: float | None = 50.0,
+        trust_bound: float | None = None,
+        idle: str = "skip",
         evaluate_rounds: Iterable[int] = (),
         seed: int = 0,
         personal_head: bool = False,
@@ -132,6 +139,9 @@ class PFedHNStrategy(Strategy):
         self.clients_per_round = clients_per_round
         self.min_available_nodes = min_available_nodes
         self.max_grad_norm = max_grad_norm
+        self.trust_bound = trust_bound
+        self.idle = idle
+        self.sent_weights: dict[int, dict[int, dict[str, Tensor]]] = {}
         self.evaluate_rounds = set(evaluate_rounds)
         self.personal_head = personal_head
         self.rng = random.Random(seed)
@@ -175,6 +185,8 @@ class PFedHNStrategy(Strategy):
         for node in nodes:
             with torch.no_grad():
                 theta = self.hnet.generate(task=torch.tensor(self.slot(node)))
+            if kind == MessageType.TRAIN:  # what the trust bound compares the reply with
+                self.sent_weights.setdefault(server_round, {})[node] = theta
             content = RecordDict({"arrays": to_record(theta), "config": config})
             messages.append(Message(content=content, dst_node_id=node, message_type=kind))
         return messages
@@ -195,12 +207,16 @@ class PFedHNStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         seen, moved = set(), []
+        sent = self.sent_weights.pop(server_round, {})
         for msg in replies:
             node = msg.metadata.src_node_id
-            seen.add(node)
             if node not in self.sent.get(server_round, ()):
                 self._skip(server_round, node, "replied without being sampled this round")
                 continue
+            if node in seen:
+                self._skip(server_round, node, "rejected: a second reply in the same round")
+                continue
+            seen.add(node)
             if msg.has_error():
                 self._skip(server_round, node, f"failed: {msg.error.reason}")
                 continue
@@ -213,19 +229,26 @@ class PFedHNStrategy(Strategy):
             except Exception as e:  # a malformed array must not stop the round
                 self._skip(server_round, node, f"rejected: unreadable arrays ({e})")
                 continue
-            reason = check_reply(self.hnet.spec, weights)
+            reason = check_reply(
+                self.hnet.spec, weights, sent=sent.get(node), trust_bound=self.trust_bound
+            )
             if reason is not None:
                 self._skip(server_round, node, f"rejected: {reason}")
                 continue
-            moved.append(
-                pfedhn_step(
-                    self.hnet,
-                    self.slot(node),
-                    weights,
-                    self.optimizer,
-                    max_grad_norm=self.max_grad_norm,
+            try:
+                moved.append(
+                    pfedhn_step(
+                        self.hnet,
+                        self.slot(node),
+                        weights,
+                        self.optimizer,
+                        max_grad_norm=self.max_grad_norm,
+                        trust_bound=self.trust_bound,
+                        idle=self.idle,
+                    )
                 )
-            )
+            except ValueError as e:
+                self._skip(server_round, node, f"rejected: {e}")
         for node in sorted(self.sent.get(server_round, set()) - seen):
             self._skip(server_round, node, "no reply (timed out or dropped out)")
         metrics = MetricRecord({"num-updates": len(moved)})
@@ -440,6 +463,8 @@ def make_server_app(
                 clients_per_round=k,
                 min_available_nodes=n,
                 max_grad_norm=config.max_grad_norm,
+                trust_bound=config.trust_bound,
+                idle=config.idle_embeddings,
                 evaluate_rounds=last,
                 seed=config.seed,
                 personal_head=method == "pfedhn-pc",

@@ -39,6 +39,7 @@ method; :func:`plot_clients`); with ``eval_every``, also the mean accuracy along
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -56,6 +57,7 @@ from torch import Tensor, nn
 from ...conditioning import TaskEmbedding
 from ...data import DATASET_NAMES, fashion_mnist_available, load_dataset
 from ...federated import (
+    IDLE_EMBEDDINGS,
     check_reply,
     class_shares,
     collect_replies,
@@ -77,6 +79,9 @@ from ...target import select
 LOGGER = logging.getLogger("hyperloom.federated")
 
 METHODS = ("pfedhn", "pfedhn-pc", "fedavg", "fedavg-ft", "local")
+TRUST_BOUND = 10.0
+"""The default trust bound: ``||reply - sent|| <= 10 ||sent||`` (see docs/federated.md)."""
+
 PERSONAL_HEAD = ("out.*",)
 """pFedHN-PC: the target's parameters that stay on the client (the classifier head)."""
 
@@ -150,7 +155,25 @@ class Config:
     embed_dim: int | None = field(
         default=None, metadata={"help": "client embedding size (none: 1 + num_clients // 4)"}
     )
-    max_grad_norm: float = field(default=50.0, metadata={"help": "server gradient clipping"})
+    max_grad_norm: float = field(
+        default=50.0, metadata={"help": "server gradient clipping", "range": (0, None, "open")}
+    )
+    trust_bound: float | None = field(
+        default=TRUST_BOUND,
+        metadata={
+            "help": "refuse a reply whose update norm exceeds this many times the sent "
+            "weights' norm (none: no bound)",
+            "range": (0, None, "open"),
+        },
+    )
+    idle_embeddings: str = field(
+        default="skip",
+        metadata={
+            "help": "skip: only replying clients' embeddings move; step: weight decay and "
+            "momentum move every embedding at every step (pFedHN's code)",
+            "choices": IDLE_EMBEDDINGS,
+        },
+    )
     finetune_steps: int = field(default=50, metadata={"help": "fedavg-ft fine-tuning steps"})
     new_client_rounds: int = field(
         default=10, metadata={"help": "rounds a new client trains (its embedding, for pFedHN)"}
@@ -331,12 +354,22 @@ def pfedhn_client(
     config: Config,
     rnd: int,
     c: int,
-) -> dict[str, Tensor]:
-    """A pFedHN client's round: train the received (and personal) weights, return the received."""
+) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+    """A pFedHN client's round: train the received (and personal) weights.
+
+    Nothing shared is modified (:func:`fedavg_client` trains a copy of ``target``), so a client
+    that times out cannot touch what the next clients use; the caller keeps the new head only
+    for the clients whose reply it accepted.
+
+    Returns:
+        ``(reply, head)``: the trained received tensors, and pFedHN-PC's trained personal head
+        (``None`` without one, or when the round diverged and the client keeps its old head).
+    """
     new = fedavg_client(target, clients, {**sent[c], **personal.get(c, {})}, config, rnd, c)
+    head = None
     if c in personal and not diverged(new, c, rnd):  # pFedHN-PC: the head stays here
-        personal[c] = {name: new[name] for name in personal[c]}
-    return {name: new[name] for name in sent[c]}
+        head = {name: new[name] for name in personal[c]}
+    return {name: new[name] for name in sent[c]}, head
 
 
 def fedavg_client(
@@ -347,10 +380,14 @@ def fedavg_client(
     rnd: int,
     c: int,
 ) -> dict[str, Tensor]:
-    """A FedAvg (or local-only) client's round: train the given weights on its data."""
+    """A FedAvg (or local-only) client's round: train the given weights on its data.
+
+    It trains a private copy of ``target`` (:func:`~hyperloom.call` swaps tensors into the
+    module it is given, so clients in different threads must not share one).
+    """
     d = clients[c]
     new, _ = train_local(
-        target,
+        copy.deepcopy(target),
         weights,
         d.x_train,
         d.y_train,
@@ -459,15 +496,30 @@ def run(config: Config) -> dict:
                     replies = collect_replies(
                         sampled, work, timeout=config.client_timeout, round_=rnd
                     )
-                    for c, reply in replies.ok.items():
-                        reason = check_reply(spec, reply)
+                    for c, (reply, head) in replies.ok.items():
+                        trust = config.trust_bound
+                        reason = check_reply(spec, reply, sent=sent[c], trust_bound=trust)
+                        if reason is None:
+                            try:
+                                pfedhn_step(
+                                    hnet,
+                                    c,
+                                    reply,
+                                    opt,
+                                    max_grad_norm=config.max_grad_norm,
+                                    trust_bound=trust,
+                                    idle=config.idle_embeddings,
+                                )
+                            except ValueError as e:
+                                reason = str(e)
                         if reason is not None:
                             LOGGER.warning(
                                 "round %d: rejected reply of client %d: %s", rnd, c, reason
                             )
                             skipped.append({"round": rnd, "client": c, "reason": reason})
                             continue
-                        pfedhn_step(hnet, c, reply, opt, max_grad_norm=config.max_grad_norm)
+                        if head is not None:
+                            personal[c] = head
                 elif method == "fedavg":  # one global model
                     work = partial(fedavg_client, target, clients, global_w, config, rnd)
                     replies = collect_replies(
@@ -475,7 +527,9 @@ def run(config: Config) -> dict:
                     )
                     good = {}
                     for c, reply in replies.ok.items():
-                        reason = check_reply(full_spec, reply)
+                        reason = check_reply(
+                            full_spec, reply, sent=global_w, trust_bound=config.trust_bound
+                        )
                         if reason is not None:
                             LOGGER.warning(
                                 "round %d: rejected reply of client %d: %s", rnd, c, reason
