@@ -594,3 +594,21 @@ def test_fuzz_load_finds_nothing_but_value_error(tmp_path):
     bytes_()
     metadata()
     assert time.perf_counter() - start < 10.0
+
+
+def test_task_statistics_and_activation_modules_round_trip(tmp_path):
+    def target():
+        return nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2)).double()
+
+    gen = hl.HeadsGenerator(activation=nn.LeakyReLU(0.2), final_activation=False)
+    hnet = hl.HyperNetwork(target(), hl.TaskEmbedding(3, 4), gen, task_statistics=True)
+    hnet(torch.randn(6, 4, dtype=torch.float64), task=torch.tensor([0, 1, 1, 2, 2, 0]))
+    hl.save(hnet, tmp_path / "h.safetensors")
+    back = hl.load(tmp_path / "h.safetensors", target=target())
+    assert back.generator.trunk.act.negative_slope == 0.2
+    assert back.generator.trunk.final_activation is False
+    for k, v in hnet.task_statistics.state_dict().items():
+        assert torch.equal(back.task_statistics.state_dict()[k], v)
+    back.eval(), hnet.eval()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    assert torch.equal(back(x, task=2), hnet(x, task=2))

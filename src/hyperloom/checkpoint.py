@@ -478,6 +478,7 @@ def _check_meta(meta: dict[str, Any]) -> None:
     _expect(gen.get("name"), str, "hypernetwork.generator.name", "a string")
     _expect(gen.get("options", {}), dict, "hypernetwork.generator.options", "an object")
     _expect(config.get("check_finite", False), bool, "hypernetwork.check_finite", "a boolean")
+    _expect(config.get("task_statistics", False), bool, "hypernetwork.task_statistics", "a boolean")
     training = meta.get("training")
     if training is not None:
         _expect(training, dict, "training", "an object or null")
@@ -686,6 +687,7 @@ def load(
             generate=lambda name, tensor: name in names,
             init=None,
             check_finite=config.get("check_finite", False),
+            task_statistics=config.get("task_statistics", False),
         ),
     )
     if dtype is not None:
