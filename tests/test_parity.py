@@ -140,3 +140,48 @@ def test_pretrained_init_needs_one_row_per_element():
         hl.HyperNetwork(
             _target(), hl.TaskEmbedding(2, 4), hl.ChunkedGenerator(chunk_size=8), init="pretrained"
         )
+
+
+def test_train_local_takes_a_loss_and_a_data_iterator():
+    torch.manual_seed(0)
+    net = nn.Linear(4, 1)
+    w = {k: v.detach() for k, v in net.named_parameters()}
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    new, _ = hl.train_local(
+        net, w, steps=100, lr=0.05, momentum=0.0, weight_decay=0.0,
+        loss=nn.functional.mse_loss, batches=loader,
+    )  # fmt: skip
+    # the loader has 4 batches: 4 steps of plain SGD on the MSE, by hand
+    ref = {k: v.clone().requires_grad_() for k, v in w.items()}
+    for xb, yb in loader:
+        value = nn.functional.mse_loss(nn.functional.linear(xb, ref["weight"], ref["bias"]), yb)
+        grads = torch.autograd.grad(value, list(ref.values()))
+        with torch.no_grad():
+            for p, g in zip(ref.values(), grads, strict=True):
+                p -= 0.05 * g
+    for k in w:
+        assert_close(new[k], ref[k].detach())
+    with pytest.raises(ValueError, match="not both"):
+        hl.train_local(net, w, x, y, steps=1, lr=0.1, batches=loader)
+    with pytest.raises(ValueError, match="x and y, or batches"):
+        hl.train_local(net, w, steps=1, lr=0.1)
+
+
+def test_train_local_default_draws_are_unchanged():
+    torch.manual_seed(0)
+    net = nn.Linear(4, 3)
+    w = {k: v.detach() for k, v in net.named_parameters()}
+    x, y = torch.randn(20, 4), torch.randint(3, (20,))
+    new, _ = hl.train_local(net, w, x, y, steps=3, lr=0.1, momentum=0.0, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    ref = {k: v.clone().requires_grad_() for k, v in w.items()}
+    for _ in range(3):
+        idx = torch.randint(20, (20,), generator=g)
+        out = nn.functional.linear(x[idx], ref["weight"], ref["bias"])
+        grads = torch.autograd.grad(nn.functional.cross_entropy(out, y[idx]), list(ref.values()))
+        with torch.no_grad():
+            for p, gr in zip(ref.values(), grads, strict=True):
+                p -= 0.1 * gr
+    for k in w:
+        assert_close(new[k], ref[k].detach())

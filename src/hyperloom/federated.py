@@ -31,10 +31,11 @@ Logging goes to the ``hyperloom.federated`` logger.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -261,8 +262,8 @@ def partition(labels: Tensor, shares: Tensor, *, seed: int = 0) -> list[Tensor]:
 def train_local(
     target: nn.Module,
     weights: Mapping[str, Tensor],
-    x: Tensor,
-    y: Tensor,
+    x: Tensor | None = None,
+    y: Tensor | None = None,
     *,
     steps: int,
     lr: float,
@@ -271,6 +272,8 @@ def train_local(
     weight_decay: float = 5e-5,
     seed: int = 0,
     max_grad_norm: float | None = None,
+    loss: Callable[[Any, Tensor], Tensor] = F.cross_entropy,
+    batches: Iterable[tuple[Any, Tensor]] | None = None,
 ) -> tuple[dict[str, Tensor], float]:
     """Inner SGD steps on a client's data, starting from ``weights``; the target is not touched.
 
@@ -278,9 +281,10 @@ def train_local(
         target: the model whose parameters ``weights`` replaces (any subset of its parameters;
             the others keep the module's values and are not trained).
         weights: ``name -> tensor``, the starting point (never modified).
-        x: the client's inputs ``(n, ...)``.
+        x: the client's inputs ``(n, ...)`` (or ``batches``).
         y: its labels ``(n,)``.
-        steps: number of SGD steps, each on a minibatch drawn with replacement.
+        steps: number of SGD steps, each on a minibatch drawn with replacement from ``(x, y)``,
+            or on the next minibatch of ``batches`` (fewer when it runs out).
         lr: learning rate.
         batch_size: minibatch size (capped at ``n``).
         momentum: SGD momentum.
@@ -288,6 +292,9 @@ def train_local(
         seed: seed of the minibatch draws.
         max_grad_norm: clip the total gradient norm of every step to this (``None``: no
             clipping).
+        loss: ``loss(outputs, targets)`` of one minibatch (default: cross-entropy).
+        batches: an iterable of ``(inputs, targets)`` minibatches (a ``DataLoader``, say) to
+            train on instead of ``(x, y)``.
 
     Returns:
         ``(new_weights, mean_loss)``: detached tensors with the same names and shapes, and the
@@ -301,27 +308,39 @@ def train_local(
         >>> sorted(new) == sorted(w) and not torch.equal(new["weight"], w["weight"])
         True
     """
-    if len(x) == 0:
-        raise ValueError("train_local got a client with no examples")
-    if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
+    if batches is None:
+        if x is None or y is None:
+            raise ValueError("train_local needs the client's data: x and y, or batches")
+        if len(x) == 0:
+            raise ValueError("train_local got a client with no examples")
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
+        batches = _draws(x, y, min(batch_size, len(x)), seed)
+    elif x is not None or y is not None:
+        raise ValueError("train_local takes x and y, or batches, not both")
     if max_grad_norm is not None and not max_grad_norm > 0:
         raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
     params = {n: w.detach().clone().requires_grad_(True) for n, w in weights.items()}
     opt = torch.optim.SGD(params.values(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    g = torch.Generator().manual_seed(seed)
-    b = min(batch_size, len(x))
-    total = torch.zeros(())
-    for _ in range(steps):
-        idx = torch.randint(len(x), (b,), generator=g)
-        loss = F.cross_entropy(call(target, params, x[idx]), y[idx])
+    total, done = torch.zeros(()), 0
+    for xb, yb in itertools.islice(batches, steps):
+        value = loss(call(target, params, xb), yb)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params.values(), max_grad_norm)
         opt.step()
-        total += loss.detach()
-    return {n: p.detach() for n, p in params.items()}, float(total) / max(steps, 1)
+        total += value.detach()
+        done += 1
+    return {n: p.detach() for n, p in params.items()}, float(total) / max(done, 1)
+
+
+def _draws(x: Tensor, y: Tensor, b: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Minibatches of ``b`` examples drawn with replacement, for ever, from a seeded stream."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        idx = torch.randint(len(x), (b,), generator=g)
+        yield x[idx], y[idx]
 
 
 @torch.no_grad()
