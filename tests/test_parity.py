@@ -185,3 +185,76 @@ def test_train_local_default_draws_are_unchanged():
                 p -= 0.1 * gr
     for k in w:
         assert_close(new[k], ref[k].detach())
+
+
+def test_lookahead_through_adam_is_adams_step_and_leaves_everything_as_it_was():
+    torch.manual_seed(0)
+    hnet = hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), hl.FlatGenerator(hidden=(8,)))
+    opt = torch.optim.Adam(hnet.parameters(), lr=0.01)
+    x = torch.randn(6, 5)
+    for _ in range(3):  # Adam has moments by now
+        opt.zero_grad()
+        hnet(x, task=0).pow(2).sum().backward()
+        opt.step()
+    opt.zero_grad()
+    hnet(x, task=1).pow(2).sum().backward()
+    params = dict(hnet.named_parameters())
+    before = {k: v.detach().clone() for k, v in params.items()}
+    state = {
+        k: {s: t.clone() if torch.is_tensor(t) else t for s, t in v.items()}
+        for k, v in opt.state.items()
+    }
+    step = hl.lookahead_delta(hnet.named_parameters(), optimizer=opt)
+    for k, v in params.items():  # nothing moved
+        assert torch.equal(v, before[k])
+    for p, st in opt.state.items():
+        for s, t in state[p].items():
+            assert torch.equal(st[s], t) if torch.is_tensor(t) else st[s] == t
+    opt.step()  # the real step is the one predicted
+    for k, v in params.items():
+        if k in step:
+            assert_close(v.detach() - before[k], step[k])
+    assert step.keys() == {k for k, v in params.items() if v.grad is not None}
+    with pytest.raises(ValueError, match="exactly one"):
+        hl.lookahead_delta(hnet.named_parameters())
+
+
+def test_masked_and_fisher_weighted_output_regularizers():
+    torch.manual_seed(0)
+    hnet = hl.HyperNetwork(_target(), hl.TaskEmbedding(3, 4), hl.FlatGenerator(hidden=(8,)))
+    old = hl.snapshot_outputs(hnet, [0, 1])
+    with torch.no_grad():
+        hnet.generator.readout.bias.add_(0.5)  # every generated number moves by 0.5
+    plain = hl.output_regularizer(hnet, old, [0, 1])
+    numel = sum(p.numel for p in hnet.spec)
+    assert_close(plain, torch.tensor(0.25 * numel))
+    # a mask keeping only the output layer's weights of task 1
+    mask = {name: torch.zeros(2, *hnet.spec[name].shape) for name in hnet.spec.names}
+    mask["2.weight"][1] = 1.0
+    masked = hl.output_regularizer(hnet, old, [0, 1], importance=mask)
+    assert_close(masked, torch.tensor(0.25 * 21 / 2))
+    # Fisher-weighted: the importance is each task's diagonal Fisher
+    x, y = torch.randn(16, 5), torch.randint(3, (16,))
+    fisher = [hl.output_fisher(hnet, t, x, y) for t in (0, 1)]
+    stacked = {k: torch.stack([f[k] for f in fisher]) for k in fisher[0]}
+    weighted = hl.output_regularizer(hnet, old, [0, 1], importance=stacked)
+    expected = sum(0.25 * v.sum() for v in stacked.values()) / 2
+    assert_close(weighted, expected)
+    with pytest.raises(ValueError, match="importance"):
+        hl.output_regularizer(hnet, old, [0, 1], importance={"2.weight": torch.ones(5)})
+
+
+def test_output_fisher_matches_a_loop_of_squared_gradients():
+    torch.manual_seed(0)
+    hnet = hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), hl.HeadsGenerator()).double()
+    x, y = torch.randn(5, 5, dtype=torch.float64), torch.randint(3, (5,))
+    fisher = hl.output_fisher(hnet, 1, x, y, batch_size=2)
+    weights = {k: v.detach().requires_grad_() for k, v in hnet.generate(task=1).items()}
+    ref = {k: torch.zeros_like(v) for k, v in weights.items()}
+    for i in range(5):
+        nll = nn.functional.cross_entropy(hl.call(hnet.target, weights, x[i : i + 1]), y[i : i + 1])
+        grads = torch.autograd.grad(nll, list(weights.values()))
+        for k, g in zip(weights, grads, strict=True):
+            ref[k] += g.pow(2) / 5
+    for k in ref:
+        assert_close(fisher[k], ref[k])

@@ -52,6 +52,7 @@ from .continual import task_logits as task_logits
 from .continual import infer_task as infer_task
 from .continual import quadratic_penalty as quadratic_penalty
 from .continual import fisher_diagonal as fisher_diagonal
+from .continual import output_fisher as output_fisher
 from .continual import si_importance as si_importance
 from .uncertainty import ClassPrediction as ClassPrediction
 from .uncertainty import GaussianPosterior as GaussianPosterior

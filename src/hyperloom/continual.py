@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "generate_tasks",
     "infer_task",
     "lookahead_delta",
+    "output_fisher",
     "output_regularizer",
     "predictive_entropy",
     "quadratic_penalty",
@@ -152,6 +154,7 @@ def output_regularizer(
     sample: int | None = None,
     generator: torch.Generator | None = None,
     current: Mapping[str, Tensor] | None = None,
+    importance: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """``beta / n * sum_t ||H(e_t; Phi + delta) - snapshot_t||^2`` over the ``n`` earlier tasks.
 
@@ -177,13 +180,19 @@ def output_regularizer(
         current: the hypernetwork's outputs for ``tasks`` already computed with gradients,
             ``{name: (n, *shape)}`` (e.g. rows of one :func:`generate_tasks` call shared with
             the task loss); ``None`` generates them here. Not combinable with ``delta``.
+        importance: per-element weights of the squared differences, ``{name: (n, *shape)}``
+            in the snapshot's row order (``(*shape)`` for all tasks alike): a 0/1 mask gives
+            hypnettorch's masked regulariser (e.g. only each task's own output units), the
+            diagonal Fisher of each task's generated weights (:func:`output_fisher`) the
+            Fisher-weighted one. Names it leaves out are weighted 1.
 
     Returns:
         A scalar tensor; exactly zero when there are no earlier tasks.
 
     Raises:
         ValueError: when the snapshot's names or row count do not match, ``delta`` names a
-            parameter ``hnet`` does not have, or both ``delta`` and ``current`` are given.
+            parameter ``hnet`` does not have, both ``delta`` and ``current`` are given, or
+            ``importance`` names a tensor the snapshot lacks or has a shape that does not fit.
 
     Example:
         >>> import hyperloom as hl
@@ -226,6 +235,10 @@ def output_regularizer(
         raise ValueError(
             f"snapshot has names {sorted(snapshot)}, the hypernetwork generates {sorted(current)}"
         )
+    importance = dict(importance or {})
+    unknown = sorted(set(importance) - set(snapshot))
+    if unknown:
+        raise ValueError(f"importance names {unknown}, which the snapshot does not have")
     total = torch.zeros((), device=device)
     for name, now in current.items():
         old = snapshot[name]
@@ -236,7 +249,18 @@ def output_regularizer(
                 f"snapshot[{name!r}] has shape {tuple(old.shape)}, but {len(ids)} tasks give "
                 f"{tuple(now.shape)}"
             )
-        total = total + (now - old).pow(2).sum()
+        sq = (now - old).pow(2)
+        if name in importance:
+            w = importance[name]
+            if w.shape == snapshot[name].shape and rows is not None:
+                w = w[rows.to(w.device)]
+            if w.shape not in (sq.shape, sq.shape[1:]):
+                raise ValueError(
+                    f"importance[{name!r}] has shape {tuple(w.shape)}; expected "
+                    f"{tuple(snapshot[name].shape)} or {tuple(sq.shape[1:])}"
+                )
+            sq = sq * w
+        total = total + sq.sum()
     return beta * total / len(ids)
 
 
@@ -409,21 +433,54 @@ def factored_output_regularizer(
     return beta * total / len(ids)
 
 
-def lookahead_delta(named_params: Iterable[tuple[str, Tensor]], lr: float) -> dict[str, Tensor]:
-    """The one-step lookahead ``Delta Phi = -lr * grad`` from the gradients already in ``.grad``.
+def lookahead_delta(
+    named_params: Iterable[tuple[str, Tensor]],
+    lr: float | None = None,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> dict[str, Tensor]:
+    """The one-step lookahead ``Delta Phi`` from the gradients already in ``.grad``.
 
     Call it after ``task_loss.backward()`` and before the regulariser's backward, so that the
-    regulariser is evaluated where the task loss alone would move the parameters (the SGD form
-    of the paper's ``Delta Phi``). Parameters without a gradient get no entry.
+    regulariser is evaluated where the task loss alone would move the parameters (the paper's
+    ``Delta Phi``). With ``lr`` the step is plain SGD's, ``-lr * grad``; with ``optimizer`` it
+    is the step that optimiser would take now (Adam's, with its moments; hypnettorch's
+    ``calc_delta_theta``): the optimiser steps, the step is read off, and the parameters and
+    the optimiser's state are put back as they were. Parameters without a gradient get no
+    entry.
 
     Args:
         named_params: ``(name, parameter)`` pairs, e.g. ``hnet.named_parameters()``.
-        lr: the step size.
+        lr: the SGD step size (or ``optimizer``).
+        optimizer: the optimiser that trains these parameters (or ``lr``).
 
     Returns:
         ``{name: step}``, detached.
+
+    Example:
+        >>> lin = nn.Linear(2, 1)
+        >>> opt = torch.optim.Adam(lin.parameters(), lr=0.1)
+        >>> lin(torch.ones(1, 2)).sum().backward()
+        >>> step = lookahead_delta(lin.named_parameters(), optimizer=opt)
+        >>> [round(v, 4) for v in step["weight"].flatten().tolist()]  # Adam's first step
+        [-0.1, -0.1]
     """
-    return {n: -lr * p.grad.detach() for n, p in named_params if p.grad is not None}
+    if (lr is None) == (optimizer is None):
+        raise ValueError("lookahead_delta takes lr (an SGD step) or optimizer, exactly one")
+    named = [(n, p) for n, p in named_params if p.grad is not None]
+    if optimizer is None:
+        return {n: -lr * p.grad.detach() for n, p in named}  # type: ignore[operator]
+    before = {n: p.detach().clone() for n, p in named}
+    state = copy.deepcopy(optimizer.state_dict())
+    try:
+        optimizer.step()
+        with torch.no_grad():
+            return {n: p.detach() - before[n] for n, p in named}
+    finally:
+        with torch.no_grad():
+            for n, p in named:
+                p.copy_(before[n])
+        optimizer.load_state_dict(state)
 
 
 def predictive_entropy(logits: Tensor) -> Tensor:
@@ -548,6 +605,32 @@ def fisher_diagonal(
         for k, g in grads.items():  # g: (b, *shape)
             fisher[k] += g.pow(2).sum(dim=0)
     return {k: f / len(x) for k, f in fisher.items()}
+
+
+def output_fisher(
+    hnet: nn.Module, task: int, x: Tensor, y: Tensor, *, batch_size: int = 32
+) -> dict[str, Tensor]:
+    """The diagonal Fisher of the weights ``hnet`` generates for ``task``, on that task's data.
+
+    Importance of each generated number for a Fisher-weighted :func:`output_regularizer`
+    (``importance=``): the mean over samples of ``(d log p(y_i | x_i) / d theta)^2`` at
+    ``theta = H(e_task)``, through the target with the generated weights.
+
+    Args:
+        hnet: a classification hypernetwork (``generate(task=t)``, ``target``).
+        task: the task id.
+        x: inputs of that task ``(N, ...)``.
+        y: labels ``(N,)``.
+        batch_size: samples per vectorised gradient call.
+
+    Returns:
+        ``{name: tensor}`` of the generated tensors' shapes.
+    """
+    weights = {k: v.detach() for k, v in hnet.generate(task=task).items()}
+    target = hnet.target
+    return fisher_diagonal(
+        lambda p, xb: functional_call(target, p, (xb,)), weights, x, y, batch_size=batch_size
+    )
 
 
 def si_importance(
