@@ -302,3 +302,37 @@ def test_recipe_config_errors_name_the_option(tmp_path, override, message):
     recipe, config = tiny(tmp_path, **override)
     with pytest.raises(ValueError, match=message):
         recipe.check_config(config)
+
+
+def test_recipe_from_runs_equals_one_run_over_the_same_seeds(tmp_path):
+    pytest.importorskip("causallib")
+    recipe, config = tiny(tmp_path / "both", learners=("t",))
+    both = recipe.run(config)
+    folders = []
+    for seed in (0, 1):
+        _, one = tiny(tmp_path / f"s{seed}", learners=("t",), seed=seed, repeats=1)
+        recipe.run(one)
+        folders += [str(p) for p in (tmp_path / f"s{seed}").iterdir()]
+    _, merged = tiny(tmp_path / "merged", learners=("t",), from_runs=tuple(folders))
+    result = recipe.run(merged)
+    assert result["rows"] == both["rows"]
+    assert result["summary"]["table"] == both["summary"]["table"]
+    _, other = tiny(tmp_path / "other", learners=("t",), n_train=100, repeats=1)
+    recipe.run(other)
+    mixed = (folders[0], str(next((tmp_path / "other").iterdir())))
+    with pytest.raises(ValueError, match=r"differs from .* in \['n_train'\]"):
+        recipe.load_runs(mixed)
+    with pytest.raises(ValueError, match="rows appear twice"):
+        recipe.load_runs((folders[0], folders[0]))
+    with pytest.raises(ValueError, match=r"no results\.json in"):
+        recipe.load_runs((str(tmp_path),))
+
+
+def test_standardise_keeps_columns_constant_in_sample_finite():
+    """A rare category absent from the fitted units must not blow up the others' values."""
+    x = torch.tensor([[1.0, 0.0], [3.0, 0.0], [5.0, 0.0], [7.0, 1.0]])
+    z = causal.standardise(x, torch.tensor([0, 1, 2]))
+    torch.testing.assert_close(z[:3, 0], torch.tensor([-1.0, 0.0, 1.0]))
+    torch.testing.assert_close(z[:, 1], torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="at least 2 units to fit on, got 1"):
+        causal.standardise(x, torch.tensor([0]))

@@ -18,6 +18,7 @@ from ._data import ACIC16_INSTANCES as ACIC16_INSTANCES
 from ._data import CausalData as CausalData
 from ._data import check_causal_data as check_causal_data
 from ._data import load_acic16 as load_acic16
+from ._data import standardise as standardise
 from ._data import stratified_split as stratified_split
 from ._learners import LEARNERS as LEARNERS
 from ._learners import HyperSLearner as HyperSLearner

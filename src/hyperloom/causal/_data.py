@@ -235,3 +235,32 @@ def stratified_split(
         second.append(idx[:k])
         first.append(idx[k:])
     return torch.cat(first).sort().values, torch.cat(second).sort().values
+
+
+def standardise(x: Tensor, fit: Tensor) -> Tensor:
+    """Centre and scale every column with the mean and std of the units ``fit``.
+
+    A column constant on those units is only centred (scale 1, as scikit-learn's
+    ``StandardScaler`` does): dividing by its zero std would send the other units' values of a
+    rare category, unseen in ``fit``, to infinity or to 1e6.
+
+    Args:
+        x: ``(n, d)``.
+        fit: indices (or a boolean mask) of the units whose statistics are used.
+
+    Returns:
+        ``(n, d)``, all units transformed with the same statistics.
+
+    Example:
+        >>> x = torch.tensor([[0.0, 1.0], [2.0, 1.0], [4.0, 3.0]])
+        >>> standardise(x, torch.tensor([0, 1]))
+        tensor([[-0.7071,  0.0000],
+                [ 0.7071,  0.0000],
+                [ 2.1213,  2.0000]])
+    """
+    part = x[fit]
+    if len(part) < 2:
+        raise ValueError(f"standardise needs at least 2 units to fit on, got {len(part)}")
+    mean, std = part.mean(0), part.std(0)
+    scale = torch.where(std > 1e-6, std, torch.ones_like(std))
+    return (x - mean) / scale

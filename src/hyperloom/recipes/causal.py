@@ -30,7 +30,9 @@ seed..seed+2 of the mean over instances.
 from __future__ import annotations
 
 import copy
+import json
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,6 +49,7 @@ from ..causal import (
     factual_loss,
     load_acic16,
     pehe,
+    standardise,
     stratified_split,
 )
 from ..generators import ChunkedGenerator, FlatGenerator, Generator, HeadsGenerator
@@ -110,7 +113,7 @@ class Config:
     generator: str = field(
         default="chunked",
         metadata={
-            "help": "the hypernetworks' core generator (chunked: fixed-size chunks, 3-4x "
+            "help": "the hypernetworks' core generator (chunked: fixed-size chunks, 2-5x "
             "faster per step than flat here; flat: generate once, the paper's default; "
             "heads: one head per tensor)",
             "choices": GENERATORS,
@@ -133,6 +136,13 @@ class Config:
     forest_trees: int = field(default=200, metadata={"help": "causal forest: number of trees"})
     repeats: int = field(default=1, metadata={"help": "seeds seed, seed+1, ... (mean ± std)"})
     seed: int = field(default=0, metadata={"help": "random seed (splits and initialisation)"})
+    from_runs: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "no training: summarise the rows of these run folders together (e.g. one "
+            "run per seed), which must share every option but the seed"
+        },
+    )
     out: str = field(default="runs", metadata={"help": "folder for the run folder"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
 
@@ -262,19 +272,56 @@ def plot_pehe(rows: list[dict], methods: list[str], instances: list[int], path: 
     plt.close(fig)
 
 
+def load_runs(folders: tuple[str, ...]) -> tuple[list[dict], dict[str, int]]:
+    """The rows and parameter counts of earlier run folders, checked to be one experiment.
+
+    Raises:
+        ValueError: a folder has no results.json, two runs differ in an option other than
+            ``seed``, ``repeats``, ``out`` and ``quiet`` (the option is named), or a row
+            (instance, seed, method) appears twice.
+    """
+    free = {"seed", "repeats", "out", "quiet", "from_runs"}
+    rows: list[dict] = []
+    params: dict[str, int] = {}
+    first: dict | None = None
+    for folder in folders:
+        path = Path(folder) / "results.json"
+        if not path.is_file():
+            raise ValueError(f"from_runs: no results.json in {folder!r}")
+        saved = json.loads(path.read_text())
+        options = {k: v for k, v in saved["config"].items() if k not in free}
+        if first is None:
+            first = options
+        diff = sorted(k for k in first.keys() | options.keys() if first.get(k) != options.get(k))
+        if diff:
+            raise ValueError(f"from_runs: {folder!r} differs from {folders[0]!r} in {diff}")
+        rows += saved["rows"]
+        params |= saved["trainable_params"]
+    keys = [(r["instance"], r["seed"], r["method"]) for r in rows]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"from_runs: rows appear twice (instance, seed, method): {twice[:3]}")
+    return rows, params
+
+
 def run(config: Config) -> dict:
     check_config(config)
     run_dir = make_run_dir(config.out, "causal")
     seeds = list(range(config.seed, config.seed + config.repeats))
     rows: list[dict] = []
     params: dict[str, int] = {}
-    for instance in config.instances:
+    instances = list(config.instances)
+    if config.from_runs:
+        rows, params = load_runs(config.from_runs)
+        seeds = sorted({r["seed"] for r in rows})
+        instances = sorted({r["instance"] for r in rows})
+        print(f"from_runs: {len(rows)} rows of {len(config.from_runs)} run(s), no training")
+    start = time.perf_counter()
+    for instance in [] if config.from_runs else config.instances:
         data = load_acic16(instance)
         for seed in seeds:
             in_sample, train, val, test = split_units(data, config, seed)
-            x_in = data.x[in_sample]
-            mean, std = x_in.mean(0), x_in.std(0).clamp_min(1e-6)
-            x = (data.x - mean) / std  # standardised with in-sample statistics
+            x = standardise(data.x, in_sample)  # with in-sample statistics
             y_mean, y_std = data.y[in_sample].mean(), data.y[in_sample].std()
             y = (data.y - y_mean) / y_std
             ite = data.ite
@@ -366,23 +413,25 @@ def run(config: Config) -> dict:
 
     methods = list(dict.fromkeys(r["method"] for r in rows))
     summary = summarise(rows, methods, seeds)
+    minutes = (time.perf_counter() - start) / 60
     results = {
         "config": asdict(config),
         "trainable_params": params,
         "rows": rows,
         "summary": summary,
+        "minutes": minutes,
     }
     write_json(run_dir / "results.json", results)
     write_csv(run_dir / "results.csv", rows)
-    plot_pehe(rows, methods, list(config.instances), run_dir / "pehe.png")
+    plot_pehe(rows, methods, instances, run_dir / "pehe.png")
 
-    n = len(config.instances)
+    n = len(instances)
     print(f"\nACIC 2016, {n} instance(s), seeds {seeds}: sqrt(PEHE) and |ATE error|, mean over")
     print("instances; mean ± std over seeds")
     print(format_table(summary["table"]))
     if summary["pairs"]:
         print(format_table(summary["pairs"]))
-    print(f"\n{run_dir}")
+    print(f"{minutes:.1f} min\n{run_dir}")
     return results
 
 
