@@ -235,7 +235,8 @@ def fit_baseline(name: str, x: Tensor, t: Tensor, y: Tensor, seed: int, trees: i
 
 
 def plot_pehe(rows: list[dict], methods: list[str], instances: list[int], path: Path) -> None:
-    """Out-of-sample sqrt(PEHE) per instance: one marker per method, mean ± std over seeds."""
+    """Out-of-sample sqrt(PEHE) per instance, mean ± std over seeds: a plain learner as a hollow
+    square, its HyperITE version as a filled circle of the same colour, baselines as diamonds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,6 +244,8 @@ def plot_pehe(rows: list[dict], methods: list[str], instances: list[int], path: 
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / max(1, len(methods))
+    bases = list(dict.fromkeys(m.removeprefix("Hyper") for m in methods))
+    colours = {b: f"C{i}" for i, b in enumerate(bases)}  # a plain learner and its Hyper version
     for j, m in enumerate(methods):
         means, stds = [], []
         for i in instances:
@@ -250,16 +253,17 @@ def plot_pehe(rows: list[dict], methods: list[str], instances: list[int], path: 
             means.append(statistics.fmean(vals))
             stds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
         xs = [k + (j - (len(methods) - 1) / 2) * width for k in range(len(instances))]
-        hyper = m.startswith("Hyper")
+        hyper, baseline = m.startswith("Hyper"), "econml" in m
         ax.errorbar(
             xs,
             means,
             yerr=stds,
-            fmt="o" if hyper else "s",
+            fmt="D" if baseline else "o" if hyper else "s",
             ms=4,
             capsize=2,
             label=m,
-            mfc="white" if not hyper and "econml" not in m else None,
+            color=colours[m.removeprefix("Hyper")],
+            mfc=None if hyper or baseline else "white",
         )
     ax.set_xticks(range(len(instances)), [str(i) for i in instances])
     ax.set_xlabel("ACIC 2016 instance (causallib)")
