@@ -92,5 +92,6 @@ from .targets import build_target as build_target
 from .checkpoint import save as save
 from .checkpoint import load as load
 from .checkpoint import resume as resume
+from . import causal as causal
 
 __version__ = "0.1.0"
