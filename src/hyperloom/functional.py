@@ -154,7 +154,7 @@ def swapped_call(
         raise ValueError(
             f"statistics must name the BatchNorm buffers {sorted(own)}, got {sorted(homes)}"
         )
-    training = _updating_statistics(target)
+    training = _norm_statistics(target, updated=True)
     work = {n: t.clone() if n in training else t for n, t in homes.items()}
     with _SWAP_LOCK:
         out = functional_call(
@@ -166,26 +166,21 @@ def swapped_call(
     return out
 
 
-def _norm_statistics(target: nn.Module) -> dict[str, Tensor]:
-    """``name -> buffer`` for the running statistics of every BatchNorm layer that keeps them."""
+def _norm_statistics(target: nn.Module, *, updated: bool = False) -> dict[str, Tensor]:
+    """``name -> buffer`` for the running statistics of every BatchNorm layer that keeps them.
+
+    With ``updated``, only those a call in the current mode updates (layers in training mode).
+    """
     out = {}
     for prefix, m in target.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            for local in ("running_mean", "running_var", "num_batches_tracked"):
-                buf = m._buffers.get(local)
-                if buf is not None:
-                    out[f"{prefix}.{local}" if prefix else local] = buf
-    return out
-
-
-def _updating_statistics(target: nn.Module) -> set[str]:
-    """The buffer names of :func:`_norm_statistics` that a call in the current mode updates."""
-    out = set()
-    for prefix, m in target.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training:
-            for local in ("running_mean", "running_var", "num_batches_tracked"):
-                if m._buffers.get(local) is not None:
-                    out.add(f"{prefix}.{local}" if prefix else local)
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm) or not m.track_running_stats:
+            continue
+        if updated and not m.training:
+            continue
+        for local in ("running_mean", "running_var", "num_batches_tracked"):
+            buf = m._buffers.get(local)
+            if buf is not None:
+                out[f"{prefix}.{local}" if prefix else local] = buf
     return out
 
 

@@ -198,7 +198,7 @@ class HyperNetwork(nn.Module):
         if cond.dim() == 1:  # one context for the whole batch
             if stats is not None:
                 check_weights(self.target, weights)
-                rows = stats.rows(_task_id(context["task"]), self.conditioner.num)
+                rows = stats.rows(int(context["task"]), self.conditioner.num)
                 return swapped_call(self.target, weights, args, kwargs, rows)
             return call(self.target, weights, *args, **kwargs)
         if index is not None and (stats is not None or self._normalises_batches()):
@@ -355,7 +355,7 @@ class HyperNetwork(nn.Module):
         """One task's BatchNorm statistics with ``task_statistics``, else nothing."""
         if self.task_statistics is None:
             return {}
-        return self.task_statistics.rows(_task_id(context["task"]), self.conditioner.num)
+        return self.task_statistics.rows(int(context["task"]), self.conditioner.num)
 
     def _per_task(
         self, weights: dict[str, Tensor], index: Tensor, context: dict, args: tuple, kwargs: dict
@@ -369,7 +369,8 @@ class HyperNetwork(nn.Module):
         n = index.shape[0]
         order = torch.argsort(index, stable=True)  # samples grouped by task
         counts = torch.bincount(index, minlength=next(iter(weights.values())).shape[0]).tolist()
-        ids = torch.unique(torch.as_tensor(context["task"])).tolist() if context else []
+        stats = self.task_statistics
+        ids = torch.unique(context["task"]).tolist() if stats is not None else []  # as the rows
         check_weights(self.target, {k: v[0] for k, v in weights.items()})
         outs, start = [], 0
         for j, count in enumerate(counts):
@@ -387,11 +388,9 @@ class HyperNetwork(nn.Module):
                 return leaf[rows]
 
             a, kw = pytree.tree_map(take, (args, kwargs))
-            stats = None
-            if self.task_statistics is not None:
-                stats = self.task_statistics.rows(ids[j], self.conditioner.num)
+            rows_j = stats.rows(ids[j], self.conditioner.num) if stats is not None else None
             outs.append(
-                swapped_call(self.target, {k: v[j] for k, v in weights.items()}, a, kw, stats)
+                swapped_call(self.target, {k: v[j] for k, v in weights.items()}, a, kw, rows_j)
             )
         inverse = torch.argsort(order)  # sample i's row in the grouped outputs
         return pytree.tree_map(
@@ -501,11 +500,6 @@ class TaskStatistics(nn.Module):
                 new = own[name].detach().unsqueeze(0).repeat(num - have, *[1] * own[name].dim())
                 self._buffers[key] = torch.cat([self._buffers[key], new])
         return {name: self._buffers[key][task] for name, key in self._keys.items()}
-
-
-def _task_id(task: Any) -> int:
-    """One task id from a call's ``task=`` (an int or a 0-d tensor)."""
-    return int(task)
 
 
 def _keywords(target: nn.Module) -> frozenset[str] | None:
