@@ -258,3 +258,41 @@ def test_output_fisher_matches_a_loop_of_squared_gradients():
             ref[k] += g.pow(2) / 5
     for k in ref:
         assert_close(fisher[k], ref[k])
+
+
+def test_per_task_chunk_embeddings():
+    torch.manual_seed(0)
+    target = _target()
+    spec = hl.select(target)
+    dim = hl.ChunkedGenerator.context_size(spec, 4, chunk_size=16, chunk_dim=3)
+    assert dim == 4 + -(-spec.numel // 16) * 3
+    gen = hl.ChunkedGenerator(chunk_size=16, chunk_dim=3, per_context_chunks=True, hidden=(8,))
+    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, dim), gen)
+    assert not hasattr(gen, "chunk_embeddings")  # no shared chunk embeddings
+    # task t's chunks come from its own row: the trunk reads [e_t; c_t,j] for chunk j
+    row = hnet.conditioner.rows[2]
+    k = gen.num_chunks
+    full = torch.cat([row[:4].expand(k, 4), row[4:].view(k, 3)], dim=-1)
+    flat = gen.readout(gen.trunk(full)).flatten()[: spec.numel]
+    ref = dict(zip(spec.names, flat.split([p.numel for p in spec]), strict=True))
+    for name, w in hnet.generate(task=2).items():
+        assert_close(w.flatten(), ref[name])
+    # a gradient step on task 1 leaves the chunk embeddings of tasks 0 and 2 as they were
+    before = [r.detach().clone() for r in hnet.conditioner.rows]
+    opt = torch.optim.SGD(hnet.parameters(), lr=0.1)
+    hnet(torch.randn(4, 5), task=1).pow(2).sum().backward()
+    opt.step()
+    assert torch.equal(hnet.conditioner.rows[0], before[0])
+    assert not torch.equal(hnet.conditioner.rows[1], before[1])
+    # the factored regulariser reads the same features
+    old = hl.snapshot_outputs(hnet, [0, 2])
+    factors = hl.snapshot_factors(hnet, [0, 2])
+    with torch.no_grad():
+        hnet.generator.readout.weight.mul_(1.1)
+    assert_close(
+        hl.factored_output_regularizer(hnet, factors, [0, 2]),
+        hl.output_regularizer(hnet, old, [0, 2]),
+    )
+    with pytest.raises(ValueError, match="context_size"):
+        hl.HyperNetwork(_target(), hl.TaskEmbedding(3, 4), hl.ChunkedGenerator(
+            chunk_size=16, chunk_dim=3, per_context_chunks=True))  # fmt: skip

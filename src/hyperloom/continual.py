@@ -290,7 +290,7 @@ def _readout_matrix(generator: nn.Module) -> Tensor:
 def _chunk_features(conditioner: nn.Module, generator: nn.Module, ids: Tensor) -> Tensor:
     """``[h_j; 1]`` of every chunk of every task, ``(n, n_chunks, h + 1)`` (no ``1`` w/o bias)."""
     cond = conditioner(ids)  # (n, cond_dim)
-    h = generator.trunk.forward_pair(cond, generator.chunk_embeddings)  # (n, K, h)
+    h = generator.features(cond)  # (n, K, h)
     if generator.readout.bias is None:
         return h
     return torch.cat([h, h.new_ones(*h.shape[:-1], 1)], dim=-1)  # (n, K, h + 1)

@@ -32,6 +32,11 @@ class ChunkedGenerator(Generator):
         norm: RMS-normalise the trunk's features (default; see :class:`MLPTrunk`).
         final_activation: end the trunk with its activation (default); ``False`` ends it on a
             linear layer (pFedHN's hypernetwork).
+        per_context_chunks: the chunk embeddings come with the conditioning instead of being
+            shared parameters (hypnettorch's ``cond_chunk_embs``: one set per task when the
+            conditioner is a ``TaskEmbedding``). The last ``num_chunks * chunk_dim`` numbers of
+            each conditioning vector are its chunk embeddings; size the conditioner with
+            :meth:`context_size`.
 
     Example:
         >>> from hyperloom import select
@@ -53,6 +58,7 @@ class ChunkedGenerator(Generator):
         activation: Activation = "relu",
         norm: bool = True,
         final_activation: bool = True,
+        per_context_chunks: bool = False,
     ) -> None:
         if chunk_size < 1 or chunk_dim < 1:
             raise ValueError(
@@ -66,6 +72,7 @@ class ChunkedGenerator(Generator):
                 "activation": activation,
                 "norm": norm,
                 "final_activation": final_activation,
+                "per_context_chunks": per_context_chunks,
             }
         )
         if spec is not None:
@@ -76,14 +83,44 @@ class ChunkedGenerator(Generator):
         """Number of chunks covering the spec."""
         return -(-self._bound_spec().numel // self.options["chunk_size"])
 
+    @staticmethod
+    def context_size(spec: TargetSpec, dim: int, *, chunk_size: int, chunk_dim: int = 8) -> int:
+        """The conditioning size for ``per_context_chunks``: ``dim`` + every chunk's embedding.
+
+        Example:
+            >>> from hyperloom import select
+            >>> ChunkedGenerator.context_size(select(nn.Linear(30, 20)), 8, chunk_size=100)
+            64
+        """
+        return dim + -(-spec.numel // chunk_size) * chunk_dim
+
     def _build(self) -> None:
         o = self.options
-        self.chunk_embeddings = nn.Parameter(torch.randn(self.num_chunks, o["chunk_dim"]))
-        self.trunk = self._trunk(self.cond_dim + o["chunk_dim"])
+        if o.get("per_context_chunks", False):
+            own = self.cond_dim - self.num_chunks * o["chunk_dim"]  # the context proper
+            if own < 0:
+                raise ValueError(
+                    f"per_context_chunks needs conditioning of at least {self.num_chunks} chunks "
+                    f"x {o['chunk_dim']} = {self.num_chunks * o['chunk_dim']} numbers, got "
+                    f"cond_dim={self.cond_dim} (see ChunkedGenerator.context_size)"
+                )
+            self.trunk = self._trunk(own + o["chunk_dim"])
+        else:
+            self.chunk_embeddings = nn.Parameter(torch.randn(self.num_chunks, o["chunk_dim"]))
+            self.trunk = self._trunk(self.cond_dim + o["chunk_dim"])
         self.readout = nn.Linear(self.trunk.out_dim, o["chunk_size"])
 
+    def features(self, cond: Tensor) -> Tensor:
+        """The trunk's features of every chunk, ``(M, cond_dim) -> (M, n_chunks, h)``."""
+        if not self.options.get("per_context_chunks", False):
+            return self.trunk.forward_pair(cond, self.chunk_embeddings)
+        k, d = self.num_chunks, self.options["chunk_dim"]
+        own = cond.shape[-1] - k * d
+        chunks = cond[:, own:].view(cond.shape[0], k, d)  # (M, n_chunks, chunk_dim)
+        return self.trunk.forward_pair(cond[:, :own], chunks)
+
     def _generate(self, cond: Tensor) -> dict[str, Tensor]:
-        h = self.trunk.forward_pair(cond, self.chunk_embeddings)  # (M, n_chunks, h)
+        h = self.features(cond)  # (M, n_chunks, h)
         chunks = self.readout(h)  # (M, n_chunks, chunk_size)
         flat = chunks.flatten(1)[:, : self.spec.numel]  # (M, numel)
         return self._split(flat)

@@ -158,15 +158,16 @@ class MLPTrunk(nn.Module):
 
         Args:
             c: ``(M, d_c)`` conditioning vectors.
-            e: ``(K, d_e)`` learned embeddings (chunks or components).
+            e: ``(K, d_e)`` learned embeddings (chunks or components), shared by every row of
+                ``c``, or ``(M, K, d_e)``, one set per row.
 
         Returns:
             ``(M, K, out_dim)``; the first layer's matmul is split between the two parts, so the
             ``(M, K, d_c + d_e)`` concatenation is never materialised.
         """
         if not self.layers:
-            m, k = c.shape[0], e.shape[0]
-            x = torch.cat([c[:, None].expand(m, k, -1), e[None].expand(m, k, -1)], dim=-1)
+            m, k = c.shape[0], e.shape[-2]
+            x = torch.cat([c[:, None].expand(m, k, -1), e.expand(m, k, -1)], dim=-1)
             return F.rms_norm(x, (x.shape[-1],)) if self.norm else x
         first = self.layers[0]
         d = c.shape[-1]
