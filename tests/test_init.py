@@ -135,3 +135,19 @@ def test_target_variance_rules():
 def test_hyperfan_needs_a_generator():
     with pytest.raises(TypeError, match="takes a Generator"):
         hl.hyperfan_in_(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: hl.ChunkedGenerator(chunk_size=64),
+        lambda: hl.AttentionGenerator(output="chunked", chunk_size=64),
+    ],
+    ids=["chunked", "attention-chunked"],
+)
+def test_one_chunk_longer_than_the_target_initialises_finitely(make):
+    # 10 weights, 64 per chunk: 54 readout rows serve no element and must be zeros, not NaN
+    hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(2, 4), make())
+    assert all(bool(torch.isfinite(p).all()) for p in hnet.generator.parameters())
+    hnet(torch.randn(3, 4), task=0).sum().backward()
+    assert all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in hnet.parameters())

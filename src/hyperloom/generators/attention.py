@@ -142,7 +142,7 @@ class AttentionGenerator(Generator):
             v = per_element_variance(self.spec, variance)
             padded = torch.full((n * size,), float("nan"))
             padded[: v.numel()] = v
-            return [(self.readouts[0], padded.view(n, size).nanmean(dim=0))]
+            return [(self.readouts[0], padded.view(n, size).nanmean(dim=0).nan_to_num(0.0))]
         out = []
         for members, readout in zip(self.groups, self.readouts, strict=True):
             v = sum(variance[self.spec.params[i].name] for i in members) / len(members)

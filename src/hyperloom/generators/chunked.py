@@ -133,4 +133,5 @@ class ChunkedGenerator(Generator):
         v = per_element_variance(self.spec, variance)
         padded = torch.full((n * size,), float("nan"))
         padded[: v.numel()] = v
-        return [(self.readout, padded.view(n, size).nanmean(dim=0))]
+        # a row that serves no element (one chunk longer than the whole target) gets zeros
+        return [(self.readout, padded.view(n, size).nanmean(dim=0).nan_to_num(0.0))]
