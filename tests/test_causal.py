@@ -102,6 +102,8 @@ def test_build_learner_errors_name_the_value():
         causal.build_learner("t", 5, generator=hl.FlatGenerator())
     with pytest.raises(TypeError, match="generator must be a hyperloom Generator, got Linear"):
         causal.HyperTLearner(5, generator=nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"chunk_size of at most 57"):  # 5*8+8+9 weights
+        causal.HyperTLearner(5, hidden=(8,), generator=hl.ChunkedGenerator(chunk_size=64))
     with pytest.raises(ValueError, match=r"hidden=\(\)"):
         causal.TARNet(5, hidden=())
 
@@ -237,6 +239,7 @@ def tiny(tmp_path, **kw):
         hidden=(8,),
         head=(4,),
         gen_hidden=(8,),
+        chunk_size=32,
         epochs=3,
         patience=2,
         repeats=2,
