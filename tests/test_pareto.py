@@ -53,6 +53,15 @@ def test_preference_conditioner_describes_itself():
     }
 
 
+def test_checkpoint_round_trip_with_the_conditioner_passed(tmp_path):
+    target = hl.build_target("mlp", in_features=3, hidden=[6], out_features=2)
+    hnet = hl.HyperNetwork(target, pareto.Preference(2, dim=4), hl.ChunkedGenerator(chunk_size=8))
+    hl.save(hnet, tmp_path / "phn.safetensors")
+    back = hl.load(tmp_path / "phn.safetensors", conditioner=pareto.Preference(2, dim=4))
+    x, ray = torch.randn(5, 3), torch.tensor([0.6, 0.4])
+    torch.testing.assert_close(back(x, ray=ray), hnet(x, ray=ray))
+
+
 @pytest.mark.parametrize(
     ("ray", "words"),
     [
@@ -242,8 +251,8 @@ def _tiny(**options):
     from hyperloom.recipes import pareto as recipe
 
     base = dict(
-        seeds=(0,), n_train=96, n_test=40, epochs=2, batch_size=32, rays=3, eval_rays=4,
-        target_hidden=(8,), hnet_hidden=(8,), pref_dim=4, chunk_size=64, quiet=True,
+        seeds=(0,), n_train=96, n_test=40, epochs=2, phn_epochs=2, batch_size=32, rays=3,
+        eval_rays=4, target_hidden=(8,), hnet_hidden=(8,), pref_dim=4, chunk_size=64, quiet=True,
     )  # fmt: skip
     return recipe.Config(**(base | options))
 
@@ -268,6 +277,22 @@ def test_recipe_runs_and_reports(tmp_path, dataset, loss):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_recipe_shares_the_first_layers_when_asked(tmp_path):
+    from hyperloom.recipes import pareto as recipe
+
+    runs = [
+        recipe.run(
+            _tiny(dataset="regression", methods=("phn",), shared_layers=k, out=str(tmp_path))
+        )
+        for k in (0, 1)
+    ]
+    params = [r["seeds"][0]["results"]["phn"]["trainable_params"] for r in runs]
+    # shared: the first Linear(1, 8) (16 numbers) becomes an ordinary parameter, and the
+    # generator's chunks cover the remaining 8 * 1 + 1 = 9 numbers instead of 25
+    assert params[0] != params[1]
+    assert all(math.isfinite(r["seeds"][0]["results"]["phn"]["hv"]) for r in runs)
+
+
 def test_recipe_validation_split_and_bad_options(tmp_path):
     from hyperloom.recipes import pareto as recipe
 
@@ -282,6 +307,7 @@ def test_recipe_validation_split_and_bad_options(tmp_path):
         (dict(valid=96), "valid"),
         (dict(seeds=()), "seeds"),
         (dict(epochs=0), "epochs"),
+        (dict(shared_layers=2), "shared_layers"),
     ]:
         with pytest.raises(ValueError, match=words):
             recipe.resolve(_tiny(dataset="regression", **bad))

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import data_dir_field
-from ..generators import ChunkedGenerator
+from ..generators import ChunkedGenerator, Generator, HeadsGenerator
 from ..hypernet import HyperNetwork
 from ..pareto import (
     MULTI_DATASETS,
@@ -72,6 +72,7 @@ class Preset(TypedDict):
     n_train: int
     n_test: int
     epochs: int
+    phn_epochs: int
     batch_size: int
     lr: float
     hnet_lr: float
@@ -81,9 +82,10 @@ class Preset(TypedDict):
 
 
 _IMAGES: Preset = {
-    "n_train": 20_000,
+    "n_train": 10_000,
     "n_test": 10_000,
     "epochs": 10,
+    "phn_epochs": 10,
     "batch_size": 128,
     "lr": 1e-3,
     "hnet_lr": 1e-3,
@@ -99,6 +101,7 @@ PRESETS: dict[str, Preset] = {
         "n_train": 2000,
         "n_test": 2000,
         "epochs": 100,
+        "phn_epochs": 100,
         "batch_size": 64,
         "lr": 1e-3,
         "hnet_lr": 1e-3,
@@ -143,6 +146,10 @@ class Config:
     epochs: int | None = field(
         default=None, metadata={"help": _preset("epochs of every model (each per-ray network too)")}
     )
+    phn_epochs: int | None = field(
+        default=None,
+        metadata={"help": _preset("epochs of the hypernetwork (its whole budget for the front)")},
+    )
     batch_size: int | None = field(default=None, metadata={"help": _preset("minibatch size")})
     lr: float | None = field(
         default=None, metadata={"help": _preset("Adam learning rate of the baselines")}
@@ -159,6 +166,21 @@ class Config:
     )
     hnet_hidden: tuple[int, ...] = field(
         default=(100, 100), metadata={"help": "hidden sizes of the hypernetwork's trunk"}
+    )
+    generator: str = field(
+        default="chunked",
+        metadata={
+            "help": "how the hypernetwork emits the weights: chunked (one shared head, "
+            "fixed-size chunks) or heads (one head per tensor, PHN's LeNet design)",
+            "choices": ("chunked", "heads"),
+        },
+    )
+    shared_layers: int = field(
+        default=0,
+        metadata={
+            "help": "the target's first N linear layers are ordinary parameters shared by "
+            "every ray (trained at --lr); the hypernetwork generates the rest"
+        },
     )
     pref_dim: int = field(default=32, metadata={"help": "learned embedding size of the ray"})
     chunk_size: int | None = field(
@@ -186,11 +208,26 @@ def resolve(config: Config) -> Config:
         raise ValueError("seeds must name at least one seed")
     preset = PRESETS[config.dataset]
     out = replace(config, **{k: v for k, v in preset.items() if getattr(config, k) is None})
-    for name in ("n_train", "n_test", "epochs", "batch_size", "rays", "eval_rays", "pref_dim"):
+    for name in (
+        "n_train",
+        "n_test",
+        "epochs",
+        "phn_epochs",
+        "batch_size",
+        "rays",
+        "eval_rays",
+        "pref_dim",
+    ):
         if getattr(out, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(out, name)}")
     if out.valid < 0 or out.valid >= out.n_train:
         raise ValueError(f"valid must be in [0, n_train={out.n_train}), got {out.valid}")
+    if not 0 <= out.shared_layers <= len(out.target_hidden):
+        raise ValueError(
+            f"shared_layers must be in [0, {len(out.target_hidden)}] (the target has "
+            f"{len(out.target_hidden) + 1} linear layers, the last is always generated), "
+            f"got {out.shared_layers}"
+        )
     if not 0 <= out.margin < 0.5:
         raise ValueError(f"margin must be in [0, 0.5), got {out.margin}")
     if len(out.ref) != 2:
@@ -287,15 +324,22 @@ def run(config: Config) -> dict:
                 target = make_net()
                 # ChunkedGenerator's hyperfan initialisation needs chunk_size <= the target's
                 # size (a single chunk longer than the target leaves rows of its readout NaN)
-                numel = sum(p.numel() for p in target.parameters())
-                hnet = HyperNetwork(
-                    target,
-                    Preference(m, dim=config.pref_dim),
-                    ChunkedGenerator(
+                linears = [mod for mod in target.modules() if isinstance(mod, nn.Linear)]
+                numel = sum(
+                    p.numel() for mod in linears[config.shared_layers :] for p in mod.parameters()
+                )
+                if config.generator == "heads":
+                    generator: Generator = HeadsGenerator(hidden=config.hnet_hidden)
+                else:
+                    generator = ChunkedGenerator(
                         chunk_size=min(config.chunk_size, numel),
                         chunk_dim=config.chunk_dim,
                         hidden=config.hnet_hidden,
-                    ),
+                    )
+                linears = [n for n, mod in target.named_modules() if isinstance(mod, nn.Linear)]
+                generated = tuple(f"{n}.*" for n in linears[config.shared_layers :])
+                hnet = HyperNetwork(
+                    target, Preference(m, dim=config.pref_dim), generator, generate=generated
                 )
                 models: list[nn.Module] = [hnet]
                 model_rays = [None]
@@ -309,8 +353,14 @@ def run(config: Config) -> dict:
             steps = 0
             with Stopwatch() as sw:
                 for model, ray in zip(models, model_rays, strict=True):
-                    opt = torch.optim.Adam(model.parameters(), lr=lr)
-                    for _ in progress(range(config.epochs), quiet=config.quiet, desc=method):
+                    named = list(model.named_parameters())  # PHN: shared target layers at lr
+                    groups = [
+                        {"params": [p for n, p in named if not n.startswith("target.")], "lr": lr},
+                        {"params": [p for n, p in named if n.startswith("target.")]},
+                    ]
+                    opt = torch.optim.Adam([g for g in groups if g["params"]], lr=config.lr)
+                    epochs = config.phn_epochs if method == "phn" else config.epochs
+                    for _ in progress(range(epochs), quiet=config.quiet, desc=method):
                         order = torch.randperm(len(data.x_train), generator=batches)
                         for i in range(0, len(order), config.batch_size):
                             idx = order[i : i + config.batch_size]
@@ -358,9 +408,15 @@ def run(config: Config) -> dict:
             } | extra
             print(f"seed {seed} {method}: hypervolume {res[method]['hv']:.4f}, {seconds:.1f} s")
         if data.kind == "regression":  # Bayes-optimal front of the linear scalarisation
-            best = sweep @ toy_functions(data.x_test).T  # (E, N): r_1 t_1 + r_2 t_2
-            ideal = metrics(best.unsqueeze(-1), data.y_test)  # (E, m)
-            res["optimum"] = {"hv": hypervolume(ideal, config.ref), "points": ideal.tolist()}
+            truth = toy_functions(data.x_test).T  # (m, N)
+            ideal = metrics((rays @ truth).unsqueeze(-1), data.y_test)  # (K, m)
+            ideal_sweep = metrics((sweep @ truth).unsqueeze(-1), data.y_test)  # (E, m)
+            res["optimum"] = {
+                "hv": hypervolume(ideal, config.ref),
+                "hv_sweep": hypervolume(ideal_sweep, config.ref),
+                "points": ideal.tolist(),
+                "sweep_points": ideal_sweep.tolist(),
+            }
         per_seed.append({"seed": seed, "results": res})
 
     # ---- Report ----------------------------------------------------------------------------
@@ -406,7 +462,7 @@ def _summarise(per_seed: list[dict], config: Config) -> dict[str, dict]:
     for method in first:
         runs = [s["results"][method] for s in per_seed]
         row: dict = {"hv": _mean_std([r["hv"] for r in runs])}
-        if method == "phn":
+        if method in ("phn", "optimum"):
             row["hv_sweep"] = _mean_std([r["hv_sweep"] for r in runs])
         row["hv_mean"] = statistics.mean(r["hv"] for r in runs)
         if method != "optimum":
@@ -448,7 +504,7 @@ def plot_front(results: dict[str, dict], path: Path, data: MultiObjectiveData, c
 
         if "optimum" in results and not col:
             ax.plot(
-                *xy(results["optimum"]["points"]),
+                *xy(results["optimum"]["sweep_points"]),
                 color="0.6",
                 lw=3,
                 alpha=0.5,
