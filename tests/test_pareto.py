@@ -272,7 +272,12 @@ def test_recipe_runs_and_reports(tmp_path, dataset, loss):
         assert seed0[method]["steps"] == (3 if method == "per-ray" else 1) * 2 * 3
     assert ("optimum" in seed0) == (dataset == "regression")
     assert "±" in out["summary"]["phn"]["hv"]
-    assert "time_ratio" in saved["seeds"][1]["phn_vs_per_ray"]
+    versus = saved["seeds"][1]["phn_vs_per_ray"]
+    assert len(versus["scalarized_gap"]) == 3 and len(versus["spread_objective1"]) == 2
+    assert versus["hv_ratio"] == pytest.approx(
+        saved["seeds"][1]["results"]["phn"]["hv"] / saved["seeds"][1]["results"]["per-ray"]["hv"]
+    )
+    assert "±" in out["summary"]["phn"]["time_ratio"]
     png = (tmp_path / out["run_dir"].split("/")[-1] / "front.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
