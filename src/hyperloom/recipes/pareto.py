@@ -104,8 +104,8 @@ PRESETS: dict[str, Preset] = {
     "regression": {
         "n_train": 2000,
         "n_test": 2000,
-        "epochs": 100,
-        "phn_epochs": 100,
+        "epochs": 50,
+        "phn_epochs": 50,
         "batch_size": 64,
         "lr": 1e-3,
         "hnet_lr": 1e-3,
