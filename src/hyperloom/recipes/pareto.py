@@ -454,6 +454,8 @@ def run(config: Config) -> dict:
 
 
 def _mean_std(values: list[float]) -> str:
+    if not all(math.isfinite(v) for v in values):  # a ratio to a zero hypervolume
+        return ", ".join(f"{v:.4f}" for v in values)
     if len(values) == 1:
         return f"{values[0]:.4f}"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
