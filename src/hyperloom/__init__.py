@@ -93,5 +93,6 @@ from .checkpoint import save as save
 from .checkpoint import load as load
 from .checkpoint import resume as resume
 from . import causal as causal
+from . import pareto as pareto
 
 __version__ = "0.1.0"

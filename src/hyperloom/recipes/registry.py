@@ -14,6 +14,7 @@ RECIPES: dict[str, str] = {
     "federated": "hyperloom.recipes.federated.recipe",
     "ghn": "hyperloom.recipes.ghn",
     "causal": "hyperloom.recipes.causal",
+    "pareto": "hyperloom.recipes.pareto",
 }
 
 

@@ -1,0 +1,575 @@
+"""Pareto hypernetworks (Navon et al., ICLR 2021): the whole front of two objectives in one model.
+
+A hypernetwork conditioned on a preference ray ``r`` on the simplex (``hl.pareto.Preference``)
+generates every weight of a target network. Each training step draws one ray from a Dirichlet
+distribution (``alpha``, PHN's 0.2), generates the network for it and minimises the
+scalarisation of the objective losses for that ray (``--loss=ls``: ``sum_i r_i l_i``;
+``--loss=chebyshev``: ``max_i r_i l_i``, the ray-exact trade-off EPO aims at). Against it, on the
+same data, batches and seeds:
+
+* ``per-ray``: one target network per preference ray, trained with the same scalarisation and
+  the same number of epochs (the costly front: ``rays`` networks);
+* ``multitask``: a single multi-task network trained on the mean of the objectives (one point).
+
+Evaluation sweeps ``eval_rays`` rays through the hypernetwork in one batched call per slice of
+the test set (``hl.pareto.front``) and scores fronts by hypervolume (pymoo) with reference
+point ``ref``: the hypernetwork at the ``rays`` rays of the per-ray networks (the same number of
+points), on the dense sweep, the per-ray networks and the multi-task network. For the regression
+toy the Bayes-optimal front of the linear scalarisation is known (``r_1 t_1 + r_2 t_2``) and is
+scored too.
+
+Data (``hl.pareto.load_multi``, built from a seed out of local files): ``multi-fashion`` (two
+Fashion-MNIST items overlaid, one label each), ``multi-fashion-digits`` (an item and an enlarged
+8x8 digit), ``multi-digits`` (two digits) and ``regression`` (one output fitted to two targets).
+The target is an MLP whose last layer holds one head per objective (all of it generated).
+Options left at ``none`` take the dataset's preset (:data:`PRESETS`). ``--valid=N`` evaluates on
+the last N training pairs instead of the test split, for choosing settings.
+
+Outputs under ``runs/<timestamp>-pareto/``: results.json (per seed: points, hypervolumes,
+parameters, seconds; mean ± std over seeds), results.csv and front.png (losses, and for
+classification error rates, of the hypernetwork's sweep and the baselines' points; first seed).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TypedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import data_dir_field
+from ..generators import ChunkedGenerator, Generator, HeadsGenerator
+from ..hypernet import HyperNetwork
+from ..pareto import (
+    MULTI_DATASETS,
+    SCALARIZATIONS,
+    MultiObjectiveData,
+    Preference,
+    dirichlet_rays,
+    evaluate,
+    front,
+    hypervolume,
+    load_multi,
+    ray_grid,
+    scalarize,
+    toy_functions,
+)
+from ..runs import Stopwatch, format_table, make_run_dir, progress, write_csv, write_json
+from ..targets import build_target
+
+METHODS = ("phn", "per-ray", "multitask")
+
+
+class Preset(TypedDict):
+    """The per-dataset defaults of the options left at ``none``."""
+
+    n_train: int
+    n_test: int
+    epochs: int
+    phn_epochs: int
+    batch_size: int
+    lr: float
+    hnet_lr: float
+    target_hidden: tuple[int, ...]
+    chunk_size: int
+    ref: tuple[float, ...]
+
+
+# Chosen on Multi-Fashion's validation split (seed 100, the last 2,000 of 10,000 training
+# pairs; docs/results/pareto.md): the hypernetwork's lr 1e-4 (1e-3 stalled at chance, 3e-4 and
+# 3e-5 did worse) and 30 epochs (10 left it far behind the per-ray networks); lr 1e-3 for the
+# plain networks.
+_IMAGES: Preset = {
+    "n_train": 10_000,
+    "n_test": 10_000,
+    "epochs": 10,
+    "phn_epochs": 30,
+    "batch_size": 128,
+    "lr": 1e-3,
+    "hnet_lr": 1e-4,
+    "target_hidden": (100, 100),
+    "chunk_size": 1000,
+    "ref": (2.0, 2.0),
+}
+PRESETS: dict[str, Preset] = {
+    "multi-fashion": _IMAGES,
+    "multi-fashion-digits": _IMAGES,
+    "multi-digits": {**_IMAGES, "n_train": 10_000, "n_test": 2_000},
+    "regression": {
+        "n_train": 2000,
+        "n_test": 2000,
+        "epochs": 50,
+        "phn_epochs": 50,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "hnet_lr": 1e-3,
+        "target_hidden": (50, 50),
+        "chunk_size": 200,
+        "ref": (1.2, 1.2),
+    },
+}
+
+
+def _preset(text: str) -> str:
+    return f"{text}; none: the dataset's preset"
+
+
+@dataclass
+class Config:
+    """Options of ``hyperloom train pareto``."""
+
+    dataset: str = field(
+        default="multi-fashion", metadata={"help": "the data", "choices": MULTI_DATASETS}
+    )
+    methods: tuple[str, ...] = field(
+        default=METHODS, metadata={"help": f"methods to run, any of {','.join(METHODS)}"}
+    )
+    loss: str = field(
+        default="ls",
+        metadata={"help": "scalarisation of the losses", "choices": tuple(SCALARIZATIONS)},
+    )
+    seeds: tuple[int, ...] = field(
+        default=(0, 1, 2), metadata={"help": "training seeds (init, rays, batches), one run each"}
+    )
+    data_seed: int = field(default=0, metadata={"help": "seed that builds the dataset"})
+    n_train: int | None = field(default=None, metadata={"help": _preset("training pairs")})
+    n_test: int | None = field(default=None, metadata={"help": _preset("test pairs")})
+    valid: int = field(
+        default=0,
+        metadata={
+            "help": "evaluate on the last N training pairs instead of the test split "
+            "(for choosing settings); 0: the test split"
+        },
+    )
+    epochs: int | None = field(
+        default=None, metadata={"help": _preset("epochs of every model (each per-ray network too)")}
+    )
+    phn_epochs: int | None = field(
+        default=None,
+        metadata={"help": _preset("epochs of the hypernetwork (its whole budget for the front)")},
+    )
+    batch_size: int | None = field(default=None, metadata={"help": _preset("minibatch size")})
+    lr: float | None = field(
+        default=None, metadata={"help": _preset("Adam learning rate of the baselines")}
+    )
+    hnet_lr: float | None = field(
+        default=None, metadata={"help": _preset("Adam learning rate of the hypernetwork")}
+    )
+    alpha: float = field(default=0.2, metadata={"help": "Dirichlet concentration of the rays"})
+    rays: int = field(default=5, metadata={"help": "per-ray networks (rays evenly spread)"})
+    eval_rays: int = field(default=25, metadata={"help": "rays of the hypernetwork's sweep"})
+    margin: float = field(default=0.1, metadata={"help": "smallest ray entry of the grids"})
+    target_hidden: tuple[int, ...] | None = field(
+        default=None, metadata={"help": _preset("hidden sizes of the target MLP")}
+    )
+    hnet_hidden: tuple[int, ...] = field(
+        default=(100, 100), metadata={"help": "hidden sizes of the hypernetwork's trunk"}
+    )
+    generator: str = field(
+        default="chunked",
+        metadata={
+            "help": "how the hypernetwork emits the weights: chunked (one shared head, "
+            "fixed-size chunks) or heads (one head per tensor, PHN's LeNet design)",
+            "choices": ("chunked", "heads"),
+        },
+    )
+    shared_layers: int = field(
+        default=0,
+        metadata={
+            "help": "the target's first N linear layers are ordinary parameters shared by "
+            "every ray (trained at --lr); the hypernetwork generates the rest"
+        },
+    )
+    pref_dim: int = field(default=32, metadata={"help": "learned embedding size of the ray"})
+    chunk_size: int | None = field(
+        default=None, metadata={"help": _preset("numbers per generated chunk")}
+    )
+    chunk_dim: int = field(default=16, metadata={"help": "chunk embedding size"})
+    ref: tuple[float, ...] | None = field(
+        default=None, metadata={"help": _preset("hypervolume reference point (losses)")}
+    )
+    data_dir: str | None = data_dir_field()
+    out: str = field(default="runs", metadata={"help": "folder for the run folder"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+
+
+def resolve(config: Config) -> Config:
+    """``config`` with every ``none`` option replaced by the dataset's preset, checked."""
+    if config.dataset not in MULTI_DATASETS:
+        raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {MULTI_DATASETS}")
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown or not config.methods:
+        raise ValueError(f"unknown methods {unknown or '(none given)'}; choose from {METHODS}")
+    if config.loss not in SCALARIZATIONS:
+        raise ValueError(f"unknown loss {config.loss!r}; choose one of {list(SCALARIZATIONS)}")
+    if not config.seeds:
+        raise ValueError("seeds must name at least one seed")
+    preset = PRESETS[config.dataset]
+    out = replace(config, **{k: v for k, v in preset.items() if getattr(config, k) is None})
+    for name in (
+        "n_train",
+        "n_test",
+        "epochs",
+        "phn_epochs",
+        "batch_size",
+        "rays",
+        "eval_rays",
+        "pref_dim",
+    ):
+        if getattr(out, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(out, name)}")
+    if out.valid < 0 or out.valid >= out.n_train:
+        raise ValueError(f"valid must be in [0, n_train={out.n_train}), got {out.valid}")
+    if not 0 <= out.shared_layers <= len(out.target_hidden):
+        raise ValueError(
+            f"shared_layers must be in [0, {len(out.target_hidden)}] (the target has "
+            f"{len(out.target_hidden) + 1} linear layers, the last is always generated), "
+            f"got {out.shared_layers}"
+        )
+    if not 0 <= out.margin < 0.5:
+        raise ValueError(f"margin must be in [0, 0.5), got {out.margin}")
+    if len(out.ref) != 2:
+        raise ValueError(f"ref must have one value per objective (2), got {out.ref}")
+    return out
+
+
+def load_data(config: Config) -> MultiObjectiveData:
+    """The dataset, with the last ``valid`` training pairs as the evaluation split if asked."""
+    data = load_multi(
+        config.dataset,
+        n_train=config.n_train,
+        n_test=config.n_test,
+        seed=config.data_seed,
+        data_dir=config.data_dir,
+    )
+    if config.valid:
+        cut = len(data.x_train) - config.valid
+        data = replace(
+            data,
+            x_train=data.x_train[:cut],
+            y_train=data.y_train[:cut],
+            x_test=data.x_train[cut:],
+            y_test=data.y_train[cut:],
+        )
+    return data
+
+
+def objective_metrics(data: MultiObjectiveData):
+    """``(outputs (R, B, o), y (B, m)) -> (R, q)``: m losses, then m error rates (classification).
+
+    Classification: the target's ``m * C`` outputs are m heads of C logits; loss i is the
+    cross-entropy of head i, error i its error rate. Regression: the target's one output is
+    scored by its squared error to each of the m columns.
+    """
+    m, c = data.num_objectives, data.num_classes
+
+    if data.kind == "regression":
+
+        def metrics(out: Tensor, y: Tensor) -> Tensor:
+            return ((out - y) ** 2).mean(-2)  # (R, B, 1) vs (B, m) -> (R, m)
+
+        return metrics
+
+    def metrics(out: Tensor, y: Tensor) -> Tensor:
+        logits = out.unflatten(-1, (m, c))  # (R, B, m, C)
+        target = y.expand(*logits.shape[:-1])  # (R, B, m)
+        ce = F.cross_entropy(logits.flatten(0, -2), target.flatten(), reduction="none")
+        losses = ce.view(target.shape).mean(-2)  # (R, m)
+        errors = (logits.argmax(-1) != target).float().mean(-2)  # (R, m)
+        return torch.cat([losses, errors], dim=-1)  # (R, 2m)
+
+    return metrics
+
+
+def run(config: Config) -> dict:
+    config = resolve(config)
+    t_start = time.perf_counter()
+    data = load_data(config)
+    m = data.num_objectives
+    run_dir = make_run_dir(config.out, "pareto")
+    in_features = data.x_train[0].numel()
+    out_features = 1 if data.kind == "regression" else m * data.num_classes
+    metrics = objective_metrics(data)
+    rays = ray_grid(config.rays, m, margin=config.margin)  # (K, m): the per-ray networks' rays
+    sweep = ray_grid(config.eval_rays, m, margin=config.margin)  # (E, m)
+    equal = torch.full((m,), 1.0 / m)
+    print(
+        f"{data.name}: {len(data.x_train):,} training / {len(data.x_test):,} "
+        f"{'validation' if config.valid else 'test'} pairs, objectives {data.objectives}, "
+        f"loss {config.loss}, {config.epochs} epochs per model, seeds {list(config.seeds)}"
+    )
+
+    def make_net() -> nn.Module:
+        return build_target(
+            "mlp",
+            in_features=in_features,
+            hidden=list(config.target_hidden),
+            out_features=out_features,
+        )
+
+    def losses_of(out: Tensor, y: Tensor) -> Tensor:
+        return metrics(out.unsqueeze(0), y)[0, :m]  # (m,)
+
+    torch.optim.Adam([nn.Parameter(torch.zeros(1))])  # imports torch's compiler stack untimed
+    per_seed: list[dict] = []
+    for seed in config.seeds:
+        res: dict[str, dict] = {}
+        for method in config.methods:
+            torch.manual_seed(seed)
+            batches = torch.Generator().manual_seed(seed)
+            draws = torch.Generator().manual_seed(seed + 10_000)
+            if method == "phn":
+                target = make_net()
+                # ChunkedGenerator's hyperfan initialisation needs chunk_size <= the target's
+                # size (a single chunk longer than the target leaves rows of its readout NaN)
+                linears = [mod for mod in target.modules() if isinstance(mod, nn.Linear)]
+                numel = sum(
+                    p.numel() for mod in linears[config.shared_layers :] for p in mod.parameters()
+                )
+                if config.generator == "heads":
+                    generator: Generator = HeadsGenerator(hidden=config.hnet_hidden)
+                else:
+                    generator = ChunkedGenerator(
+                        chunk_size=min(config.chunk_size, numel),
+                        chunk_dim=config.chunk_dim,
+                        hidden=config.hnet_hidden,
+                    )
+                linears = [n for n, mod in target.named_modules() if isinstance(mod, nn.Linear)]
+                generated = tuple(f"{n}.*" for n in linears[config.shared_layers :])
+                hnet = HyperNetwork(
+                    target, Preference(m, dim=config.pref_dim), generator, generate=generated
+                )
+                models: list[nn.Module] = [hnet]
+                model_rays = [None]
+                lr = config.hnet_lr
+            else:
+                model_rays = list(rays) if method == "per-ray" else [equal]
+                models = [make_net() for _ in model_rays]
+                lr = config.lr
+
+            # ---- training: every model sees the same epochs of minibatches -------------------
+            steps = 0
+            with Stopwatch() as sw:
+                for model, ray in zip(models, model_rays, strict=True):
+                    named = list(model.named_parameters())  # PHN: shared target layers at lr
+                    groups = [
+                        {"params": [p for n, p in named if not n.startswith("target.")], "lr": lr},
+                        {"params": [p for n, p in named if n.startswith("target.")]},
+                    ]
+                    opt = torch.optim.Adam([g for g in groups if g["params"]], lr=config.lr)
+                    epochs = config.phn_epochs if method == "phn" else config.epochs
+                    for _ in progress(range(epochs), quiet=config.quiet, desc=method):
+                        order = torch.randperm(len(data.x_train), generator=batches)
+                        for i in range(0, len(order), config.batch_size):
+                            idx = order[i : i + config.batch_size]
+                            x, y = data.x_train[idx], data.y_train[idx]
+                            if method == "phn":  # a new preference for every step
+                                r = dirichlet_rays(1, m, alpha=config.alpha, generator=draws)[0]
+                                out = model(x, ray=r)
+                            else:
+                                r, out = ray, model(x)
+                            scalar = "ls" if method == "multitask" else config.loss
+                            loss = scalarize(scalar, losses_of(out, y), r)
+                            opt.zero_grad(set_to_none=True)
+                            loss.backward()
+                            opt.step()
+                            steps += 1
+            seconds = sw.seconds
+
+            # ---- evaluation: every model's losses (and errors) on the evaluation split -------
+            with torch.no_grad():
+                if method == "phn":
+                    points = front(hnet, rays, data.x_test, data.y_test, metrics)  # (K, q)
+                    dense = front(hnet, sweep, data.x_test, data.y_test, metrics)  # (E, q)
+                    extra = {
+                        "sweep_points": dense.tolist(),
+                        "hv_sweep": hypervolume(dense[:, :m], config.ref),
+                    }
+                else:
+                    points = torch.cat(
+                        [
+                            evaluate(
+                                lambda xb, net=net: net(xb)[None], data.x_test, data.y_test, metrics
+                            )
+                            for net in models
+                        ]
+                    )  # (K or 1, q)
+                    extra = {}
+            params = sum(p.numel() for model in models for p in model.parameters())
+            res[method] = {
+                "hv": hypervolume(points[:, :m], config.ref),
+                "points": points.tolist(),
+                "rays": torch.stack(model_rays).tolist() if method != "phn" else rays.tolist(),
+                "trainable_params": params,
+                "seconds": seconds,
+                "steps": steps,
+            } | extra
+            print(f"seed {seed} {method}: hypervolume {res[method]['hv']:.4f}, {seconds:.1f} s")
+        if data.kind == "regression":  # Bayes-optimal front of the linear scalarisation
+            truth = toy_functions(data.x_test).T  # (m, N)
+            ideal = metrics((rays @ truth).unsqueeze(-1), data.y_test)  # (K, m)
+            ideal_sweep = metrics((sweep @ truth).unsqueeze(-1), data.y_test)  # (E, m)
+            res["optimum"] = {
+                "hv": hypervolume(ideal, config.ref),
+                "hv_sweep": hypervolume(ideal_sweep, config.ref),
+                "points": ideal.tolist(),
+                "sweep_points": ideal_sweep.tolist(),
+            }
+        per_seed.append({"seed": seed, "results": res})
+
+    # ---- Report ----------------------------------------------------------------------------
+    summary = _summarise(per_seed, config)
+    rows = [{"method": k, **v} for k, v in summary.items()]
+    print(
+        f"\n{data.name}, loss {config.loss}, seeds {list(config.seeds)}: hypervolume of the "
+        f"losses (ref {config.ref}; mean ± std over seeds), trainable parameters, seconds"
+    )
+    print(format_table(rows, floats="{:.4f}"))
+    write_json(
+        run_dir / "results.json",
+        {
+            "config": asdict(config),
+            "objectives": data.objectives,
+            "summary": summary,
+            "seeds": per_seed,
+            "total_seconds": time.perf_counter() - t_start,
+        },
+    )
+    write_csv(run_dir / "results.csv", rows)
+    plot_front(per_seed[0]["results"], run_dir / "front.png", data, config)
+    print(f"\ntotal time {time.perf_counter() - t_start:.0f} s")
+    print(f"run folder: {run_dir}")
+    return {
+        "run_dir": str(run_dir),
+        "config": asdict(config),
+        "summary": summary,
+        "seeds": per_seed,
+    }
+
+
+def _mean_std(values: list[float]) -> str:
+    if not all(math.isfinite(v) for v in values):  # a ratio to a zero hypervolume
+        return ", ".join(f"{v:.4f}" for v in values)
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def _summarise(per_seed: list[dict], config: Config) -> dict[str, dict]:
+    """Mean ± std over seeds of each method's hypervolume, parameters and time."""
+    out: dict[str, dict] = {}
+    first = per_seed[0]["results"]
+    for method in first:
+        runs = [s["results"][method] for s in per_seed]
+        row: dict = {"hv": _mean_std([r["hv"] for r in runs])}
+        if method in ("phn", "optimum"):
+            row["hv_sweep"] = _mean_std([r["hv_sweep"] for r in runs])
+        row["hv_mean"] = statistics.mean(r["hv"] for r in runs)
+        if method != "optimum":
+            row["points"] = len(runs[0]["points"])
+            row["trainable_params"] = runs[0]["trainable_params"]
+            row["seconds"] = statistics.mean(r["seconds"] for r in runs)
+        out[method] = row
+    if "phn" in out and "per-ray" in out:
+        for s in per_seed:
+            r = s["results"]
+            rays = torch.tensor(r["per-ray"]["rays"])  # (K, m)
+            m = rays.shape[1]
+            phn = scalarize(config.loss, torch.tensor(r["phn"]["points"])[:, :m], rays)  # (K,)
+            own = scalarize(config.loss, torch.tensor(r["per-ray"]["points"])[:, :m], rays)
+            spread = [torch.tensor(r[k]["points"])[:, 0] for k in ("phn", "per-ray")]
+            s["phn_vs_per_ray"] = {
+                "hv_ratio": r["phn"]["hv"] / r["per-ray"]["hv"] if r["per-ray"]["hv"] else math.nan,
+                "time_ratio": r["phn"]["seconds"] / r["per-ray"]["seconds"],
+                "params_ratio": r["phn"]["trainable_params"] / r["per-ray"]["trainable_params"],
+                # per ray: the hypernetwork's scalarised loss minus that of the ray's own network
+                "scalarized_gap": (phn - own).tolist(),
+                # range of objective 1 over the K rays: a front, or one point repeated?
+                "spread_objective1": [float(t.max() - t.min()) for t in spread],
+            }
+        for key in ("hv_ratio", "time_ratio", "params_ratio"):
+            out["phn"][key] = _mean_std([s["phn_vs_per_ray"][key] for s in per_seed])
+        gaps = [statistics.mean(s["phn_vs_per_ray"]["scalarized_gap"]) for s in per_seed]
+        out["phn"]["mean_gap"] = _mean_std(gaps)
+        out["phn"]["spread"] = _mean_std(
+            [s["phn_vs_per_ray"]["spread_objective1"][0] for s in per_seed]
+        )
+        out["per-ray"]["spread"] = _mean_std(
+            [s["phn_vs_per_ray"]["spread_objective1"][1] for s in per_seed]
+        )
+    return out
+
+
+def plot_front(results: dict[str, dict], path: Path, data: MultiObjectiveData, config: Config):
+    """Draw the hypernetwork's sweep, its points at the baselines' rays and the baselines' points.
+
+    One panel of losses (the objectives), and for classification one of error rates.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = data.num_objectives
+    panels = [("loss", 0)] + ([("error rate (%)", m)] if data.kind == "classification" else [])
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5 * len(panels), 4.2), constrained_layout=True, squeeze=False
+    )
+    for ax, (label, col) in zip(axes[0], panels, strict=True):
+        scale = 100.0 if col else 1.0
+
+        def xy(points: list, col: int = col, scale: float = scale) -> tuple[list, list]:
+            p = torch.tensor(points)
+            return (p[:, col] * scale).tolist(), (p[:, col + 1] * scale).tolist()
+
+        if "optimum" in results and not col:
+            ax.plot(
+                *xy(results["optimum"]["sweep_points"]),
+                color="0.6",
+                lw=3,
+                alpha=0.5,
+                label="optimum (linear scalarisation)",
+            )
+        if "phn" in results:
+            r = results["phn"]
+            ax.plot(
+                *xy(r["sweep_points"]),
+                "-",
+                color="C0",
+                marker=".",
+                ms=4,
+                label=f"PHN, {len(r['sweep_points'])} rays",
+            )
+            ax.plot(
+                *xy(r["points"]), "o", color="C0", mfc="none", ms=9, label="PHN at the per-ray rays"
+            )
+        if "per-ray" in results:
+            ax.plot(
+                *xy(results["per-ray"]["points"]),
+                "x",
+                color="C3",
+                ms=9,
+                mew=2,
+                label=f"per-ray networks ({len(results['per-ray']['points'])})",
+            )
+        if "multitask" in results:
+            ax.plot(
+                *xy(results["multitask"]["points"]),
+                "*",
+                color="C2",
+                ms=13,
+                label="multi-task network",
+            )
+        ax.set_xlabel(f"{label}: {data.objectives[0]}")
+        ax.set_ylabel(f"{label}: {data.objectives[1]}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{data.name}, loss {config.loss}, seed {config.seeds[0]}", fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
