@@ -58,14 +58,16 @@ def test_sample_contexts_inside_and_outside():
 
 @pytest.mark.parametrize(
     ("bad", "match"),
-    [([[0.0, 1.0]], r"shape \(1, 2\); expected \(\*, 1\)"), ([[math.nan]], "non-finite")],
+    [([0.0, 1.0], r"shape \((1, )?2\); expected \(\*, 1\)"), ([math.nan], "non-finite")],
 )
 def test_bad_context_refused_by_env(bad, match):
     with pytest.raises(ValueError, match=match):
-        rl.make_vector_env("CartPole-v1", ("length",), bad)
+        rl.make_vector_env("CartPole-v1", ("length",), [bad])
     env = rl.ContextualEnv(gym.make("CartPole-v1"), ("length",), [[0.0]])
     with pytest.raises(ValueError, match=match):
-        env.reset(options={"context": bad[0]})
+        env.reset(options={"context": bad})
+    with pytest.raises(ValueError, match=match):
+        rl.ContextualEnv(gym.make("CartPole-v1"), ("length",), [bad])
 
 
 def test_unknown_parameter_or_env_refused():
@@ -99,7 +101,9 @@ def test_hyper_context_equals_one_generation_per_row():
     x = torch.randn(7, 4)
     out = net(x, ctx)
     out.square().sum().backward()
-    grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+    trained = [n for n, p in net.named_parameters() if p.requires_grad]
+    assert trained and all(n.startswith("hnet.generator.") for n in trained)
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}
     net.zero_grad()
     # oracle: generate one weight set per row and run a plain copy of the target on it
     rows = []
@@ -109,8 +113,8 @@ def test_hyper_context_equals_one_generation_per_row():
     ref = torch.cat(rows)
     ref.square().sum().backward()
     torch.testing.assert_close(out, ref)
-    for n, p in net.named_parameters():
-        torch.testing.assert_close(grads[n], p.grad, msg=n)
+    for n in trained:
+        torch.testing.assert_close(grads[n], net.get_parameter(n).grad, msg=n)
 
 
 def test_hyper_context_generates_only_the_target_and_describes_itself():
@@ -165,7 +169,7 @@ def test_ppo_loss_at_the_old_policy():
     assert stats["clipfrac"] == 0.0 and abs(stats["approx_kl"]) < 1e-6
     assert stats["policy_loss"] == pytest.approx(0.0, abs=1e-6)
     expected = 0.5 * 0.5 * (v - ret).pow(2).mean() - 0.1 * ent.mean()
-    assert float(loss) == pytest.approx(float(expected), abs=1e-5)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
 
 
 # ---------------------------------------------------------------- the algorithm and the recipe
@@ -179,7 +183,7 @@ def test_ppo_solves_fixed_cartpole():
     """The known result: PPO reaches CartPole-v1's reward threshold (475) on the nominal MDP."""
     threshold = gym.spec("CartPole-v1").reward_threshold
     assert threshold == 475.0
-    config = _config(params=("length",), steps=40_960, eval_every=0)
+    config = _config(params=("length",), steps=100_000, eval_every=0)  # the Zoo's budget
     nominal = np.zeros((1, 1))
     out = recipe.train(config, "none", {"train": nominal, "nominal": np.zeros((10, 1))}, seed=0)
     assert np.mean(out["final"]["nominal"]) >= threshold, out["final"]
@@ -202,7 +206,7 @@ def test_training_is_deterministic_under_a_seed(env):
     assert a["final"] == b["final"] and a["curve"] == b["curve"]
     assert a["train_returns"] == b["train_returns"]
     c = recipe.train(config, "hyper", contexts, seed=1)
-    assert c["train_returns"] != a["train_returns"]
+    assert c["final"] != a["final"]
 
 
 def test_recipe_run_writes_results(tmp_path):

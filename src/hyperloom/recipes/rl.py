@@ -393,10 +393,8 @@ def run(config: Config) -> dict:
             row["eval eps/s"] = result["eval_episodes_per_second"]["inside"]
             row["params"] = result["params"]
             rows.append(row)
-            print(
-                format_table([row]) if not config.quiet else "",
-                end="\n" if not config.quiet else "",
-            )
+            if not config.quiet:
+                print(format_table([row]))
     summary = summarise(rows, config.methods)
     print(format_table(summary))
     write_csv(run_dir / "results.csv", rows)

@@ -149,6 +149,11 @@ class HyperContext(nn.Module):
         gen = generator if generator is not None else FlatGenerator(hidden=(64,))
         self.context_dim = int(context_dim)
         self.hnet = HyperNetwork(target, ContextConditioner(context_dim), gen)
+        # Every parameter of the target is generated, so its own tensors are never used.
+        # HyperNetwork leaves them out of its parameters() only when it is the root module;
+        # nested here, they would reach the optimizer and parameter counts: freeze them.
+        for p in target.parameters():
+            p.requires_grad_(False)
 
     def forward(self, obs: Tensor, context: Tensor) -> Tensor:
         check_context_tensor(context, self.context_dim, obs.shape[0])

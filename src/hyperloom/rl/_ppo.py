@@ -126,11 +126,11 @@ def ppo_loss(
     loss = pg_loss + vf_coef * v_loss - ent_coef * ent
     with torch.no_grad():
         stats = {
-            "policy_loss": float(pg_loss),
-            "value_loss": float(v_loss),
-            "entropy": float(ent),
-            "approx_kl": float(((ratio - 1) - log_ratio).mean()),
-            "clipfrac": float(((ratio - 1).abs() > clip).float().mean()),
+            "policy_loss": pg_loss.item(),
+            "value_loss": v_loss.item(),
+            "entropy": ent.item(),
+            "approx_kl": ((ratio - 1) - log_ratio).mean().item(),
+            "clipfrac": ((ratio - 1).abs() > clip).float().mean().item(),
         }
     return loss, stats
 
