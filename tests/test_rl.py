@@ -32,6 +32,17 @@ def test_contextual_env_sets_physics_and_appends_context():
     assert raw.length == pytest.approx(0.5) and obs[-2:].tolist() == [0.0, 0.0]
 
 
+@pytest.mark.parametrize("env_id", sorted(rl.PARAMETERS))
+def test_every_listed_parameter_is_scaled(env_id):
+    names = tuple(rl.PARAMETERS[env_id])
+    env = rl.ContextualEnv(gym.make(env_id), names, [np.linspace(-1.0, 1.0, len(names))])
+    obs, _ = env.reset(seed=0)
+    for name, c in zip(names, np.linspace(-1.0, 1.0, len(names)), strict=True):
+        assert getattr(env.unwrapped, name) == pytest.approx(rl.PARAMETERS[env_id][name] * 2**c)
+    obs, *_ = env.step(env.action_space.sample())
+    assert obs.shape == env.observation_space.shape
+
+
 def test_vector_env_resets_draw_new_contexts():
     contexts = [[-1.0], [0.0], [1.0]]
     vec = rl.make_vector_env("CartPole-v1", ("length",), contexts, num_envs=4, seed=3)
@@ -58,7 +69,7 @@ def test_sample_contexts_inside_and_outside():
 
 @pytest.mark.parametrize(
     ("bad", "match"),
-    [([0.0, 1.0], r"shape \((1, )?2\); expected \(\*, 1\)"), ([math.nan], "non-finite")],
+    [([0.0, 1.0], r"shape \((1, )?2,?\); expected \(\*, 1\)"), ([math.nan], "non-finite")],
 )
 def test_bad_context_refused_by_env(bad, match):
     with pytest.raises(ValueError, match=match):
