@@ -10,7 +10,7 @@ TORCH   := torch==2.13.0
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,data,plot,fl,causal,pareto]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,data,plot,fl,causal,pareto,rl]'
 	touch $@
 
 demo: $(STAMP)

@@ -15,6 +15,7 @@ RECIPES: dict[str, str] = {
     "ghn": "hyperloom.recipes.ghn",
     "causal": "hyperloom.recipes.causal",
     "pareto": "hyperloom.recipes.pareto",
+    "rl": "hyperloom.recipes.rl",
 }
 
 

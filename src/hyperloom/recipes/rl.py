@@ -1,0 +1,460 @@
+"""PPO across a family of MDPs: hypernetwork policies against concatenation and no context.
+
+A context vector of log2 scale factors sets the physics of a Gymnasium classic-control task per
+episode (CartPole: pole length, pole mass, push force; Pendulum: mass and length). PPO
+(Schulman et al., 2017; CleanRL's single-file layout, the loop below) trains one actor-critic
+per method on ``n_train_contexts`` contexts drawn in the training range, each environment of
+the vector drawing one of them at every reset:
+
+* ``hyper``: a hypernetwork maps the context to the weights of the policy MLP and of the value
+  MLP, which then read the state alone (Rezaei-Shoshtari et al., 2023; Sarafian et al., 2021);
+  the vector's environments, each with its own context, run as one batched forward;
+* ``concat``: the MLPs read ``concat(state, context)`` (the standard baseline);
+* ``none``: the MLPs read the state alone.
+
+Every ``eval_every`` environment steps, and at the end, the greedy policy runs one episode on
+each of three sets of contexts: the training contexts, held-out contexts inside the training
+range and held-out contexts outside it (each parameter drawn in the wider range, at least one
+outside the training range). The contexts are drawn from the seed and are the same for every
+method. Options left at ``none`` take the environment's preset (:data:`PRESETS`).
+
+Outputs under ``runs/<timestamp>-rl/``: results.json (final returns per set, method and seed,
+their mean and std over seeds, environment steps and episodes per second, curves),
+results.csv, curves.png (greedy return on each set along training, mean ± std over seeds).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field, replace
+from typing import TypedDict
+
+import numpy as np
+import torch
+
+from ..rl import (
+    METHODS,
+    ActorCritic,
+    contextual,
+    evaluate,
+    gae,
+    make_vector_env,
+    ppo_loss,
+    sample_contexts,
+    split_observation,
+)
+from ..runs import Stopwatch, count_trainable, format_table, make_run_dir, write_csv, write_json
+
+SETS = ("train", "inside", "outside")
+
+
+class Preset(TypedDict):
+    """Per-environment defaults of the options left at ``none``."""
+
+    env_id: str
+    params: tuple[str, ...]
+    steps: int
+    num_envs: int
+    num_steps: int
+    minibatch: int
+    epochs: int
+    lr: float
+    hnet_lr: float
+    gamma: float
+    lam: float
+    ent_coef: float
+    reward_scale: float
+
+
+PRESETS: dict[str, Preset] = {
+    # RL Baselines3 Zoo's tuned PPO for CartPole-v1 (8 envs x 32 steps, minibatch 256, 20 epochs,
+    # gamma 0.98, lambda 0.8, lr 1e-3, no entropy bonus), with CleanRL's 64-64 tanh networks.
+    "cartpole": {
+        "env_id": "CartPole-v1",
+        "params": ("length", "masspole", "force_mag"),
+        "steps": 100_000,
+        "num_envs": 8,
+        "num_steps": 32,
+        "minibatch": 256,
+        "epochs": 20,
+        "lr": 1e-3,
+        "hnet_lr": 1e-3,
+        "gamma": 0.98,
+        "lam": 0.8,
+        "ent_coef": 0.0,
+        "reward_scale": 1.0,
+    },
+    # The Zoo's PPO for Pendulum-v1 (gamma 0.9, lambda 0.95, 10 epochs, lr 1e-3, 100k steps) with
+    # 8 envs x 256 steps and minibatches of 256 instead of 64 (a quarter of the gradient steps:
+    # the CPU budget); rewards scaled by 0.1 instead of the Zoo's running normalisation.
+    "pendulum": {
+        "env_id": "Pendulum-v1",
+        "params": ("m", "l"),
+        "steps": 100_000,
+        "num_envs": 8,
+        "num_steps": 256,
+        "minibatch": 256,
+        "epochs": 10,
+        "lr": 1e-3,
+        "hnet_lr": 1e-3,
+        "gamma": 0.9,
+        "lam": 0.95,
+        "ent_coef": 0.0,
+        "reward_scale": 0.1,
+    },
+}
+
+
+def _preset(text: str) -> str:
+    return f"{text}; none: the environment's preset"
+
+
+@dataclass
+class Config:
+    """Options of ``hyperloom train rl``."""
+
+    env: str = field(
+        default="cartpole", metadata={"help": "the task family", "choices": tuple(PRESETS)}
+    )
+    methods: tuple[str, ...] = field(
+        default=METHODS, metadata={"help": f"methods to run, any of {','.join(METHODS)}"}
+    )
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "random seeds"})
+    params: tuple[str, ...] | None = field(
+        default=None, metadata={"help": _preset("physical parameters the context varies")}
+    )
+    train_range: tuple[float, ...] = field(
+        default=(0.5, 2.0), metadata={"help": "scale factors (low,high) of the training range"}
+    )
+    outside_range: tuple[float, ...] = field(
+        default=(0.25, 4.0),
+        metadata={"help": "scale factors (low,high) of the wider range for 'outside' contexts"},
+    )
+    n_train_contexts: int = field(default=10, metadata={"help": "contexts trained on"})
+    n_eval_contexts: int = field(
+        default=20, metadata={"help": "held-out contexts per set (inside, outside)"}
+    )
+    steps: int | None = field(default=None, metadata={"help": _preset("environment steps")})
+    num_envs: int | None = field(default=None, metadata={"help": _preset("parallel environments")})
+    num_steps: int | None = field(
+        default=None, metadata={"help": _preset("steps per environment per rollout")}
+    )
+    minibatch: int | None = field(default=None, metadata={"help": _preset("minibatch size")})
+    epochs: int | None = field(default=None, metadata={"help": _preset("epochs per rollout")})
+    lr: float | None = field(default=None, metadata={"help": _preset("Adam lr, annealed to 0")})
+    hnet_lr: float | None = field(
+        default=None, metadata={"help": _preset("Adam lr of the hypernetworks, annealed to 0")}
+    )
+    gamma: float | None = field(default=None, metadata={"help": _preset("discount")})
+    lam: float | None = field(default=None, metadata={"help": _preset("GAE lambda")})
+    ent_coef: float | None = field(default=None, metadata={"help": _preset("entropy bonus")})
+    reward_scale: float | None = field(
+        default=None, metadata={"help": _preset("rewards are multiplied by this for training")}
+    )
+    clip: float = field(default=0.2, metadata={"help": "PPO clipping range"})
+    vf_coef: float = field(default=0.5, metadata={"help": "value loss weight"})
+    max_grad_norm: float = field(default=0.5, metadata={"help": "gradient norm clipping"})
+    hidden: tuple[int, ...] = field(
+        default=(64, 64), metadata={"help": "hidden sizes of the policy and value MLPs"}
+    )
+    hnet_hidden: tuple[int, ...] = field(
+        default=(64,), metadata={"help": "trunk of the hypernetworks (FlatGenerator)"}
+    )
+    eval_every: int = field(
+        default=10_000,
+        metadata={"help": "environment steps between evaluations; 0: only at the end"},
+    )
+    valid: bool = field(
+        default=False,
+        metadata={
+            "help": "draw the held-out contexts from a separate validation stream (for choosing "
+            "settings) instead of the test contexts"
+        },
+    )
+    out: str = field(default="runs", metadata={"help": "folder for the run folder"})
+    quiet: bool = field(default=False, metadata={"help": "print only the summary"})
+
+
+def resolve(config: Config) -> Config:
+    """``config`` with every ``none`` option replaced by the environment's preset, checked."""
+    if config.env not in PRESETS:
+        raise ValueError(f"unknown env {config.env!r}; choose one of {tuple(PRESETS)}")
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown or not config.methods:
+        raise ValueError(f"unknown methods {unknown or '(none given)'}; choose from {METHODS}")
+    if not config.seeds:
+        raise ValueError("seeds must not be empty")
+    preset = PRESETS[config.env]
+    filled = {k: v for k, v in preset.items() if k != "env_id" and getattr(config, k) is None}
+    out = replace(config, **filled)
+    for name in ("steps", "num_envs", "num_steps", "minibatch", "epochs", "n_train_contexts"):
+        if getattr(out, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(out, name)}")
+    if out.n_eval_contexts < 1 or out.eval_every < 0:
+        raise ValueError(
+            f"n_eval_contexts must be >= 1 and eval_every >= 0, got {out.n_eval_contexts}, "
+            f"{out.eval_every}"
+        )
+    if (out.num_envs * out.num_steps) % out.minibatch:
+        raise ValueError(
+            f"minibatch={out.minibatch} must divide num_envs*num_steps="
+            f"{out.num_envs * out.num_steps}"
+        )
+    return out
+
+
+def draw_contexts(config: Config, seed: int) -> dict[str, np.ndarray]:
+    """The training contexts and the held-out sets ``inside`` and ``outside``, from ``seed``.
+
+    The training contexts come from ``seed`` alone; the held-out ones from a second stream
+    (``valid=True`` draws them from a third, so that settings chosen on them never saw the
+    test contexts).
+    """
+    dim = len(config.params)
+    inside = tuple(config.train_range)
+    rng = np.random.default_rng([seed, 0])
+    train = sample_contexts(config.n_train_contexts, dim, inside=inside, rng=rng)
+    held = np.random.default_rng([seed, 2 if config.valid else 1])
+    n = config.n_eval_contexts
+    return {
+        "train": train,
+        "inside": sample_contexts(n, dim, inside=inside, rng=held),
+        "outside": sample_contexts(
+            n, dim, inside=inside, outside=tuple(config.outside_range), rng=held
+        ),
+    }
+
+
+def train(config: Config, method: str, contexts: dict[str, np.ndarray], seed: int) -> dict:
+    """Train one actor-critic with PPO and evaluate it on every set of ``contexts``.
+
+    Args:
+        config: a resolved :class:`Config`.
+        method: ``hyper``, ``concat`` or ``none``.
+        contexts: ``{"train": (K, d), <eval set>: (M, d), ...}``.
+        seed: seeds the networks, the actions and the environments.
+
+    Returns:
+        ``{"final": {set: returns}, "curve": [...], "train_seconds", "env_steps_per_second",
+        "train_episodes", "eval_episodes_per_second", "params"}``.
+    """
+    env_id = PRESETS[config.env]["env_id"]
+    dim = len(config.params)
+    torch.manual_seed(seed)
+    vec = make_vector_env(
+        env_id, config.params, contexts["train"], num_envs=config.num_envs, seed=1000 * seed
+    )
+    evals = {
+        name: make_vector_env(env_id, config.params, c, fixed=True, seed=0)
+        for name, c in contexts.items()
+    }
+    obs_dim = vec.single_observation_space.shape[0] - dim
+    act_space = vec.single_action_space
+    out_dim = int(act_space.n) if not act_space.shape else int(act_space.shape[0])
+
+    def net(out: int) -> torch.nn.Module:
+        return contextual(
+            method, obs_dim, dim, out, hidden=config.hidden, hnet_hidden=config.hnet_hidden
+        )
+
+    agent = ActorCritic(net(out_dim), net(1), act_space)
+    hyper = [p for n, p in agent.named_parameters() if ".hnet." in n]
+    rest = [p for n, p in agent.named_parameters() if ".hnet." not in n]
+    groups = [{"params": rest, "base_lr": config.lr}]
+    if hyper:
+        groups.append({"params": hyper, "base_lr": config.hnet_lr})
+    opt = torch.optim.Adam(groups, lr=config.lr, eps=1e-5)
+
+    T, N = config.num_steps, config.num_envs
+    updates = max(1, config.steps // (T * N))
+    states = torch.zeros(T, N, obs_dim)
+    ctxs = torch.zeros(T, N, dim)
+    actions = torch.zeros(
+        (T, N, *act_space.shape), dtype=torch.float32 if act_space.shape else torch.long
+    )
+    logps, rewards, dones, values = (torch.zeros(T, N) for _ in range(4))
+
+    curve: list[dict] = []
+    episode_return = np.zeros(N)
+    train_returns: list[tuple[int, float]] = []
+    step = 0
+    next_eval = config.eval_every if config.eval_every else None
+    eval_seconds = 0.0
+    obs, _ = vec.reset(seed=1000 * seed)
+    with Stopwatch() as total:
+        for update in range(updates):
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * (1.0 - update / updates)
+            # Rollout: every environment, each with its own context, in one forward per step.
+            for t in range(T):
+                state, ctx = split_observation(obs, dim)
+                with torch.no_grad():
+                    action, logp, _, value = agent.act(state, ctx)
+                obs, raw, term, trunc, info = vec.step(agent.env_action(action))
+                episode_return += raw
+                for i in np.flatnonzero(term | trunc):  # the training episodes' own returns
+                    train_returns.append((step + N, float(episode_return[i])))
+                    episode_return[i] = 0.0
+                reward = raw * config.reward_scale
+                cut = trunc & ~term
+                if cut.any():  # time limit, not a terminal state: bootstrap from the last state
+                    final = np.stack([info["final_obs"][i] for i in np.flatnonzero(cut)])
+                    with torch.no_grad():
+                        v_final = agent.value(*split_observation(final, dim)).numpy()
+                    reward[cut] += config.gamma * v_final
+                states[t], ctxs[t], actions[t], logps[t], values[t] = (
+                    state,
+                    ctx,
+                    action,
+                    logp,
+                    value,
+                )
+                rewards[t] = torch.as_tensor(reward, dtype=torch.float32)
+                dones[t] = torch.as_tensor(term | trunc, dtype=torch.float32)
+                step += N
+            with torch.no_grad():
+                last_value = agent.value(*split_observation(obs, dim))
+            adv, ret = gae(rewards, values, dones, last_value, gamma=config.gamma, lam=config.lam)
+
+            # Update: epochs of shuffled minibatches over the flattened rollout.
+            b_state, b_ctx = states.reshape(T * N, obs_dim), ctxs.reshape(T * N, dim)
+            b_act = actions.reshape(T * N, *act_space.shape)
+            b_logp, b_adv, b_ret = logps.reshape(-1), adv.reshape(-1), ret.reshape(-1)
+            for _ in range(config.epochs):
+                for idx in torch.randperm(T * N).split(config.minibatch):
+                    loss, stats = ppo_loss(
+                        agent, b_state[idx], b_ctx[idx], b_act[idx], b_logp[idx],
+                        b_adv[idx], b_ret[idx],
+                        clip=config.clip, vf_coef=config.vf_coef, ent_coef=config.ent_coef,
+                    )  # fmt: skip
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
+                    opt.step()
+
+            if next_eval is not None and step >= next_eval and update < updates - 1:
+                with Stopwatch() as sw:
+                    point = {"step": step, **_evaluate_sets(agent, evals, dim, seed)}
+                eval_seconds += sw.seconds
+                curve.append(point)
+                next_eval += config.eval_every
+                if not config.quiet:
+                    print(
+                        f"  {method} seed {seed} step {step:>7}: "
+                        + ", ".join(f"{k} {point[k]:.1f}" for k in SETS if k in point)
+                        + f" (kl {stats['approx_kl']:.4f})"
+                    )
+    train_seconds = total.seconds - eval_seconds
+    finals, eps = {}, {}
+    for name, vec_eval in evals.items():
+        result = evaluate(agent, vec_eval, dim, seed=10_000 + seed)
+        finals[name] = result.returns.tolist()
+        eps[name] = result.episodes_per_second
+    curve.append({"step": step, **{k: float(np.mean(v)) for k, v in finals.items()}})
+    vec.close()
+    return {
+        "final": finals,
+        "curve": curve,
+        "train_seconds": train_seconds,
+        "env_steps": step,
+        "env_steps_per_second": step / train_seconds,
+        "train_episodes": len(train_returns),
+        "train_returns": train_returns,
+        "eval_episodes_per_second": eps,
+        "params": count_trainable(agent),
+    }
+
+
+def _evaluate_sets(agent: ActorCritic, evals: dict, dim: int, seed: int) -> dict[str, float]:
+    return {
+        name: float(evaluate(agent, vec, dim, seed=10_000 + seed).returns.mean())
+        for name, vec in evals.items()
+    }
+
+
+def run(config: Config) -> dict:
+    config = resolve(config)
+    run_dir = make_run_dir(config.out, "rl")
+    print(
+        f"rl: {PRESETS[config.env]['env_id']}, context = log2 scale of {config.params}, "
+        f"methods {config.methods}, seeds {config.seeds}, {config.steps:,} steps each"
+    )
+    rows: list[dict] = []
+    runs: dict[str, dict] = {}
+    for seed in config.seeds:
+        contexts = draw_contexts(config, seed)
+        for method in config.methods:
+            result = train(config, method, contexts, seed)
+            runs[f"{method}/{seed}"] = result
+            row = {"method": method, "seed": seed}
+            row.update({s: float(np.mean(result["final"][s])) for s in SETS})
+            row["steps/s"] = result["env_steps_per_second"]
+            row["train s"] = result["train_seconds"]
+            row["eval eps/s"] = result["eval_episodes_per_second"]["inside"]
+            row["params"] = result["params"]
+            rows.append(row)
+            if not config.quiet:
+                print(format_table([row]))
+    summary = summarise(rows, config.methods)
+    print(format_table(summary))
+    write_csv(run_dir / "results.csv", rows)
+    results = {
+        "config": asdict(config),
+        "env_id": PRESETS[config.env]["env_id"],
+        "summary": summary,
+        "rows": rows,
+        "runs": runs,
+        "contexts": {
+            str(s): {k: v.tolist() for k, v in draw_contexts(config, s).items()}
+            for s in config.seeds
+        },
+    }
+    write_json(run_dir / "results.json", results)
+    plot_curves(runs, config.methods, run_dir / "curves.png", title=results["env_id"])
+    print(run_dir)
+    return {**results, "run_dir": str(run_dir)}
+
+
+def summarise(rows: list[dict], methods: tuple[str, ...]) -> list[dict]:
+    """Mean and standard deviation over seeds of each method's final returns and throughput."""
+    out = []
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        row: dict = {"method": method, "seeds": len(mine)}
+        for key in (*SETS, "steps/s", "eval eps/s"):
+            vals = [r[key] for r in mine]
+            row[key] = statistics.fmean(vals)
+            row[f"{key} std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        row["params"] = mine[0]["params"]
+        out.append(row)
+    return out
+
+
+def plot_curves(runs: dict[str, dict], methods: tuple[str, ...], path, *, title: str = "") -> None:
+    """Greedy return on each context set along training, mean ± std over seeds, per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SETS), figsize=(4.2 * len(SETS), 3.4), sharey=True)
+    for ax, name in zip(axes, SETS, strict=True):
+        for method in methods:
+            curves = [r["curve"] for k, r in runs.items() if k.split("/")[0] == method]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            x = np.array([p["step"] for p in curves[0][:n]])
+            y = np.array([[p[name] for p in c[:n]] for c in curves])
+            mean, std = y.mean(0), y.std(0)
+            ax.plot(x, mean, label=method)
+            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+        ax.set_title(f"{name} contexts")
+        ax.set_xlabel("environment steps")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("greedy return")
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
