@@ -612,3 +612,17 @@ def test_task_statistics_and_activation_modules_round_trip(tmp_path):
     back.eval(), hnet.eval()
     x = torch.randn(3, 4, dtype=torch.float64)
     assert torch.equal(back(x, task=2), hnet(x, task=2))
+
+
+def test_a_conditioner_load_cannot_build_is_given_back(tmp_path):
+    class Custom(hl.TaskEmbedding):
+        def config(self) -> dict:
+            return {"type": "custom", "num": self.num, "dim": self.dim}
+
+    hnet = hl.HyperNetwork(nn.Linear(3, 2), Custom(2, 4), hl.FlatGenerator())
+    hl.save(hnet, tmp_path / "c.safetensors")
+    with pytest.raises(ValueError, match="'custom' is not one load\\(\\) builds"):
+        hl.load(tmp_path / "c.safetensors", target=nn.Linear(3, 2))
+    back = hl.load(tmp_path / "c.safetensors", target=nn.Linear(3, 2), conditioner=Custom(2, 4))
+    x = torch.randn(2, 3)
+    assert torch.equal(back(x, task=1), hnet(x, task=1))

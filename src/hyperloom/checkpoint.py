@@ -148,7 +148,9 @@ def _printable(text: Any) -> str:
 
 
 def _check_rebuildable(hnet: nn.Module) -> None:
-    """Refuse what :func:`load` could not rebuild: unregistered generators and conditioners."""
+    """Refuse what :func:`load` could not rebuild: unregistered generators, and conditioners
+    that cannot describe themselves (a conditioner outside the core's table, an application's
+    ``Preference`` say, is recorded by its ``config()`` and given back to :func:`load`)."""
     from .conditioning import CONDITIONERS
     from .generators import get_generator
 
@@ -166,10 +168,12 @@ def _check_rebuildable(hnet: nn.Module) -> None:
 
     def check(cond: nn.Module) -> None:
         if type(cond) not in CONDITIONERS.values():
-            raise ValueError(
-                f"save() cannot record the conditioner {type(cond).__name__}: load() rebuilds "
-                f"only {', '.join(c.__name__ for c in CONDITIONERS.values())}"
-            )
+            config = cond.config() if callable(getattr(cond, "config", None)) else None
+            if not isinstance(config, dict) or not isinstance(config.get("type"), str):
+                raise ValueError(
+                    f"save() cannot record the conditioner {type(cond).__name__}: its config() "
+                    "must return a JSON dict with a 'type'"
+                )
         for part in getattr(cond, "parts", ()):
             check(part)
 
@@ -727,7 +731,10 @@ def _build_conditioner(config: Mapping[str, Any], registry: Mapping[str, type]) 
             "pass conditioner=SampleEncoder(encoder, dim=...) to load()"
         )
     if kind not in registry:
-        raise ValueError(f"unknown conditioner type {_printable(kind)!r} in checkpoint")
+        raise ValueError(
+            f"this checkpoint's conditioner {_printable(kind)!r} is not one load() builds "
+            f"({', '.join(registry)}); pass conditioner=... to load()"
+        )
     options = {k: v for k, v in config.items() if k != "type"}
     if kind == "task":
         return registry["task"](options.pop("num"), options.pop("dim"), **options)
