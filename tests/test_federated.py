@@ -703,3 +703,16 @@ def test_strategy_applies_one_reply_per_node_and_round(task_identity):
     assert sum("second reply" in s["reason"] for s in strategy.skipped) == 2
     for a, b in zip(once, thrice, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import hyperloom.federated
+
+    result = doctest.testmod(
+        hyperloom.federated,
+        extraglobs={"torch": torch, "nn": nn},
+        optionflags=doctest.NORMALIZE_WHITESPACE,
+    )
+    assert result.attempted > 0 and result.failed == 0
