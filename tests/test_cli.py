@@ -148,7 +148,7 @@ def test_demo_describe_export_end_to_end(capsys, tmp_path):
         (["demo", "--batch-size=0"], "--batch-size: must be >= 1, got 0"),
         (["demo", "--hidden=100,0"], "argument --hidden: must be >= 1, got 0"),
         (["demo", "--lr=nan"], "argument --lr: must be a finite number, got nan"),
-        (["demo", "--seed=100000000000000000000000"], "argument --seed: must be <= "),
+        (["demo", "--seed=100000000000000000000000"], "argument --seed: must be within +-2**62"),
     ],
 )
 def test_numeric_options_are_checked_before_any_work(capsys, tmp_path, argv, message):

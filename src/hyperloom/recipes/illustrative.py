@@ -49,7 +49,7 @@ BUDGETS = {"fashion-mnist": (3, 3), "digits": (30, 30)}
 Every model gets the same number of steps. On Fashion-MNIST 3 epochs are 1,407 steps; the
 1,347 training images of digits make 11 steps an epoch, so 3 epochs (33 steps) leave the plain
 DNN far from converged (82% where it reaches 97%): digits gets the budget at which the plain
-DNN's test accuracy levels off (docs/results/illustrative.md).
+DNN's test accuracy levels off (measured in README.md, "The main job").
 """
 
 
