@@ -220,6 +220,7 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     def inner(text: str) -> Any:
         return None if text.strip().lower() == "none" else parse(text)
 
+    inner.__name__ = getattr(parse, "__name__", "value")  # argparse: "invalid int value"
     return inner
 
 
