@@ -602,6 +602,7 @@ def test_poisoned_client_among_honest_ones_inprocess(tmp_path, monkeypatch, pois
     poisoned = run_with(lambda reply, head: (POISONS[poison](reply), head))
     dropped = run_with(lambda reply, head: None)  # client 0 never answers
     assert any(s["client"] == 0 for s in poisoned["skipped"])
+    assert all(s["client"] == 0 for s in poisoned["skipped"])  # every honest reply was used
     assert all(math.isfinite(a) for a in poisoned["client_accs"])
     # the server ignored the poison exactly as a silent client: every accuracy is the same
     assert poisoned["client_accs"] == dropped["client_accs"]
