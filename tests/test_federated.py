@@ -602,6 +602,7 @@ def test_poisoned_client_among_honest_ones_inprocess(tmp_path, monkeypatch, pois
     poisoned = run_with(lambda reply, head: (POISONS[poison](reply), head))
     dropped = run_with(lambda reply, head: None)  # client 0 never answers
     assert any(s["client"] == 0 for s in poisoned["skipped"])
+    assert all(s["client"] == 0 for s in poisoned["skipped"])  # every honest reply was used
     assert all(math.isfinite(a) for a in poisoned["client_accs"])
     # the server ignored the poison exactly as a silent client: every accuracy is the same
     assert poisoned["client_accs"] == dropped["client_accs"]
@@ -703,3 +704,16 @@ def test_strategy_applies_one_reply_per_node_and_round(task_identity):
     assert sum("second reply" in s["reason"] for s in strategy.skipped) == 2
     for a, b in zip(once, thrice, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import hyperloom.federated
+
+    result = doctest.testmod(
+        hyperloom.federated,
+        extraglobs={"torch": torch, "nn": nn},
+        optionflags=doctest.NORMALIZE_WHITESPACE,
+    )
+    assert result.attempted > 0 and result.failed == 0

@@ -964,8 +964,6 @@ def export_checkpoint(path: str | os.PathLike, *, task: int, out: str | os.PathL
     src = Path(path)
     if out.exists() and src.exists() and os.path.samefile(out, src):
         raise ValueError(f"--out {str(out)!r} is the checkpoint itself; write somewhere else")
-    if out.suffix != ".safetensors":
-        raise ValueError(f"--out must end in .safetensors, got {str(out)!r}")
     hnet = load(path)
     num = getattr(hnet.conditioner, "num", None)
     if num is None:

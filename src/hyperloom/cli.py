@@ -5,13 +5,18 @@ hyperloom train RECIPE [--key=value ...]  any registered recipe
 hyperloom describe CHECKPOINT             the five criteria, spec and sizes of a checkpoint
 hyperloom export CHECKPOINT --task N --out FILE
 hyperloom list                            generators, conditioners, recipes
+
+``python -m hyperloom`` is the same command. Options are checked before any work: an invalid
+value exits with status 2 and a message naming the option; a failing command prints one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .config import ArgumentParser, add_config_arguments, config_from_args
 
@@ -36,9 +41,52 @@ def _run_recipe(name: str, argv: Sequence[str], prog: str) -> int:
     module = load_recipe(name)
     parser = ArgumentParser(prog=prog, description=(module.__doc__ or "").strip().splitlines()[0])
     add_config_arguments(parser, module.Config)
-    config = config_from_args(module.Config, parser.parse_args(list(argv)))
-    module.run(config)
+    args = parser.parse_args(list(argv))
+    try:
+        config = config_from_args(module.Config, args)
+    except ValueError as e:
+        parser.error(str(e))
+    out = getattr(config, "out", None)
+    if out is not None:
+        problem = _unwritable(Path(out))
+        if problem:
+            parser.error(f"argument --out: {problem}")
+    before = _entries(out)
+    try:
+        module.run(config)
+    except BaseException:
+        _remove_empty_new_folders(out, before)  # a failed run leaves no empty run folder
+        raise
     return 0
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why run folders cannot be created under ``out``, or ``None``; creates ``out`` itself."""
+    if str(out).strip() == "":
+        return "an empty path"
+    try:
+        if out.exists() and not out.is_dir():
+            return f"{str(out)!r} exists and is not a folder"
+        out.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        return f"cannot create {str(out)!r}: {getattr(e, 'strerror', None) or e}"
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"{str(out)!r} is not writable"
+    return None
+
+
+def _entries(out: str | None) -> set[str]:
+    if out is None or not Path(out).is_dir():
+        return set()
+    return {p.name for p in Path(out).iterdir()}
+
+
+def _remove_empty_new_folders(out: str | None, before: set[str]) -> None:
+    if out is None or not Path(out).is_dir():
+        return
+    for p in Path(out).iterdir():
+        if p.name not in before and p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
 
 
 def cmd_describe(args: argparse.Namespace, rest: Sequence[str]) -> int:
@@ -67,11 +115,22 @@ def cmd_list(args: argparse.Namespace, rest: Sequence[str]) -> int:
         print(f"  {name:<12}{cls.__name__:<22}{cls.strategy} ({cls.architecture})")
     print("conditioners:")
     for name, cls in CONDITIONERS.items():
-        print(f"  {name:<12}{cls.__name__:<22}{cls.kind or 'mixture'}")
+        kind = cls.kind if isinstance(cls.kind, str) else ""  # Concat's depends on its parts
+        print(f"  {name:<12}{cls.__name__:<22}{kind or 'mixture'}")
     print("recipes:")
     for name in sorted(RECIPES):
         print(f"  {name:<14}hyperloom train {name} --help")
     return 0
+
+
+def _task_id(text: str) -> int:
+    try:
+        task = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer task id, got {text!r}") from None
+    if not 0 <= task < 2**62:
+        raise argparse.ArgumentTypeError(f"must be a task id in [0, 2**62), got {text}")
+    return task
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write the weights generated for one task")
     p.add_argument("checkpoint", help="a .safetensors checkpoint written by hyperloom.save")
-    p.add_argument("--task", type=int, required=True, help="the task id to generate for")
+    p.add_argument("--task", type=_task_id, required=True, help="the task id to generate for")
     p.add_argument("--out", required=True, help="output .safetensors file (a plain state dict)")
     p.set_defaults(func=cmd_export, passthrough=False)
 
@@ -113,8 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args, rest)
-    except (FileNotFoundError, IndexError, ValueError) as e:
-        print(f"hyperloom {args.command}: error: {e}", file=sys.stderr)
+    except (OSError, IndexError, ValueError) as e:  # one line, never a traceback
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"hyperloom {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -675,7 +675,9 @@ def pfedhn_step(
         for i, g in enumerate(grads):
             if g is not None:
                 total[i] = g / len(ids) if total[i] is None else total[i] + g / len(ids)
-    norm = _norm64(g for g in total if g is not None)
+    # In the gradients' own dtype (no float64 copy of 8.7 M values): a norm whose square
+    # overflows comes out inf and is refused like NaN.
+    norm = math.sqrt(sum(float(torch.linalg.vector_norm(g)) ** 2 for g in total if g is not None))
     if not norm <= MAX_SERVER_GRAD_NORM:
         raise ValueError(
             f"refused the step for clients {ids}: gradient norm {norm:.3g} is not finite or "

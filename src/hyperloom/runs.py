@@ -101,12 +101,21 @@ def format_table(rows: Sequence[Mapping[str, Any]], floats: str = "{:.4g}") -> s
 
 
 def progress(iterable: Iterable[T], *, quiet: bool = False, **tqdm_kwargs: Any) -> Iterator[T]:
-    """``tqdm`` over ``iterable`` unless ``quiet`` (then the iterable itself)."""
+    """``tqdm`` over ``iterable`` on a terminal, else (or when ``quiet``) the iterable itself.
+
+    Under a non-terminal stderr (CI, a log file) a bar would print one empty ``0%`` line per
+    loop, so none is drawn (tqdm's ``disable=None``); recipes print a line per finished model.
+
+    Example:
+        >>> list(progress(range(3), quiet=True))
+        [0, 1, 2]
+    """
     if quiet:
         yield from iterable
         return
     from tqdm.auto import tqdm
 
+    tqdm_kwargs.setdefault("disable", None)  # None: only on a terminal
     yield from tqdm(iterable, dynamic_ncols=True, leave=False, **tqdm_kwargs)
 
 

@@ -55,6 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from ...conditioning import TaskEmbedding
+from ...config import check_ranges
 from ...data import DATASET_NAMES, fashion_mnist_available, load_dataset
 from ...federated import (
     IDLE_EMBEDDINGS,
@@ -207,6 +208,7 @@ class ClientData:
 
 def check_config(config: Config) -> None:
     """Raise ValueError naming the first option that cannot work."""
+    check_ranges(config)
     unknown = [m for m in config.methods if m not in METHODS]
     if unknown or not config.methods:
         raise ValueError(f"unknown methods {unknown or '()'}; choose from {', '.join(METHODS)}")
