@@ -5,6 +5,7 @@ hyperloom train RECIPE [--key=value ...]  any registered recipe
 hyperloom describe CHECKPOINT             the five criteria, spec and sizes of a checkpoint
 hyperloom export CHECKPOINT --task N --out FILE
 hyperloom list                            generators, conditioners, recipes
+hyperloom reproduce RECIPE [--seeds 0,1] [--smoke]   rerun a recorded result beside the record
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ def cmd_list(args: argparse.Namespace, rest: Sequence[str]) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from .recipes.reproduce import main as reproduce_main
+
+    return reproduce_main(rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="hyperloom", description="Hypernetworks for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -101,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list generators, conditioners and recipes")
     p.set_defaults(func=cmd_list, passthrough=False)
+
+    p = sub.add_parser("reproduce", help="rerun a recorded result: --help", add_help=False)
+    p.set_defaults(func=cmd_reproduce, passthrough=True)
     return parser
 
 

@@ -40,8 +40,51 @@ from ..runs import (
     write_json,
 )
 from ..targets import build_target
+from .reproduce import Recorded
 
 GENERATORS = ("once", "heads", "chunked", "component")
+
+
+# ``hyperloom reproduce illustrative --smoke``: both parts on 200 digit images, one epoch each.
+SMOKE: dict = {
+    "dataset": "digits",
+    "epochs": 1,
+    "shared_epochs": 1,
+    "max_train": 200,
+    "chunk_size": 512,
+    "quiet": True,
+}
+
+# The README's ``make demo`` table (Fashion-MNIST, the defaults, seed 0).
+RECORDED: tuple[Recorded, ...] = (
+    Recorded(
+        "demo",
+        {"dataset": "fashion-mnist", "quiet": True},
+        {
+            "plain DNN (%)": "single_task.model=plain DNN.test_acc",
+            "generate-once (%)": "single_task.model=HyperDNN (once).test_acc",
+            "multiple heads (%)": "single_task.model=HyperDNN (heads).test_acc",
+            "chunk-wise (%)": "single_task.model=HyperDNN (chunked).test_acc",
+            "component-wise (%)": "single_task.model=HyperDNN (component).test_acc",
+            "5 separate DNNs (%)": "soft_weight_sharing.model=5 separate DNNs.test_acc",
+            "1 shared HyperDNN (%)": (
+                "soft_weight_sharing.model=1 shared HyperDNN (chunked).test_acc"
+            ),
+        },
+        {
+            0: {
+                "plain DNN (%)": 84.58,
+                "generate-once (%)": 85.36,
+                "multiple heads (%)": 85.69,
+                "chunk-wise (%)": 84.36,
+                "component-wise (%)": 86.52,
+                "5 separate DNNs (%)": 99.03,
+                "1 shared HyperDNN (%)": 99.01,
+            }
+        },
+        page="README.md",
+    ),
+)
 
 
 @dataclass
