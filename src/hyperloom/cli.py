@@ -5,7 +5,7 @@ hyperloom train RECIPE [--key=value ...]  any registered recipe
 hyperloom describe CHECKPOINT             the five criteria, spec and sizes of a checkpoint
 hyperloom export CHECKPOINT --task N --out FILE
 hyperloom list                            generators, conditioners, recipes
-hyperloom reproduce RECIPE [--seeds 0,1] [--smoke]   rerun a recorded result beside the record
+hyperloom reproduce RECIPE [--seeds 0,1 | --smoke]   rerun a recorded result beside the record
 """
 
 from __future__ import annotations
