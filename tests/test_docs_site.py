@@ -157,3 +157,18 @@ def test_page_renders_in_headless_chromium(server, page, tmp_path):
     pixels = matplotlib.image.imread(str(shot))  # (H, W, channels), floats in [0, 1]
     assert pixels.shape[:2] == (1600, 1280)
     assert pixels.std() > 0.05  # text and images, not a blank page
+
+
+# Guide pages whose Python examples are complete programs; each page's blocks run in order in
+# one namespace (the README's are run by test_readme.py).
+RUNNABLE = ("conditioners.md", "generators.md", "continual.md", "uncertainty.md")
+
+
+@pytest.mark.parametrize("page", RUNNABLE)
+def test_guide_python_examples_run(page, capsys):
+    path = ROOT / "docs" / page
+    blocks = re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+    assert blocks, f"{page} has no python example"
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(path), "exec"), namespace)
