@@ -2,8 +2,9 @@
 
 Each module of ``hyperloom`` is imported and its docstrings are collected with
 :class:`doctest.DocTestFinder`; every docstring with examples is one test, run in its module's
-namespace after seeding ``random``, NumPy and torch with 0 (so printed random values are
-reproducible). A module whose optional dependency is missing is skipped, by name.
+namespace (plus ``torch``, ``nn`` and ``hl``, as a ``doctest_namespace`` would give them) after
+seeding ``random``, NumPy and torch with 0 (so printed random values are reproducible). A
+module whose optional dependency is missing is skipped, by name.
 """
 
 from __future__ import annotations
@@ -79,6 +80,6 @@ def test_docstring_example(test, tmp_path, monkeypatch):
 
     runner.report_failure = report_failure
     runner.report_unexpected_exception = report_unexpected_exception
-    test.globs = dict(test.globs)
+    test.globs = {"torch": torch, "nn": torch.nn, "hl": hyperloom, **test.globs}
     runner.run(test, out=lambda _: None, clear_globs=True)
     assert not failures, f"{test.name} ({test.filename}):\n" + "\n".join(failures)
