@@ -5,6 +5,7 @@ hyperloom train RECIPE [--key=value ...]  any registered recipe
 hyperloom describe CHECKPOINT             the five criteria, spec and sizes of a checkpoint
 hyperloom export CHECKPOINT --task N --out FILE
 hyperloom list                            generators, conditioners, recipes
+hyperloom reproduce RECIPE [--seeds 0,1 | --smoke]   rerun a recorded result beside the record
 
 ``python -m hyperloom`` is the same command. Options are checked before any work: an invalid
 value exits with status 2 and a message naming the option; a failing command prints one line.
@@ -131,6 +132,10 @@ def _task_id(text: str) -> int:
     if not 0 <= task < 2**62:
         raise argparse.ArgumentTypeError(f"must be a task id in [0, 2**62), got {text}")
     return task
+def cmd_reproduce(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from .recipes.reproduce import main as reproduce_main
+
+    return reproduce_main(rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list generators, conditioners and recipes")
     p.set_defaults(func=cmd_list, passthrough=False)
+
+    p = sub.add_parser("reproduce", help="rerun a recorded result: --help", add_help=False)
+    p.set_defaults(func=cmd_reproduce, passthrough=True)
     return parser
 
 

@@ -30,9 +30,47 @@ from torch import Tensor, nn
 
 from ..hyperlstm import HyperLSTM
 from ..runs import count_trainable, format_table, make_run_dir, progress, write_csv, write_json
+from .reproduce import Recorded
 
 FORTUNES = Path("/usr/share/games/fortunes")
 MODELS = ("hyperlstm", "lstm")
+
+
+# ``hyperloom reproduce charlm --smoke``: both models, a few steps, on this file's own text (a
+# corpus present wherever hyperloom is installed, unlike Debian's fortunes).
+SMOKE: dict = {
+    "text": __file__,
+    "steps": 3,
+    "batch_size": 4,
+    "seq_len": 16,
+    "hidden": 16,
+    "hyper_size": 8,
+    "eval_every": 2,
+    "eval_windows": 4,
+    "sample_chars": 10,
+    "quiet": True,
+}
+
+# docs/results/architectures.md, section 1 (seed 0, 2,000 steps).
+RECORDED: tuple[Recorded, ...] = (
+    Recorded(
+        "2000-steps",
+        {"steps": 2000, "quiet": True},
+        {
+            "HyperLSTM val bits/char": "results.model=hyperlstm.val_bpc",
+            "LSTM val bits/char": "results.model=lstm.val_bpc",
+            "step time ratio": "step_time_ratio_hyperlstm_over_lstm",
+        },
+        {
+            0: {
+                "HyperLSTM val bits/char": 2.247,
+                "LSTM val bits/char": 2.536,
+                "step time ratio": 2.03,
+            }
+        },
+        page="docs/results/architectures.md",
+    ),
+)
 
 
 @dataclass

@@ -40,6 +40,7 @@ from ..runs import (
     write_json,
 )
 from ..targets import build_target
+from .reproduce import Recorded
 
 GENERATORS = ("once", "heads", "chunked", "component")
 
@@ -53,6 +54,48 @@ after about 60 epochs (660 steps; 78-81% after 3, 94.2-94.7% after 30, 95.6-96.0
 96.0-96.4% after 100 epochs, seeds 0-2), and the 2-class task networks after 40-50 (3 steps an
 epoch), so digits gets 60 epochs for both parts.
 """
+
+
+# ``hyperloom reproduce illustrative --smoke``: both parts on 200 digit images, one epoch each.
+SMOKE: dict = {
+    "dataset": "digits",
+    "epochs": 1,
+    "shared_epochs": 1,
+    "max_train": 200,
+    "chunk_size": 512,
+    "quiet": True,
+}
+
+# The README's ``make demo`` table (Fashion-MNIST, the defaults, seed 0).
+RECORDED: tuple[Recorded, ...] = (
+    Recorded(
+        "demo",
+        {"dataset": "fashion-mnist", "quiet": True},
+        {
+            "plain DNN (%)": "single_task.model=plain DNN.test_acc",
+            "generate-once (%)": "single_task.model=HyperDNN (once).test_acc",
+            "multiple heads (%)": "single_task.model=HyperDNN (heads).test_acc",
+            "chunk-wise (%)": "single_task.model=HyperDNN (chunked).test_acc",
+            "component-wise (%)": "single_task.model=HyperDNN (component).test_acc",
+            "5 separate DNNs (%)": "soft_weight_sharing.model=5 separate DNNs.test_acc",
+            "1 shared HyperDNN (%)": (
+                "soft_weight_sharing.model=1 shared HyperDNN (chunked).test_acc"
+            ),
+        },
+        {
+            0: {
+                "plain DNN (%)": 84.58,
+                "generate-once (%)": 85.36,
+                "multiple heads (%)": 85.69,
+                "chunk-wise (%)": 84.36,
+                "component-wise (%)": 86.52,
+                "5 separate DNNs (%)": 99.03,
+                "1 shared HyperDNN (%)": 99.01,
+            }
+        },
+        page="README.md",
+    ),
+)
 
 
 @dataclass

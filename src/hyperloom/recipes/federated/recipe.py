@@ -76,6 +76,7 @@ from ...generators import HeadsGenerator
 from ...hypernet import HyperNetwork
 from ...runs import Stopwatch, format_table, make_run_dir, progress, write_csv, write_json
 from ...target import select
+from ..reproduce import Recorded
 
 LOGGER = logging.getLogger("hyperloom.federated")
 
@@ -85,6 +86,127 @@ TRUST_BOUND = 10.0
 
 PERSONAL_HEAD = ("out.*",)
 """pFedHN-PC: the target's parameters that stay on the client (the classifier head)."""
+
+
+# ``hyperloom reproduce federated --smoke``: every method, 4 digit clients (+1 new), 3 rounds.
+SMOKE: dict = {
+    "dataset": "digits",
+    "num_clients": 4,
+    "new_clients": 1,
+    "clients_per_round": 2,
+    "rounds": 3,
+    "inner_steps": 3,
+    "finetune_steps": 3,
+    "new_client_rounds": 2,
+    "hn_hidden": 16,
+    "hn_layers": 1,
+    "methods": METHODS,
+    "quiet": True,
+}
+
+
+def _figures(method: str, acc: float, new_acc: float) -> dict[str, float]:
+    return {f"{method} acc (%)": acc, f"{method} new-client acc (%)": new_acc}
+
+
+def _recorded(n: int, m: int, methods: tuple[str, ...], values: dict) -> Recorded:
+    metrics = {}
+    for method in methods:
+        metrics[f"{method} acc (%)"] = f"results.{method}.acc"
+        metrics[f"{method} new-client acc (%)"] = f"results.{method}.new_client_acc"
+    return Recorded(
+        f"n{n}-{methods[0]}",
+        {"num_clients": n, "new_clients": m, "methods": methods, "quiet": True},
+        metrics,
+        values,
+        page="docs/results/federated.md",
+    )
+
+
+# docs/results/federated.md, sections 3 and 4 (100 rounds, the presets; one run per method
+# group, as recorded; FedAvg + fine-tuning comes from the FedAvg run).
+RECORDED: tuple[Recorded, ...] = (
+    _recorded(
+        10,
+        2,
+        ("pfedhn",),
+        {
+            0: {**_figures("pfedhn", 98.4, 68.8)},
+            1: {**_figures("pfedhn", 97.6, 23.4)},
+            2: {**_figures("pfedhn", 99.3, 20.7)},
+        },
+    ),
+    _recorded(
+        10,
+        2,
+        ("pfedhn-pc",),
+        {
+            0: {**_figures("pfedhn-pc", 98.4, 99.1)},
+            1: {**_figures("pfedhn-pc", 98.0, 85.6)},
+            2: {**_figures("pfedhn-pc", 99.4, 77.0)},
+        },
+    ),
+    _recorded(
+        10,
+        2,
+        ("local",),
+        {
+            0: {**_figures("local", 97.9, 99.4)},
+            1: {**_figures("local", 97.6, 93.7)},
+            2: {**_figures("local", 99.1, 85.2)},
+        },
+    ),
+    _recorded(
+        10,
+        2,
+        ("fedavg", "fedavg-ft"),
+        {
+            0: {**_figures("fedavg", 67.1, 72.8), **_figures("fedavg-ft", 98.0, 99.6)},
+            1: {**_figures("fedavg", 69.1, 83.7), **_figures("fedavg-ft", 97.2, 94.5)},
+            2: {**_figures("fedavg", 68.9, 49.3), **_figures("fedavg-ft", 99.2, 91.5)},
+        },
+    ),
+    _recorded(
+        50,
+        5,
+        ("pfedhn",),
+        {
+            0: {**_figures("pfedhn", 95.9, 84.2)},
+            1: {**_figures("pfedhn", 93.0, 94.1)},
+            2: {**_figures("pfedhn", 96.2, 96.0)},
+        },
+    ),
+    _recorded(
+        50,
+        5,
+        ("pfedhn-pc",),
+        {
+            0: {**_figures("pfedhn-pc", 96.0, 94.1)},
+            1: {**_figures("pfedhn-pc", 94.4, 98.8)},
+            2: {**_figures("pfedhn-pc", 96.4, 99.0)},
+        },
+    ),
+    _recorded(
+        50,
+        5,
+        ("local",),
+        {
+            0: {**_figures("local", 91.9, 95.0)},
+            1: {**_figures("local", 83.6, 98.3)},
+            2: {**_figures("local", 92.8, 99.6)},
+        },
+    ),
+    _recorded(
+        50,
+        5,
+        ("fedavg", "fedavg-ft"),
+        {
+            0: {**_figures("fedavg", 74.8, 74.0), **_figures("fedavg-ft", 96.0, 94.9)},
+            1: {**_figures("fedavg", 56.8, 57.5), **_figures("fedavg-ft", 92.4, 99.0)},
+            2: {**_figures("fedavg", 56.9, 56.9), **_figures("fedavg-ft", 96.3, 99.2)},
+        },
+    ),
+)
 
 
 @dataclass
