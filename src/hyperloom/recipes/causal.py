@@ -62,6 +62,7 @@ from ..runs import (
     write_csv,
     write_json,
 )
+from .reproduce import Recorded
 
 BASELINES = ("xlearner", "causal_forest")
 """Non-neural baselines (econml): X-learner and causal forest, gradient-boosted nuisances."""
@@ -145,6 +146,71 @@ class Config:
     )
     out: str = field(default="runs", metadata={"help": "folder for the run folder"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+
+
+# ``hyperloom reproduce causal --smoke``: every learner (plain and HyperITE) and both econml
+# baselines on one instance, 120 in-sample units, tiny networks, a few epochs (as the tests).
+SMOKE: dict = {
+    "instances": (2,),
+    "n_train": 120,
+    "hidden": (8,),
+    "head": (4,),
+    "gen_hidden": (8,),
+    "chunk_size": 32,
+    "epochs": 3,
+    "patience": 2,
+    "forest_trees": 8,
+    "repeats": 1,
+    "quiet": True,
+}
+
+
+def _pehe_out(methods: tuple[str, ...]) -> dict[str, str]:
+    """label -> path of each method's out-of-sample sqrt(PEHE), mean over the instances."""
+    return {f"{m} sqrt PEHE out": f"summary.means.{m}.pehe_out" for m in methods}
+
+
+_NEURAL = ("T-learner", "HyperT-learner", "S-learner", "HyperS-learner", "TARNet", "HyperTARNet")
+_ALL = (*_NEURAL, "X-learner (econml)", "causal forest (econml)")
+
+
+def _figures(methods: tuple[str, ...], values: tuple[float, ...]) -> dict[str, float]:
+    return {f"{m} sqrt PEHE out": v for m, v in zip(methods, values, strict=True)}
+
+
+# docs/results/causal.md. Full data (section 1, `hyperloom train causal --seed=S`, one run per
+# seed): the per-seed out-of-sample sqrt(PEHE), mean over the 10 instances, from the line "Mean
+# over the 10 instances of each seed's sqrt(PEHE) out-of-sample, per seed (0, 1, 2)". The
+# 500-unit runs (sections 2 and 3) are one run each with ``repeats=3`` from seed 0, so what that
+# run returns (and the page records) is the mean over seeds 0-2: the "sqrt PEHE out" column of
+# section 2's table and the plain and HyperITE (flat) columns of section 3's, under seed 0.
+RECORDED: tuple[Recorded, ...] = (
+    Recorded(
+        "full",
+        {"quiet": True},
+        _pehe_out(_ALL),
+        {
+            0: _figures(_ALL, (3.055, 2.942, 2.791, 3.003, 2.571, 2.836, 1.448, 1.847)),
+            1: _figures(_ALL, (3.025, 2.738, 2.807, 2.750, 2.411, 2.736, 1.265, 1.715)),
+            2: _figures(_ALL, (3.144, 3.010, 2.808, 2.957, 2.659, 2.752, 1.372, 1.827)),
+        },
+        page="docs/results/causal.md",
+    ),
+    Recorded(
+        "n500",
+        {"n_train": 500, "repeats": 3, "quiet": True},
+        _pehe_out(_ALL),
+        {0: _figures(_ALL, (4.100, 4.133, 3.801, 4.405, 3.615, 3.723, 2.564, 2.612))},
+        page="docs/results/causal.md",
+    ),
+    Recorded(
+        "n500-flat",
+        {"n_train": 500, "repeats": 3, "generator": "flat", "baselines": (), "quiet": True},
+        _pehe_out(_NEURAL),
+        {0: _figures(_NEURAL, (4.100, 4.367, 3.801, 4.791, 3.615, 4.041))},
+        page="docs/results/causal.md",
+    ),
+)
 
 
 def check_config(config: Config) -> None:
