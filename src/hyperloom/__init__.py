@@ -90,5 +90,6 @@ from .targets import build_target as build_target
 from .checkpoint import save as save
 from .checkpoint import load as load
 from .checkpoint import resume as resume
+from . import adapters as adapters
 
 __version__ = "0.1.0"

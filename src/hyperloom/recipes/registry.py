@@ -13,6 +13,7 @@ RECIPES: dict[str, str] = {
     "hyperconv": "hyperloom.recipes.hyperconv",
     "federated": "hyperloom.recipes.federated.recipe",
     "ghn": "hyperloom.recipes.ghn",
+    "adapters": "hyperloom.recipes.adapters",
 }
 
 
