@@ -246,12 +246,16 @@ def test_fortunes_reader_and_splits(tmp_path):
 def test_recipe_runs_tiny(tmp_path):
     from hyperloom.recipes import adapters as recipe
 
+    tok = transformers.AutoTokenizer.from_pretrained(ad.minilm_path(), local_files_only=True)
+    tiny_bert(vocab=len(tok)).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
     config = recipe.Config(
+        model=str(tmp_path / "model"),
         train_categories=("food", "law", "love"),
         heldout_categories=("sports", "work"),
         per_split=(4, 2, 3),
         max_length=12,
-        layers=(5,),
+        layers=(1,),
         rank=2,
         steps=3,
         batch_size=4,
@@ -266,10 +270,10 @@ def test_recipe_runs_tiny(tmp_path):
         for m in ("hnet", "lora-per-task", "lora-shared", "frozen-linear", "frozen-description")
     } | {("zero-shot", m) for m in ("hnet", "lora-shared", "frozen-description")}
     per_task = next(s for s in out["summary"] if s["method"] == "lora-per-task")
-    assert per_task["trainable_params"] == 3 * (2 * 2 * 2 * 384 + 1)
+    assert per_task["trainable_params"] == 3 * (2 * 2 * 2 * 16 + 1)  # 3 tasks, q and v, A and B
     run_dir = tmp_path / out["run_dir"].split("/")[-1]
     assert (run_dir / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert (run_dir / "peft_adapter" / "adapter_model.safetensors").is_file()
-    for bad, match in (({"methods": ("x",)}, "methods"), ({"layers": (6,)}, "layers")):
+    for bad, match in (({"methods": ("x",)}, "methods"), ({"layers": (-1,)}, "layers")):
         with pytest.raises(ValueError, match=match):
             recipe.check_config(recipe.Config(**bad))

@@ -122,4 +122,4 @@ def load_categories(
 
 def task_description(a: Category, b: Category) -> str:
     """The one-line description of the task "is this fortune from ``a`` or from ``b``"."""
-    return f"Is this fortune {a.description}, or {b.description}?"
+    return f"Which is this fortune: {a.description}, or {b.description}?"

@@ -53,6 +53,10 @@ METHODS = ("hnet", "lora-per-task", "lora-shared", "frozen-linear")
 class Config:
     """Options of ``hyperloom train adapters``."""
 
+    model: str = field(
+        default="minilm",
+        metadata={"help": "'minilm' (the packaged all-MiniLM-L6-v2) or a local model folder"},
+    )
     train_categories: tuple[str, ...] = field(
         default=("computers", "drugs", "food", "law", "love", "politics", "science", "sports"),
         metadata={"help": "categories of the training tasks (consecutive pairs, in a cycle)"},
@@ -104,8 +108,8 @@ def check_config(config: Config) -> None:
         raise ValueError(f"categories {sorted(both)} are both training and held-out")
     if len(config.per_split) != 3 or min(config.per_split) < 1:
         raise ValueError(f"per_split must be three positive counts, got {config.per_split}")
-    if not config.layers or any(not 0 <= i < 6 for i in config.layers):
-        raise ValueError(f"layers must be indices of MiniLM's 6 layers, got {config.layers}")
+    if not config.layers or any(i < 0 for i in config.layers):
+        raise ValueError(f"layers must be encoder layer indices (>= 0), got {config.layers}")
     for name in ("steps", "batch_size", "rank", "hidden", "head_steps"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
@@ -118,7 +122,7 @@ def run(config: Config) -> dict:
     run_dir = make_run_dir(config.out, "adapters")
     start = time.perf_counter()
     say = (lambda *a: None) if config.quiet else print
-    model, tok = ad.load_encoder()
+    model, tok = ad.load_encoder(None if config.model == "minilm" else config.model)
 
     # Data: categories, tasks (index pairs into `cats`), tokenised fortunes, frozen embeddings.
     names = (*config.train_categories, *config.heldout_categories)
