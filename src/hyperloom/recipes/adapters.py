@@ -7,8 +7,8 @@ offline. Every method classifies with the same head: the cosine between the (ada
 embedding of the fortune and the frozen embeddings of the two categories' descriptions, times a
 learned scale, so a head exists for any pair of categories, seen or not.
 
-Methods, trained on the training tasks (pairs of training categories), on the same minibatch
-stream where they share one:
+Methods, trained on the training tasks (pairs of training categories); the hypernetwork and the
+shared LoRA see the same minibatches:
 
 * ``hnet``: one hypernetwork (:class:`hyperloom.HyperNetwork` over a
   :class:`hyperloom.adapters.LoRATarget`, component-wise generator) emits the LoRA factors of
@@ -212,6 +212,7 @@ def run(config: Config) -> dict:
                 def encode(batch, task_ids, net=net):
                     return pooled(net(**batch), batch)
 
+            gen.manual_seed(config.seed + 1 + group[0])  # the shared methods: the same batches
             params = [p for p in net.parameters() if p.requires_grad] + [scale]
             opt = torch.optim.Adam(params, lr=lr)
             steps = max(1, config.steps // len(groups))
