@@ -277,3 +277,25 @@ def test_recipe_runs_tiny(tmp_path):
     for bad, match in (({"methods": ("x",)}, "methods"), ({"layers": (-1,)}, "layers")):
         with pytest.raises(ValueError, match=match):
             recipe.check_config(recipe.Config(**bad))
+
+
+@pytest.mark.parametrize(
+    "generator",
+    [
+        lambda: hl.ChunkedGenerator(chunk_size=32, hidden=(16,)),
+        lambda: hl.HeadsGenerator(hidden=(16,)),
+        lambda: hl.ComponentGenerator(hidden=(16,)),
+    ],
+    ids=["chunked", "heads", "component"],
+)
+def test_core_generators_drive_lora(generator):
+    model = tiny_bert()
+    lora = ad.LoRATarget(model, *QV, rank=2)
+    hnet = hl.HyperNetwork(lora, hl.TaskEmbedding(3, 8), generator())
+    x = inputs(n=2)
+    w = hnet.generate(task=torch.tensor([0, 2]))
+    out = ad.call_per_row(lora, w, **x).last_hidden_state
+    one = hl.call(lora, {k: v[1] for k, v in w.items()}, **{k: v[1:] for k, v in x.items()})
+    torch.testing.assert_close(out[1:], one.last_hidden_state, rtol=1e-5, atol=1e-5)
+    out.pow(2).mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in hnet.parameters())
