@@ -21,7 +21,7 @@ def tiny_bert(vocab: int = 100) -> nn.Module:
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=32,
-        max_position_embeddings=32,
+        max_position_embeddings=64,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )

@@ -59,7 +59,14 @@ class Config:
     )
     train_categories: tuple[str, ...] = field(
         default=("computers", "drugs", "food", "law", "love", "politics", "science", "sports"),
-        metadata={"help": "categories of the training tasks (consecutive pairs, in a cycle)"},
+        metadata={"help": "categories of the training tasks (paired as --train_pairs says)"},
+    )
+    train_pairs: str = field(
+        default="cycle",
+        metadata={
+            "help": "training tasks: consecutive train_categories in a cycle, or all pairs",
+            "choices": ("cycle", "all"),
+        },
     )
     heldout_categories: tuple[str, ...] = field(
         default=("education", "linux", "literature", "work"),
@@ -128,7 +135,10 @@ def run(config: Config) -> dict:
     names = (*config.train_categories, *config.heldout_categories)
     cats = ad.load_categories(names, per_split=tuple(config.per_split), seed=config.seed)
     n_train = len(config.train_categories)
-    train_tasks = [(i, (i + 1) % n_train) for i in range(n_train)] if n_train > 2 else [(0, 1)]
+    if config.train_pairs == "all":
+        train_tasks = [(a, b) for a in range(n_train) for b in range(a + 1, n_train)]
+    else:
+        train_tasks = [(i, (i + 1) % n_train) for i in range(n_train)] if n_train > 2 else [(0, 1)]
     held = range(n_train, len(cats))
     heldout_tasks = [(a, b) for a in held for b in held if a < b]
     evaluated = "valid" if config.valid else "test"
