@@ -89,8 +89,12 @@ class Config:
     component_dim: int = field(default=8, metadata={"help": "component embedding size"})
     steps: int = field(default=200, metadata={"help": "steps per method (per-task: split)"})
     batch_size: int = field(default=16, metadata={"help": "fortunes per step"})
-    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate, hypernetwork"})
-    lora_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate, PEFT LoRA"})
+    lr: float = field(
+        default=1e-3, metadata={"help": "Adam learning rate, hypernetwork (chosen on validation)"}
+    )
+    lora_lr: float = field(
+        default=3e-3, metadata={"help": "Adam learning rate, PEFT LoRA (chosen on validation)"}
+    )
     head_steps: int = field(default=300, metadata={"help": "full-batch steps, linear heads"})
     init_scale: float = field(default=20.0, metadata={"help": "initial cosine-logit scale"})
     methods: tuple[str, ...] = field(default=METHODS, metadata={"help": "methods to run"})
