@@ -71,6 +71,14 @@ def test_selection_spec_and_zero_start():
     assert torch.equal(lora(**x).last_hidden_state, ref)  # zero B: the model's own outputs
 
 
+def test_deepcopy_keeps_factors_and_model():
+    lora = ad.LoRATarget(tiny_bert(), *QV, rank=2)
+    twin = copy.deepcopy(lora)
+    x = inputs()
+    f = random_factors(lora)
+    torch.testing.assert_close(hl.call(twin, f, **x), hl.call(lora, f, **x))
+
+
 def test_call_equals_merged_weights_oracle():
     model = tiny_bert()
     lora = ad.LoRATarget(model, nn.Linear, rank=3, alpha=6)

@@ -14,6 +14,10 @@ from torch import Tensor, nn
 from ..filters import Filter
 from ..target import TargetSpec, select
 
+# One lock for every call that hooks a model: two threads running one model would otherwise add
+# each other's adapters. Module-level, so a LoRATarget stays deep-copyable and picklable.
+_HOOK_LOCK = threading.RLock()
+
 
 class _Factors(nn.Module):
     """The LoRA factors of one linear layer: ``A`` ``(r, in)`` and ``B`` ``(out, r)``.
@@ -112,7 +116,6 @@ class LoRATarget(nn.Module):
         self.factors = nn.ModuleList(
             _Factors(modules[n].in_features, modules[n].out_features, rank) for n in names
         ).to(device=ref.device, dtype=ref.dtype)
-        self._lock = threading.RLock()
 
     @property
     def model(self) -> nn.Module:
@@ -154,7 +157,7 @@ class LoRATarget(nn.Module):
 
             return hook
 
-        with self._lock:
+        with _HOOK_LOCK:
             try:
                 for layer, (a, b) in zip(self.layers, pairs, strict=True):
                     handles.append(modules[layer].register_forward_hook(make(a, b)))
