@@ -10,7 +10,10 @@ TORCH   := torch==2.13.0
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,data,plot,fl,causal,pareto,rl,docs]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,data,plot,fl,causal,pareto,rl,nlp,docs]'
+	# Debian's fortunes files: the texts of the charlm and adapters recipes (root: installs them).
+	test -d /usr/share/games/fortunes || { apt-get update -qq && apt-get install -y -qq fortunes; } \
+		|| echo "make: could not install Debian's fortunes (apt-get install fortunes)"
 	touch $@
 
 demo: $(STAMP)

@@ -94,5 +94,6 @@ from .checkpoint import load as load
 from .checkpoint import resume as resume
 from . import causal as causal
 from . import pareto as pareto
+from . import adapters as adapters
 
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ RECIPES: dict[str, str] = {
     "causal": "hyperloom.recipes.causal",
     "pareto": "hyperloom.recipes.pareto",
     "rl": "hyperloom.recipes.rl",
+    "adapters": "hyperloom.recipes.adapters",
 }
 
 
