@@ -132,6 +132,8 @@ def _task_id(text: str) -> int:
     if not 0 <= task < 2**62:
         raise argparse.ArgumentTypeError(f"must be a task id in [0, 2**62), got {text}")
     return task
+
+
 def cmd_reproduce(args: argparse.Namespace, rest: Sequence[str]) -> int:
     from .recipes.reproduce import main as reproduce_main
 
