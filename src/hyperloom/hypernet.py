@@ -377,17 +377,7 @@ class HyperNetwork(nn.Module):
             rows = order[start : start + count]
             start += count
 
-            def take(leaf: Any, rows: Tensor = rows) -> Any:
-                if not isinstance(leaf, Tensor):
-                    return leaf
-                if leaf.dim() == 0 or leaf.shape[0] != n:
-                    raise ValueError(
-                        f"per-sample task ids for {n} samples, but an input has shape "
-                        f"{tuple(leaf.shape)}: every tensor input needs a leading dimension of {n}"
-                    )
-                return leaf[rows]
-
-            a, kw = pytree.tree_map(take, (args, kwargs))
+            a, kw = _per_sample_inputs(args, kwargs, n, lambda t, rows=rows: t[rows])
             rows_j = stats.rows(ids[j], self.conditioner.num) if stats is not None else None
             outs.append(
                 swapped_call(self.target, {k: v[j] for k, v in weights.items()}, a, kw, rows_j)
@@ -450,18 +440,8 @@ class HyperNetwork(nn.Module):
 
     def _per_sample(self, weights: dict[str, Tensor], args: tuple, kwargs: dict) -> Any:
         n = next(iter(weights.values())).shape[0]
-
-        def one_per_sample(leaf: Any) -> Any:
-            if not isinstance(leaf, Tensor):
-                return leaf
-            if leaf.dim() == 0 or leaf.shape[0] != n:
-                raise ValueError(
-                    f"per-sample weights for {n} samples, but an input has shape "
-                    f"{tuple(leaf.shape)}: every tensor input needs a leading dimension of {n}"
-                )
-            return leaf.unsqueeze(1)  # (B, 1, ...): each sample as a batch of one
-
-        args, kwargs = pytree.tree_map(one_per_sample, (args, kwargs))
+        # (B, 1, ...): each sample as a batch of one
+        args, kwargs = _per_sample_inputs(args, kwargs, n, lambda t: t.unsqueeze(1))
         out = call_batched(self.target, weights, *args, **kwargs)  # leaves (B, 1, ...)
         return pytree.tree_map(lambda t: t.flatten(0, 1) if isinstance(t, Tensor) else t, out)
 
@@ -500,6 +480,22 @@ class TaskStatistics(nn.Module):
                 new = own[name].detach().unsqueeze(0).repeat(num - have, *[1] * own[name].dim())
                 self._buffers[key] = torch.cat([self._buffers[key], new])
         return {name: self._buffers[key][task] for name, key in self._keys.items()}
+
+
+def _per_sample_inputs(args: tuple, kwargs: dict, n: int, f: Any) -> tuple[tuple, dict]:
+    """``f`` applied to every tensor input, each checked to have a leading dimension of ``n``."""
+
+    def one(leaf: Any) -> Any:
+        if not isinstance(leaf, Tensor):
+            return leaf
+        if leaf.dim() == 0 or leaf.shape[0] != n:
+            raise ValueError(
+                f"per-sample contexts for {n} samples, but an input has shape "
+                f"{tuple(leaf.shape)}: every tensor input needs a leading dimension of {n}"
+            )
+        return f(leaf)
+
+    return pytree.tree_map(one, (args, kwargs))
 
 
 def _keywords(target: nn.Module) -> frozenset[str] | None:
