@@ -44,6 +44,7 @@ from ..rl import (
     split_observation,
 )
 from ..runs import Stopwatch, count_trainable, format_table, make_run_dir, write_csv, write_json
+from .reproduce import Recorded
 
 SETS = ("train", "inside", "outside")
 
@@ -173,6 +174,106 @@ class Config:
     )
     out: str = field(default="runs", metadata={"help": "folder for the run folder"})
     quiet: bool = field(default=False, metadata={"help": "print only the summary"})
+
+
+# ``hyperloom reproduce rl --smoke``: every method on one seed of CartPole with the tiny sizes of
+# tests/test_rl.py (256 environment steps, 8-unit networks, two contexts per set): seconds.
+SMOKE: dict = {
+    "seeds": (0,),
+    "steps": 256,
+    "num_envs": 2,
+    "num_steps": 32,
+    "minibatch": 32,
+    "epochs": 1,
+    "n_train_contexts": 2,
+    "n_eval_contexts": 2,
+    "eval_every": 128,
+    "hidden": (8,),
+    "hnet_hidden": (8,),
+    "quiet": True,
+}
+
+# label -> path: each method's final greedy return on each context set, and its training
+# environment steps per second (a run with one seed has one row per method).
+_METRICS = {f"{m} {s}": f"rows.method={m}.{s}" for m in METHODS for s in SETS} | {
+    f"{m} steps/s": f"rows.method={m}.steps/s" for m in METHODS
+}
+
+
+def _figures(rows: dict[str, tuple[float, float, float, float]]) -> dict[str, float]:
+    """method -> (train, inside, outside, env steps/s) as the page records them, by label."""
+    return {
+        f"{m} {key}": value
+        for m, figures in rows.items()
+        for key, value in zip((*SETS, "steps/s"), figures, strict=True)
+    }
+
+
+# docs/results/rl.md, "Figures per run": per task, method and seed, the final greedy returns on
+# the train contexts, inside and outside, and the training env steps/s (the commands of the
+# page's "Commands", one seed per run).
+RECORDED: tuple[Recorded, ...] = (
+    Recorded(
+        "cartpole",
+        {"hnet_lr": 0.0003, "eval_every": 20000, "quiet": True},
+        _METRICS,
+        {
+            0: _figures(
+                {
+                    "hyper": (469.6, 470.2, 436.4, 553),
+                    "concat": (462.8, 500.0, 359.9, 1717),
+                    "none": (500.0, 500.0, 395.3, 1875),
+                }
+            ),
+            1: _figures(
+                {
+                    "hyper": (406.3, 454.3, 404.9, 519),
+                    "concat": (500.0, 500.0, 456.4, 1604),
+                    "none": (107.6, 109.2, 101.8, 1821),
+                }
+            ),
+            2: _figures(
+                {
+                    "hyper": (457.7, 425.2, 371.0, 553),
+                    "concat": (500.0, 500.0, 337.1, 1806),
+                    "none": (500.0, 429.9, 307.6, 2020),
+                }
+            ),
+        },
+        seed_field="seeds",
+        page="docs/results/rl.md",
+    ),
+    Recorded(
+        "pendulum",
+        {"env": "pendulum", "hnet_lr": 0.0003, "eval_every": 20000, "quiet": True},
+        _METRICS,
+        {
+            0: _figures(
+                {
+                    "hyper": (-197.3, -275.3, -571.7, 699),
+                    "concat": (-193.6, -192.0, -508.4, 2411),
+                    "none": (-275.5, -253.1, -527.5, 2152),
+                }
+            ),
+            1: _figures(
+                {
+                    "hyper": (-419.8, -571.8, -681.8, 850),
+                    "concat": (-190.2, -307.5, -534.2, 2791),
+                    "none": (-230.6, -323.1, -519.2, 2696),
+                }
+            ),
+            2: _figures(
+                {
+                    "hyper": (-430.7, -542.4, -722.8, 727),
+                    "concat": (-232.6, -272.1, -532.2, 1920),
+                    "none": (-225.8, -301.2, -564.9, 2000),
+                }
+            ),
+        },
+        seed_field="seeds",
+        page="docs/results/rl.md",
+    ),
+)
 
 
 def resolve(config: Config) -> Config:
