@@ -13,7 +13,7 @@ import hyperloom as hl
 
 def _pair(num_layers=2, batch_first=True, layer_norm=False, **kw):
     ref = nn.LSTM(5, 8, num_layers=num_layers, batch_first=batch_first)
-    hyper = hl.HyperLSTM(
+    hyper = hl.architectures.HyperLSTM(
         5, 8, num_layers=num_layers, batch_first=batch_first, layer_norm=layer_norm, **kw
     )
     missing, unexpected = hyper.load_state_dict(ref.state_dict(), strict=False)
@@ -118,12 +118,12 @@ def test_hyperlstm_with_layer_norm_starts_as_a_layer_norm_lstm():
 
 def test_hyperlstm_rejects_what_it_does_not_support():
     with pytest.raises(ValueError, match="bidirectional"):
-        hl.HyperLSTM(3, 4, bidirectional=True)
+        hl.architectures.HyperLSTM(3, 4, bidirectional=True)
     with pytest.raises(ValueError, match="proj_size"):
-        hl.HyperLSTM(3, 4, proj_size=2)
+        hl.architectures.HyperLSTM(3, 4, proj_size=2)
     with pytest.raises(ValueError, match="hidden_size"):
-        hl.HyperLSTM(3, 0)
-    lstm = hl.HyperLSTM(3, 4, num_layers=2)
+        hl.architectures.HyperLSTM(3, 0)
+    lstm = hl.architectures.HyperLSTM(3, 4, num_layers=2)
     with pytest.raises(ValueError, match=r"got \(5, 2, 7\)"):
         lstm(torch.randn(5, 2, 7))
     with pytest.raises(ValueError, match="hx must be"):
@@ -131,7 +131,7 @@ def test_hyperlstm_rejects_what_it_does_not_support():
 
 
 def test_hyperlstm_dropout_between_layers_only_in_training():
-    lstm = hl.HyperLSTM(3, 4, num_layers=2, dropout=0.5)
+    lstm = hl.architectures.HyperLSTM(3, 4, num_layers=2, dropout=0.5)
     x = torch.randn(5, 2, 3)
     lstm.eval()
     torch.testing.assert_close(lstm(x)[0], lstm(x)[0])
@@ -333,8 +333,8 @@ def test_charlm_matches_parameter_counts_at_the_default_size():
     from hyperloom.recipes import charlm
 
     models = charlm.build_models(charlm.Config(), vocab=96)
-    counts = {n: hl.runs.count_trainable(m) for n, m in models.items()}
-    assert isinstance(models["hyperlstm"].rnn, hl.HyperLSTM)
+    counts = {n: hl.recipes.runs.count_trainable(m) for n, m in models.items()}
+    assert isinstance(models["hyperlstm"].rnn, hl.architectures.HyperLSTM)
     assert abs(counts["hyperlstm"] - counts["lstm"]) < 1000
 
 

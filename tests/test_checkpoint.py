@@ -13,7 +13,7 @@ from hyperloom import checkpoint
 
 
 def _hnet(gen="chunked", tasks=3):
-    target = hl.build_target("mlp", in_features=6, hidden=[5], out_features=3)
+    target = hl.networks.build_target("mlp", in_features=6, hidden=[5], out_features=3)
     options = {"chunked": {"chunk_size": 16}}.get(gen, {})
     return hl.HyperNetwork(target, hl.TaskEmbedding(tasks, 4), hl.get_generator(gen)(**options))
 
@@ -210,7 +210,7 @@ def test_export_writes_a_plain_state_dict(tmp_path):
     hnet = _hnet()
     path = hl.save(hnet, tmp_path / "h.safetensors")
     out = checkpoint.export_checkpoint(path, task=2, out=tmp_path / "w.safetensors")
-    plain = hl.build_target("mlp", in_features=6, hidden=[5], out_features=3)
+    plain = hl.networks.build_target("mlp", in_features=6, hidden=[5], out_features=3)
     plain.load_state_dict(load_file(str(out)))
     x = torch.randn(4, 6)
     torch.testing.assert_close(plain(x), hnet(x, task=2))
@@ -337,7 +337,7 @@ def test_describe_escapes_terminal_sequences(tmp_path):
 
 def test_another_architecture_names_the_first_mismatch(tmp_path):
     path = hl.save(_hnet(), tmp_path / "h.safetensors")
-    other = hl.build_target("mlp", in_features=6, hidden=[7], out_features=3)
+    other = hl.networks.build_target("mlp", in_features=6, hidden=[7], out_features=3)
     with pytest.raises(ValueError, match=r"parameter '1.weight': shape \(5, 6\) in the checkpoint"):
         hl.load(path, target=other)
     deeper = nn.Sequential(
@@ -374,7 +374,7 @@ def test_save_refuses_an_unregistered_generator(tmp_path):
 
 
 def test_dtype_round_trips(tmp_path):
-    target = hl.build_target("mlp", in_features=6, hidden=[5], out_features=3).double()
+    target = hl.networks.build_target("mlp", in_features=6, hidden=[5], out_features=3).double()
     hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, 4), hl.ChunkedGenerator(chunk_size=16))
     hnet = hnet.double()
     loaded = hl.load(hl.save(hnet, tmp_path / "h.safetensors"))
@@ -442,7 +442,7 @@ def test_resume_refuses_optimizer_tensors_of_the_wrong_shape(tmp_path):
     _train(hnet, opt, 1)
     path = hl.save(hnet, tmp_path / "h.safetensors", optimizer=opt, step=1)
     other = hl.HyperNetwork(  # the same number of parameters, other shapes
-        hl.build_target("mlp", in_features=6, hidden=[5], out_features=3),
+        hl.networks.build_target("mlp", in_features=6, hidden=[5], out_features=3),
         hl.TaskEmbedding(3, 5),
         hl.ChunkedGenerator(chunk_size=16),
     )
@@ -456,7 +456,7 @@ def test_seeded_noise_resumes_exactly(tmp_path):
     def make():
         torch.manual_seed(0)
         return hl.HyperNetwork(
-            hl.build_target("mlp", in_features=6, hidden=[5], out_features=3),
+            hl.networks.build_target("mlp", in_features=6, hidden=[5], out_features=3),
             hl.Noise(4, seed=11),
             hl.FlatGenerator(),
         )

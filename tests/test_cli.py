@@ -7,7 +7,7 @@ import pytest
 
 import hyperloom as hl
 from hyperloom.cli import main
-from hyperloom.config import parse_config
+from hyperloom.recipes.config import parse_config
 
 
 def _exit_code(capsys, argv):
@@ -160,8 +160,8 @@ def test_numeric_options_are_checked_before_any_work(capsys, tmp_path, argv, mes
 def test_every_recipe_default_is_in_its_range():
     import typing
 
-    from hyperloom.config import check_ranges, field_range
     from hyperloom.recipes import RECIPES, load_recipe
+    from hyperloom.recipes.config import check_ranges, field_range
 
     for name in RECIPES:
         config = load_recipe(name).Config
@@ -189,7 +189,7 @@ def test_bad_out_exits_2_naming_the_option(capsys, tmp_path, kind):
 
 def test_a_failing_run_leaves_no_empty_run_folder(capsys, tmp_path, monkeypatch):
     from hyperloom.recipes import illustrative
-    from hyperloom.runs import make_run_dir
+    from hyperloom.recipes.runs import make_run_dir
 
     def failing(config):
         make_run_dir(config.out, "illustrative")
@@ -205,7 +205,7 @@ def test_a_failing_run_leaves_no_empty_run_folder(capsys, tmp_path, monkeypatch)
 
 def _tiny_checkpoint(tmp_path, tasks=("a", "b")):
     hnet = hl.HyperNetwork(
-        hl.build_target("mlp", in_features=4, hidden=[3], out_features=2),
+        hl.networks.build_target("mlp", in_features=4, hidden=[3], out_features=2),
         hl.TaskEmbedding(2, 3),
         hl.FlatGenerator(),
     )
@@ -254,7 +254,7 @@ def test_python_dash_m_is_the_command():
 
 
 @pytest.mark.parametrize(
-    "module", ["hyperloom.config", "hyperloom.checkpoint", "hyperloom.conditioning.noise"]
+    "module", ["hyperloom.recipes.config", "hyperloom.checkpoint", "hyperloom.conditioning.noise"]
 )
 def test_docstring_examples_run(module):
     import doctest
@@ -272,7 +272,7 @@ def test_docstring_examples_run(module):
 
 
 def test_progress_draws_nothing_off_a_terminal(capsys):
-    from hyperloom.runs import progress
+    from hyperloom.recipes.runs import progress
 
     assert list(progress(range(30), desc="model 1/3")) == list(range(30))
     captured = capsys.readouterr()

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import hyperloom as hl
-import hyperloom.continual as hyperloom_continual
 from hyperloom.continual import (
     factored_output_regularizer,
     fisher_diagonal,
@@ -230,19 +229,6 @@ def test_factored_regularizer_errors():
     flat = _hnet(generator=hl.FlatGenerator(hidden=(8,)))
     with pytest.raises(TypeError, match="ChunkedGenerator"):
         snapshot_factors(flat, [0])
-
-
-def test_public_names():
-    for name in (
-        "output_regularizer",
-        "snapshot_outputs",
-        "infer_task",
-        "task_logits",
-        "generate_tasks",
-        "snapshot_factors",
-        "factored_output_regularizer",
-    ):
-        assert getattr(hl, name) is getattr(hyperloom_continual, name)
 
 
 def test_lookahead_delta_is_minus_lr_grad():

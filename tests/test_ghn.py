@@ -170,7 +170,9 @@ def test_tiled_standardize_gives_every_row_zero_mean_and_the_learned_gain():
     torch.testing.assert_close(again(c)["0.weight"], a["0.weight"])
     gen(c)["1.weight"].pow(2).sum().backward()
     assert gen.matrix_gain.grad is not None and gen.matrix_gain.grad.abs() > 0
-    ghn = hl.GraphHyperNetwork(hidden=8, decoder_hidden=(8,), tile=(4, 4), standardize=True)
+    ghn = hl.architectures.GraphHyperNetwork(
+        hidden=8, decoder_hidden=(8,), tile=(4, 4), standardize=True
+    )
     assert ghn.config()["standardize"] is True and ghn.decoder.options["standardize"] is True
     torch.testing.assert_close(ghn.decoder.matrix_gain.exp(), torch.tensor(2**0.5))
 
@@ -183,7 +185,9 @@ def test_tiled_integrated_option_keeps_the_parameters_and_is_passed_on():
     c = torch.randn(2, 6)
     assert a.options["integrated"] is False and b.options["integrated"] is True
     assert not torch.allclose(a(c)["0.weight"], b(c)["0.weight"])
-    ghn = hl.GraphHyperNetwork(hidden=8, decoder_hidden=(8,), tile=(4, 4), integrated=True)
+    ghn = hl.architectures.GraphHyperNetwork(
+        hidden=8, decoder_hidden=(8,), tile=(4, 4), integrated=True
+    )
     assert ghn.config()["integrated"] is True and ghn.decoder.options["integrated"] is True
     assert ghn(cnn())["0.weight"].shape == (6, 1, 3, 3)
 
@@ -223,7 +227,7 @@ def _ops(graph):
 
 
 def test_trace_sequential_mlp():
-    g = hl.trace_graph(mlp())
+    g = hl.architectures.trace_graph(mlp())
     assert g.method == "fx"
     assert _ops(g) == ["input", "reshape", "linear", "relu", "linear", "output"]
     assert g.edges == ((0, 1), (1, 2), (2, 3), (3, 4), (4, 5))
@@ -232,17 +236,17 @@ def test_trace_sequential_mlp():
 
 
 def test_trace_cnn_with_pooling():
-    g = hl.trace_graph(cnn())
+    g = hl.architectures.trace_graph(cnn())
     assert _ops(g) == [
         "input", "conv", "relu", "maxpool", "conv", "avgpool", "reshape", "linear", "output",
     ]  # fmt: skip
     assert g.nodes[4].shape == (5, 6, 5, 5)
-    assert g.features().shape == (len(g), hl.graph.FEATURES)
+    assert g.features().shape == (len(g), hl.architectures.FEATURES)
 
 
 def test_trace_residual_blocks_and_batchnorm():
     net = resnet()
-    g = hl.trace_graph(net)
+    g = hl.architectures.trace_graph(net)
     adds = [i for i, n in enumerate(g.nodes) if n.op == "add"]
     assert len(adds) == 2
     preds = {i: sorted(s for s, d in g.edges if d == i) for i in adds}
@@ -256,22 +260,22 @@ def test_trace_residual_blocks_and_batchnorm():
 
 def test_trace_falls_back_to_the_module_tree():
     net = Branchy()
-    g = hl.trace_graph(net)
+    g = hl.architectures.trace_graph(net)
     assert g.method == "module-tree"
     assert _ops(g) == ["input", "linear", "linear", "output"]
     assert set(g.params) == {"a.weight", "a.bias", "b.weight", "b.bias"}
     with pytest.raises(ValueError, match=r"torch\.fx cannot trace Branchy"):
-        hl.trace_graph(net, method="fx")
+        hl.architectures.trace_graph(net, method="fx")
     with pytest.raises(ValueError, match="method must be"):
-        hl.trace_graph(net, method="jit")
+        hl.architectures.trace_graph(net, method="jit")
     with pytest.raises(TypeError, match=r"takes an nn\.Module"):
-        hl.trace_graph("net")
+        hl.architectures.trace_graph("net")
 
 
 def test_trace_shared_module_owns_its_parameters_once():
     lin = nn.Linear(4, 4)
     net = nn.Sequential(lin, nn.ReLU(), lin)
-    g = hl.trace_graph(net)
+    g = hl.architectures.trace_graph(net)
     assert g.params == {"0.weight": 1, "0.bias": 1}
     assert _ops(g) == ["input", "linear", "relu", "linear", "output"]
 
@@ -279,7 +283,7 @@ def test_trace_shared_module_owns_its_parameters_once():
 # Graph hypernetwork --------------------------------------------------------------------------
 @pytest.mark.parametrize("make", [mlp, cnn, resnet, Branchy])
 def test_ghn_predicts_every_parameter_and_exports_a_plain_module(make):
-    ghn = hl.GraphHyperNetwork(hidden=16, tile=(4, 4), decoder_hidden=(16,))
+    ghn = hl.architectures.GraphHyperNetwork(hidden=16, tile=(4, 4), decoder_hidden=(16,))
     net = make()
     before = copy.deepcopy(net.state_dict())
     weights = ghn(net)
@@ -295,7 +299,7 @@ def test_ghn_predicts_every_parameter_and_exports_a_plain_module(make):
 
 
 def test_ghn_gradients_reach_every_parameter():
-    ghn = hl.GraphHyperNetwork(hidden=16, rounds=2, tile=(4, 4), decoder_hidden=(16,))
+    ghn = hl.architectures.GraphHyperNetwork(hidden=16, rounds=2, tile=(4, 4), decoder_hidden=(16,))
     net = resnet()
     loss = hl.call(net, ghn(net), torch.randn(4, 1, 4, 4)).square().mean()
     loss.backward()
@@ -304,21 +308,23 @@ def test_ghn_gradients_reach_every_parameter():
 
 
 def test_ghn_message_passing_sees_the_whole_graph():
-    ghn = hl.GraphHyperNetwork(hidden=8, tile=(4, 4))
+    ghn = hl.architectures.GraphHyperNetwork(hidden=8, tile=(4, 4))
     short = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     longer = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     # the first layer's embedding depends on what comes after it (backward sweep)
-    a = ghn.embed_nodes(hl.trace_graph(short))[1]
-    b = ghn.embed_nodes(hl.trace_graph(longer))[1]
+    a = ghn.embed_nodes(hl.architectures.trace_graph(short))[1]
+    b = ghn.embed_nodes(hl.architectures.trace_graph(longer))[1]
     assert not torch.allclose(a, b)
-    no_rounds = hl.GraphHyperNetwork(hidden=8, rounds=0, tile=(4, 4))
+    no_rounds = hl.architectures.GraphHyperNetwork(hidden=8, rounds=0, tile=(4, 4))
     no_rounds.load_state_dict(ghn.state_dict())
-    g = hl.trace_graph(longer)  # without message passing: each node's own features only
+    g = hl.architectures.trace_graph(
+        longer
+    )  # without message passing: each node's own features only
     torch.testing.assert_close(no_rounds.embed_nodes(g), no_rounds.embed(g.features()))
 
 
 def test_ghn_initial_weights_have_the_fan_in_scale():
-    ghn = hl.GraphHyperNetwork(hidden=32, tile=(16, 16))
+    ghn = hl.architectures.GraphHyperNetwork(hidden=32, tile=(16, 16))
     net = nn.Sequential(nn.Linear(300, 200), nn.ReLU(), nn.Linear(200, 10))
     w = ghn(net)
     assert w["0.weight"].var().item() == pytest.approx(2 / 300, rel=0.35)
@@ -326,7 +332,7 @@ def test_ghn_initial_weights_have_the_fan_in_scale():
 
 
 def test_ghn_describe_and_errors():
-    ghn = hl.GraphHyperNetwork(hidden=8, tile=(4, 4))
+    ghn = hl.architectures.GraphHyperNetwork(hidden=8, tile=(4, 4))
     c = ghn.describe()
     assert c.output_variability == "dynamic" and c.inputs == "architecture graph"
     assert c.architecture.startswith("graph")
@@ -334,16 +340,16 @@ def test_ghn_describe_and_errors():
     with pytest.raises(TypeError, match=r"takes an nn\.Module"):
         ghn("resnet")
     with pytest.raises(ValueError, match="rounds"):
-        hl.GraphHyperNetwork(rounds=-1)
+        hl.architectures.GraphHyperNetwork(rounds=-1)
     with pytest.raises(ValueError, match="method"):
-        hl.GraphHyperNetwork(method="jit")
+        hl.architectures.GraphHyperNetwork(method="jit")
 
 
 def test_ghn_trains_to_fit_a_small_task():
     torch.manual_seed(0)
     x = torch.randn(256, 8)
     y = (x[:, 0] + x[:, 1] > 0).long()
-    ghn = hl.GraphHyperNetwork(hidden=16, tile=(8, 8), decoder_hidden=(32,))
+    ghn = hl.architectures.GraphHyperNetwork(hidden=16, tile=(8, 8), decoder_hidden=(32,))
     nets = [
         nn.Sequential(nn.Linear(8, w), nn.ReLU(), nn.Linear(w, 2)) for w in (8, 16, 24)
     ]  # fmt: skip
@@ -385,7 +391,7 @@ def test_recipe_families_keep_held_out_architectures_out_of_training():
     for arch in (*recipe.HELD_OUT, *recipe.IN_FAMILY):
         net = arch.build((1, 28, 28), 10)
         assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
-        assert hl.trace_graph(net).method == "fx"
+        assert hl.architectures.trace_graph(net).method == "fx"
 
 
 def test_recipe_pooling_placement():
@@ -429,8 +435,8 @@ def test_recipe_batchnorm_family():
     assert cnn[-1].bias is not None  # the classifier keeps its bias
     mlp = recipe.Arch("mlp", widths=(16, 16), batchnorm=True).build((1, 8, 8), 10)
     assert [type(m).__name__ for m in mlp][1:4] == ["Linear", "BatchNorm1d", "ReLU"]
-    assert hl.trace_graph(cnn).method == "fx"
-    ops = [n.op for n in hl.trace_graph(cnn).nodes]
+    assert hl.architectures.trace_graph(cnn).method == "fx"
+    ops = [n.op for n in hl.architectures.trace_graph(cnn).nodes]
     assert ops.count("batchnorm") == 3
 
 
@@ -488,12 +494,12 @@ def test_recipe_runs_on_a_tiny_scenario(tmp_path):
     run_dir = Path(result["run_dir"])
     ghn_config = json.loads((run_dir / "ghn.json").read_text())
     assert s["ghn_params"] == sum(  # the GHN's size, not the frozen averaged copy's 0
-        p.numel() for p in hl.GraphHyperNetwork(**ghn_config).parameters()
+        p.numel() for p in hl.architectures.GraphHyperNetwork(**ghn_config).parameters()
     )
     for name in ("results.json", "results.csv", "finetune.png", "ghn.safetensors", "ghn.json"):
         assert (run_dir / name).exists(), name
     # the saved GHN reloads and predicts weights for a network it never saw
-    ghn = hl.GraphHyperNetwork(**json.loads((run_dir / "ghn.json").read_text()))
+    ghn = hl.architectures.GraphHyperNetwork(**json.loads((run_dir / "ghn.json").read_text()))
     ghn.load_state_dict(load_file(run_dir / "ghn.safetensors"))
     net = recipe.Arch("mlp", widths=(20,)).build((1, 8, 8), 10)
     assert set(ghn(net)) == {"1.weight", "1.bias", "3.weight", "3.bias"}
@@ -533,15 +539,3 @@ def test_tiled_hyperfan_with_only_matrices_or_only_vectors():
     for module, name in ((nn.Linear(30, 20, bias=False), "weight"), (nn.LayerNorm(7), "bias")):
         gen = hl.hyperfan_in_(hl.TiledGenerator(hl.select(module), 4, tile=(4, 4)))
         assert gen(torch.randn(4))[name].shape == module.get_parameter(name).shape
-
-
-@pytest.mark.parametrize("module_name", ["generators.tiled", "graph", "ghn"])
-def test_docstring_examples_run(module_name):
-    import doctest
-    import importlib
-
-    module = importlib.import_module(f"hyperloom.{module_name}")
-    result = doctest.testmod(
-        module, extraglobs={"torch": torch, "nn": nn}, optionflags=doctest.NORMALIZE_WHITESPACE
-    )
-    assert result.attempted > 0 and result.failed == 0

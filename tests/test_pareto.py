@@ -54,7 +54,7 @@ def test_preference_conditioner_describes_itself():
 
 
 def test_checkpoint_round_trip_with_the_conditioner_passed(tmp_path):
-    target = hl.build_target("mlp", in_features=3, hidden=[6], out_features=2)
+    target = hl.networks.build_target("mlp", in_features=3, hidden=[6], out_features=2)
     hnet = hl.HyperNetwork(target, pareto.Preference(2, dim=4), hl.ChunkedGenerator(chunk_size=8))
     hl.save(hnet, tmp_path / "phn.safetensors")
     back = hl.load(tmp_path / "phn.safetensors", conditioner=pareto.Preference(2, dim=4))
@@ -321,8 +321,8 @@ def test_recipe_validation_split_and_bad_options(tmp_path):
 
 
 def test_recipe_is_registered_and_parses_options():
-    from hyperloom.config import parse_config
     from hyperloom.recipes import load_recipe
+    from hyperloom.recipes.config import parse_config
 
     recipe = load_recipe("pareto")
     config = parse_config(

@@ -8,7 +8,7 @@ from torch import nn
 from torch.testing import assert_close
 
 import hyperloom as hl
-from hyperloom.generators.registry import _GENERATORS, register
+from hyperloom.generators.registry import _GENERATORS, register_generator
 from hyperloom.generators.trunk import MLPTrunk, activation_config, activation_module
 
 MLP_GENERATORS = {
@@ -88,19 +88,19 @@ def test_registering_the_same_class_again_replaces_it():
         pass
 
     try:
-        register("rerun_cell")(Rerun)
+        register_generator("rerun_cell")(Rerun)
 
         class Rerun(hl.FlatGenerator):  # the cell run a second time
             pass
 
-        register("rerun_cell")(Rerun)
+        register_generator("rerun_cell")(Rerun)
         assert hl.get_generator("rerun_cell") is Rerun
 
         class Other(hl.FlatGenerator):
             pass
 
         with pytest.raises(ValueError, match="already registered"):
-            register("rerun_cell")(Other)
+            register_generator("rerun_cell")(Other)
     finally:
         _GENERATORS.pop("rerun_cell", None)
 
@@ -148,7 +148,7 @@ def test_train_local_takes_a_loss_and_a_data_iterator():
     w = {k: v.detach() for k, v in net.named_parameters()}
     x, y = torch.randn(32, 4), torch.randn(32, 1)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
-    new, _ = hl.train_local(
+    new, _ = hl.federated.train_local(
         net, w, steps=100, lr=0.05, momentum=0.0, weight_decay=0.0,
         loss=nn.functional.mse_loss, batches=loader,
     )  # fmt: skip
@@ -163,9 +163,9 @@ def test_train_local_takes_a_loss_and_a_data_iterator():
     for k in w:
         assert_close(new[k], ref[k].detach())
     with pytest.raises(ValueError, match="not both"):
-        hl.train_local(net, w, x, y, steps=1, lr=0.1, batches=loader)
+        hl.federated.train_local(net, w, x, y, steps=1, lr=0.1, batches=loader)
     with pytest.raises(ValueError, match="x and y, or batches"):
-        hl.train_local(net, w, steps=1, lr=0.1)
+        hl.federated.train_local(net, w, steps=1, lr=0.1)
 
 
 def test_train_local_default_draws_are_unchanged():
@@ -173,7 +173,7 @@ def test_train_local_default_draws_are_unchanged():
     net = nn.Linear(4, 3)
     w = {k: v.detach() for k, v in net.named_parameters()}
     x, y = torch.randn(20, 4), torch.randint(3, (20,))
-    new, _ = hl.train_local(net, w, x, y, steps=3, lr=0.1, momentum=0.0, weight_decay=0.0)
+    new, _ = hl.federated.train_local(net, w, x, y, steps=3, lr=0.1, momentum=0.0, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
     ref = {k: v.clone().requires_grad_() for k, v in w.items()}
     for _ in range(3):
@@ -204,7 +204,7 @@ def test_lookahead_through_adam_is_adams_step_and_leaves_everything_as_it_was():
         k: {s: t.clone() if torch.is_tensor(t) else t for s, t in v.items()}
         for k, v in opt.state.items()
     }
-    step = hl.lookahead_delta(hnet.named_parameters(), optimizer=opt)
+    step = hl.continual.lookahead_delta(hnet.named_parameters(), optimizer=opt)
     for k, v in params.items():  # nothing moved
         assert torch.equal(v, before[k])
     for p, st in opt.state.items():
@@ -216,39 +216,39 @@ def test_lookahead_through_adam_is_adams_step_and_leaves_everything_as_it_was():
             assert_close(v.detach() - before[k], step[k])
     assert step.keys() == {k for k, v in params.items() if v.grad is not None}
     with pytest.raises(ValueError, match="exactly one"):
-        hl.lookahead_delta(hnet.named_parameters())
+        hl.continual.lookahead_delta(hnet.named_parameters())
 
 
 def test_masked_and_fisher_weighted_output_regularizers():
     torch.manual_seed(0)
     hnet = hl.HyperNetwork(_target(), hl.TaskEmbedding(3, 4), hl.FlatGenerator(hidden=(8,)))
-    old = hl.snapshot_outputs(hnet, [0, 1])
+    old = hl.continual.snapshot_outputs(hnet, [0, 1])
     with torch.no_grad():
         hnet.generator.readout.bias.add_(0.5)  # every generated number moves by 0.5
-    plain = hl.output_regularizer(hnet, old, [0, 1])
+    plain = hl.continual.output_regularizer(hnet, old, [0, 1])
     numel = sum(p.numel for p in hnet.spec)
     assert_close(plain, torch.tensor(0.25 * numel))
     # a mask keeping only the output layer's weights of task 1
     mask = {name: torch.zeros(2, *hnet.spec[name].shape) for name in hnet.spec.names}
     mask["2.weight"][1] = 1.0
-    masked = hl.output_regularizer(hnet, old, [0, 1], importance=mask)
+    masked = hl.continual.output_regularizer(hnet, old, [0, 1], importance=mask)
     assert_close(masked, torch.tensor(0.25 * 21 / 2))
     # Fisher-weighted: the importance is each task's diagonal Fisher
     x, y = torch.randn(16, 5), torch.randint(3, (16,))
-    fisher = [hl.output_fisher(hnet, t, x, y) for t in (0, 1)]
+    fisher = [hl.continual.output_fisher(hnet, t, x, y) for t in (0, 1)]
     stacked = {k: torch.stack([f[k] for f in fisher]) for k in fisher[0]}
-    weighted = hl.output_regularizer(hnet, old, [0, 1], importance=stacked)
+    weighted = hl.continual.output_regularizer(hnet, old, [0, 1], importance=stacked)
     expected = sum(0.25 * v.sum() for v in stacked.values()) / 2
     assert_close(weighted, expected)
     with pytest.raises(ValueError, match="importance"):
-        hl.output_regularizer(hnet, old, [0, 1], importance={"2.weight": torch.ones(5)})
+        hl.continual.output_regularizer(hnet, old, [0, 1], importance={"2.weight": torch.ones(5)})
 
 
 def test_output_fisher_matches_a_loop_of_squared_gradients():
     torch.manual_seed(0)
     hnet = hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), hl.HeadsGenerator()).double()
     x, y = torch.randn(5, 5, dtype=torch.float64), torch.randint(3, (5,))
-    fisher = hl.output_fisher(hnet, 1, x, y, batch_size=2)
+    fisher = hl.continual.output_fisher(hnet, 1, x, y, batch_size=2)
     weights = {k: v.detach().requires_grad_() for k, v in hnet.generate(task=1).items()}
     ref = {k: torch.zeros_like(v) for k, v in weights.items()}
     for i in range(5):
@@ -285,13 +285,13 @@ def test_per_task_chunk_embeddings():
     assert torch.equal(hnet.conditioner.rows[0], before[0])
     assert not torch.equal(hnet.conditioner.rows[1], before[1])
     # the factored regulariser reads the same features
-    old = hl.snapshot_outputs(hnet, [0, 2])
-    factors = hl.snapshot_factors(hnet, [0, 2])
+    old = hl.continual.snapshot_outputs(hnet, [0, 2])
+    factors = hl.continual.snapshot_factors(hnet, [0, 2])
     with torch.no_grad():
         hnet.generator.readout.weight.mul_(1.1)
     assert_close(
-        hl.factored_output_regularizer(hnet, factors, [0, 2]),
-        hl.output_regularizer(hnet, old, [0, 2]),
+        hl.continual.factored_output_regularizer(hnet, factors, [0, 2]),
+        hl.continual.output_regularizer(hnet, old, [0, 2]),
     )
     with pytest.raises(ValueError, match="context_size"):
         hl.HyperNetwork(_target(), hl.TaskEmbedding(3, 4), hl.ChunkedGenerator(

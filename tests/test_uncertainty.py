@@ -20,29 +20,29 @@ def test_sampled_weight_sets_differ_and_are_reproducible_from_a_seed():
     a = _hnet(seed=7)
     torch.manual_seed(1)
     b = _hnet(seed=7)  # same hypernetwork parameters, same noise seed
-    wa, wb = hl.sample_weights(a, 6), hl.sample_weights(b, 6)
+    wa, wb = hl.uncertainty.sample_weights(a, 6), hl.uncertainty.sample_weights(b, 6)
     for name in wa:
         assert wa[name].shape[0] == 6
         assert torch.equal(wa[name], wb[name])
-    flat = hl.flatten_weights(wa)  # (6, P)
+    flat = hl.uncertainty.flatten_weights(wa)  # (6, P)
     assert torch.cdist(flat, flat)[~torch.eye(6, dtype=torch.bool)].min() > 1e-3
     a.conditioner.reseed()
-    assert torch.equal(hl.flatten_weights(hl.sample_weights(a, 6)), flat)
-    other = hl.sample_weights(a, 6, generator=torch.Generator().manual_seed(99))
-    assert not torch.equal(hl.flatten_weights(other), flat)
+    assert torch.equal(hl.uncertainty.flatten_weights(hl.uncertainty.sample_weights(a, 6)), flat)
+    other = hl.uncertainty.sample_weights(a, 6, generator=torch.Generator().manual_seed(99))
+    assert not torch.equal(hl.uncertainty.flatten_weights(other), flat)
 
 
 def test_k_samples_in_one_call_equal_k_separate_calls():
     hnet = _hnet(seed=0)
     x = torch.randn(9, 5)
-    ws = hl.sample_weights(hnet, 4)
-    out = hl.sample_outputs(hnet.target, ws, x)  # (4, 9, 3)
+    ws = hl.uncertainty.sample_weights(hnet, 4)
+    out = hl.uncertainty.sample_outputs(hnet.target, ws, x)  # (4, 9, 3)
     loop = torch.stack(
         [hl.call(hnet.target, {k: v[i] for k, v in ws.items()}, x) for i in range(4)]
     )
     assert out.shape == (4, 9, 3)
     torch.testing.assert_close(out, loop)
-    pred = hl.predict_classification(hnet, x, k=4, z=torch.randn(4, 4))
+    pred = hl.uncertainty.predict_classification(hnet, x, k=4, z=torch.randn(4, 4))
     assert pred.member_probs.shape == (4, 9, 3)
     torch.testing.assert_close(pred.probs.sum(-1), torch.ones(9))
 
@@ -51,21 +51,21 @@ def test_sample_weights_uses_given_z_and_checks_it():
     hnet = _hnet()
     z = torch.randn(3, 4)
     torch.testing.assert_close(
-        hl.sample_weights(hnet, 3, z=z)["0.weight"], hnet.generate(z=z)["0.weight"]
+        hl.uncertainty.sample_weights(hnet, 3, z=z)["0.weight"], hnet.generate(z=z)["0.weight"]
     )
     with pytest.raises(ValueError, match=r"\(3, 4\)"):
-        hl.sample_weights(hnet, 3, z=torch.randn(2, 4))
+        hl.uncertainty.sample_weights(hnet, 3, z=torch.randn(2, 4))
     with pytest.raises(ValueError, match="positive"):
-        hl.sample_weights(hnet, 0)
+        hl.uncertainty.sample_weights(hnet, 0)
     task_net = hl.HyperNetwork(nn.Linear(2, 2), hl.TaskEmbedding(2, 4), hl.FlatGenerator())
     with pytest.raises(TypeError, match="TaskEmbedding"):
-        hl.sample_weights(task_net, 2)
+        hl.uncertainty.sample_weights(task_net, 2)
 
 
 def test_predictive_classification_against_hand_computation():
     p1, p2 = torch.tensor([0.9, 0.1]), torch.tensor([0.5, 0.5])
     logits = torch.stack([p1.log(), p2.log()])[:, None]  # (K=2, B=1, C=2)
-    pred = hl.predictive_classification(logits)
+    pred = hl.uncertainty.summarize_classification(logits)
     mean = (p1 + p2) / 2
 
     def h(p):
@@ -75,14 +75,16 @@ def test_predictive_classification_against_hand_computation():
     torch.testing.assert_close(pred.entropy[0], h(mean))
     torch.testing.assert_close(pred.expected_entropy[0], (h(p1) + h(p2)) / 2)
     torch.testing.assert_close(pred.mutual_information[0], h(mean) - (h(p1) + h(p2)) / 2)
-    agree = hl.predictive_classification(torch.stack([p1.log(), p1.log()])[:, None])
+    agree = hl.uncertainty.summarize_classification(torch.stack([p1.log(), p1.log()])[:, None])
     assert agree.mutual_information.abs().max() < 1e-6
-    assert (hl.predictive_classification(torch.randn(5, 7, 4)).mutual_information >= 0).all()
+    assert (
+        hl.uncertainty.summarize_classification(torch.randn(5, 7, 4)).mutual_information >= 0
+    ).all()
 
 
 def test_predictive_regression_is_the_law_of_total_variance():
     means = torch.tensor([1.0, 2.0, 6.0])[:, None, None]  # (K=3, B=1, D=1)
-    pred = hl.predictive_regression(
+    pred = hl.uncertainty.summarize_regression(
         means, noise_variance=torch.tensor([0.1, 0.2, 0.3])[:, None, None]
     )
     assert pred.mean.item() == pytest.approx(3.0)
@@ -95,39 +97,43 @@ def test_predictive_regression_is_the_law_of_total_variance():
 def test_kernel_repulsion_hand_value_and_its_gradient_pushes_samples_apart():
     s = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
     d2 = torch.tensor([1.0, 4.0, 5.0])  # pairs (0,1), (0,2), (1,2)
-    assert hl.kernel_repulsion(s, bandwidth=2.0).item() == pytest.approx(
+    assert hl.uncertainty.kernel_repulsion(s, bandwidth=2.0).item() == pytest.approx(
         torch.exp(-d2 / 2).mean().item()
     )
     h = 4.0 / math.log(3)  # median heuristic: median squared distance / log K
-    assert hl.kernel_repulsion(s).item() == pytest.approx(
+    assert hl.uncertainty.kernel_repulsion(s).item() == pytest.approx(
         torch.exp(-d2 / h).mean().item(), rel=1e-5
     )
     x = torch.randn(5, 10, requires_grad=True)
-    hl.kernel_repulsion(x).backward()
+    hl.uncertainty.kernel_repulsion(x).backward()
     with torch.no_grad():
         moved = x - 0.5 * x.grad
     assert torch.pdist(moved).min() > torch.pdist(x.detach()).min()
-    assert hl.kernel_repulsion(torch.zeros(3, 2), bandwidth=1.0).item() == pytest.approx(1.0)
+    assert hl.uncertainty.kernel_repulsion(
+        torch.zeros(3, 2), bandwidth=1.0
+    ).item() == pytest.approx(1.0)
 
 
 def test_entropy_surrogate_is_mean_log_nearest_distance():
     s = torch.tensor([[0.0], [1.0], [3.0], [7.0]])  # nearest distances 1, 1, 2, 4
     want = (0 + 0 + math.log(2) + math.log(4)) / 4
-    assert hl.entropy_surrogate(s).item() == pytest.approx(want, abs=1e-5)
-    assert hl.entropy_surrogate(2 * s).item() == pytest.approx(want + math.log(2), abs=1e-5)
+    assert hl.uncertainty.entropy_surrogate(s).item() == pytest.approx(want, abs=1e-5)
+    assert hl.uncertainty.entropy_surrogate(2 * s).item() == pytest.approx(
+        want + math.log(2), abs=1e-5
+    )
 
 
 def test_implicit_loss_combines_data_term_and_diversity():
     data, s = torch.tensor(0.7), torch.randn(4, 3)
-    assert hl.implicit_loss(data, s, diversity=0.0) is data
-    k = hl.implicit_loss(data, s, diversity=0.5, term="kernel", bandwidth=1.0)
-    assert k.item() == pytest.approx(0.7 + 0.5 * hl.kernel_repulsion(s, 1.0).item())
-    e = hl.implicit_loss(data, s, diversity=0.5, term="entropy")
-    assert e.item() == pytest.approx(0.7 - 0.5 * hl.entropy_surrogate(s).item())
+    assert hl.uncertainty.implicit_loss(data, s, diversity=0.0) is data
+    k = hl.uncertainty.implicit_loss(data, s, diversity=0.5, term="kernel", bandwidth=1.0)
+    assert k.item() == pytest.approx(0.7 + 0.5 * hl.uncertainty.kernel_repulsion(s, 1.0).item())
+    e = hl.uncertainty.implicit_loss(data, s, diversity=0.5, term="entropy")
+    assert e.item() == pytest.approx(0.7 - 0.5 * hl.uncertainty.entropy_surrogate(s).item())
     with pytest.raises(ValueError, match="term"):
-        hl.implicit_loss(data, s, term="gan")
+        hl.uncertainty.implicit_loss(data, s, term="gan")
     with pytest.raises(ValueError, match="K >= 2"):
-        hl.kernel_repulsion(torch.randn(1, 3))
+        hl.uncertainty.kernel_repulsion(torch.randn(1, 3))
 
 
 def test_mixture_nll_is_the_nll_of_the_averaged_prediction():
@@ -135,21 +141,25 @@ def test_mixture_nll_is_the_nll_of_the_averaged_prediction():
     logits = torch.stack([p1.log(), p2.log()])[:, None].repeat(1, 2, 1)  # (K=2, B=2, C=2)
     labels = torch.tensor([0, 1])
     want = -(math.log(0.7) + math.log(0.3)) / 2  # mixture probabilities 0.7 and 0.3
-    assert hl.mixture_nll(logits, labels).item() == pytest.approx(want, rel=1e-6)
+    assert hl.uncertainty.mixture_nll(logits, labels).item() == pytest.approx(want, rel=1e-6)
     x, y = torch.randn(6, 9, 4), torch.randint(0, 4, (9,))
     mean_ce = torch.nn.functional.cross_entropy(x.flatten(0, 1), y.repeat(6))
-    assert hl.mixture_nll(x, y) < mean_ce  # Jensen: at most the members' mean cross-entropy
+    assert (
+        hl.uncertainty.mixture_nll(x, y) < mean_ce
+    )  # Jensen: at most the members' mean cross-entropy
     same = x[:1].expand(6, -1, -1)
-    torch.testing.assert_close(hl.mixture_nll(same, y), torch.nn.functional.cross_entropy(x[0], y))
+    torch.testing.assert_close(
+        hl.uncertainty.mixture_nll(same, y), torch.nn.functional.cross_entropy(x[0], y)
+    )
     x.requires_grad_(True)
-    hl.mixture_nll(x, y).backward()
+    hl.uncertainty.mixture_nll(x, y).backward()
     assert x.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"\(K, B, C\)"):
-        hl.mixture_nll(torch.randn(9, 4), y)
+        hl.uncertainty.mixture_nll(torch.randn(9, 4), y)
 
 
 def test_gaussian_posterior_kl_matches_torch_distributions_and_elbo():
-    q = hl.GaussianPosterior(3, prior_std=2.0)
+    q = hl.uncertainty.GaussianPosterior(3, prior_std=2.0)
     with torch.no_grad():
         q.mean.copy_(torch.tensor([0.5, -1.0, 0.0]))
         q.log_std.copy_(torch.tensor([0.1, -0.5, 1.0]))
@@ -159,68 +169,78 @@ def test_gaussian_posterior_kl_matches_torch_distributions_and_elbo():
     z = q.rsample(4)
     z.sum().backward()
     assert q.mean.grad is not None and q.log_std.grad is not None
-    loss = hl.elbo_loss(torch.tensor(0.3), torch.tensor(50.0), num_data=100, kl_weight=2.0)
+    loss = hl.uncertainty.elbo_loss(
+        torch.tensor(0.3), torch.tensor(50.0), num_data=100, kl_weight=2.0
+    )
     assert loss.item() == pytest.approx(0.3 + 2.0 * 50.0 / 100)
-    assert hl.GaussianPosterior(5).kl().item() == pytest.approx(0.0, abs=1e-7)
+    assert hl.uncertainty.GaussianPosterior(5).kl().item() == pytest.approx(0.0, abs=1e-7)
 
 
 # Metrics -------------------------------------------------------------------------------------
 def test_nll_brier_accuracy_against_hand_computation():
     probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
     y = torch.tensor([0, 1])
-    assert hl.accuracy(probs, y) == pytest.approx(0.5)
-    assert hl.nll(probs, y) == pytest.approx(-(math.log(0.7) + math.log(0.3)) / 2)
+    assert hl.uncertainty.accuracy(probs, y) == pytest.approx(0.5)
+    assert hl.uncertainty.nll(probs, y) == pytest.approx(-(math.log(0.7) + math.log(0.3)) / 2)
     b0 = 0.3**2 + 0.2**2 + 0.1**2
     b1 = 0.1**2 + 0.7**2 + 0.6**2
-    assert hl.brier_score(probs, y) == pytest.approx((b0 + b1) / 2)
+    assert hl.uncertainty.brier_score(probs, y) == pytest.approx((b0 + b1) / 2)
 
 
 def test_ece_and_reliability_bins_against_hand_computation():
     # confidences 0.95, 0.95, 0.55, 0.55, 0.55 (two bins of 15); correctness 1, 0, 1, 1, 0
     probs = torch.tensor([[0.95, 0.05], [0.95, 0.05], [0.55, 0.45], [0.45, 0.55], [0.55, 0.45]])
     y = torch.tensor([0, 1, 0, 1, 1])
-    d = hl.reliability_diagram(probs, y, bins=15)
+    d = hl.uncertainty.reliability_diagram(probs, y, bins=15)
     hi, lo = 14, 8  # 0.95 in (14/15, 1], 0.55 in (8/15, 9/15]
     assert d["count"][hi] == 2 and d["count"][lo] == 3 and sum(d["count"]) == 5
     assert d["accuracy"][hi] == pytest.approx(0.5) and d["confidence"][hi] == pytest.approx(0.95)
     assert d["accuracy"][lo] == pytest.approx(2 / 3) and d["confidence"][lo] == pytest.approx(0.55)
     assert d["accuracy"][0] is None
     want = 2 / 5 * abs(0.5 - 0.95) + 3 / 5 * abs(2 / 3 - 0.55)
-    assert hl.expected_calibration_error(probs, y, bins=15) == pytest.approx(want)
+    assert hl.uncertainty.expected_calibration_error(probs, y, bins=15) == pytest.approx(want)
     # a confidence exactly on a bin edge belongs to the lower bin: 0.75 = 3/4 -> bin 2 of 4
-    edge = hl.reliability_diagram(torch.tensor([[0.75, 0.25]]), torch.tensor([0]), bins=4)
+    edge = hl.uncertainty.reliability_diagram(
+        torch.tensor([[0.75, 0.25]]), torch.tensor([0]), bins=4
+    )
     assert edge["count"] == [0, 0, 1, 0]
     perfect = torch.eye(3)
-    assert hl.expected_calibration_error(perfect, torch.arange(3)) == pytest.approx(0.0)
+    assert hl.uncertainty.expected_calibration_error(perfect, torch.arange(3)) == pytest.approx(0.0)
 
 
 def test_auroc_hand_cases_and_against_sklearn():
-    assert hl.auroc(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([0, 0, 1, 1])) == 1.0
-    assert hl.auroc(torch.tensor([4.0, 3.0, 2.0, 1.0]), torch.tensor([0, 0, 1, 1])) == 0.0
-    assert hl.auroc(torch.ones(6), torch.tensor([0, 1, 0, 1, 0, 1])) == 0.5  # all tied
+    assert (
+        hl.uncertainty.auroc(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([0, 0, 1, 1])) == 1.0
+    )
+    assert (
+        hl.uncertainty.auroc(torch.tensor([4.0, 3.0, 2.0, 1.0]), torch.tensor([0, 0, 1, 1])) == 0.0
+    )
+    assert hl.uncertainty.auroc(torch.ones(6), torch.tensor([0, 1, 0, 1, 0, 1])) == 0.5  # all tied
     # positives {2, 2}, negatives {1, 2}: pairs (2>1) 1, (2=2) 0.5, twice -> 3 / 4
-    assert hl.auroc(torch.tensor([1.0, 2.0, 2.0, 2.0]), torch.tensor([0, 0, 1, 1])) == 0.75
-    assert hl.ood_auroc(torch.tensor([0.1, 0.2]), torch.tensor([0.3, 0.4])) == 1.0
+    assert (
+        hl.uncertainty.auroc(torch.tensor([1.0, 2.0, 2.0, 2.0]), torch.tensor([0, 0, 1, 1])) == 0.75
+    )
+    assert hl.uncertainty.ood_auroc(torch.tensor([0.1, 0.2]), torch.tensor([0.3, 0.4])) == 1.0
     metrics = pytest.importorskip("sklearn.metrics")
     g = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 20, (300,), generator=g).double()  # many ties
     labels = torch.rand(300, generator=g) < 0.3
     want = metrics.roc_auc_score(labels.numpy(), scores.numpy())
-    assert hl.auroc(scores, labels) == pytest.approx(want, abs=1e-12)
+    assert hl.uncertainty.auroc(scores, labels) == pytest.approx(want, abs=1e-12)
     with pytest.raises(ValueError, match="both classes"):
-        hl.auroc(torch.rand(4), torch.zeros(4, dtype=torch.bool))
+        hl.uncertainty.auroc(torch.rand(4), torch.zeros(4, dtype=torch.bool))
 
 
 def test_gaussian_nll_hand_value():
-    got = hl.gaussian_nll(torch.tensor([0.0]), torch.tensor([4.0]), torch.tensor([2.0]))
+    got = hl.uncertainty.gaussian_nll(torch.tensor([0.0]), torch.tensor([4.0]), torch.tensor([2.0]))
     assert got == pytest.approx(0.5 * math.log(2 * math.pi * 4.0) + 0.5)
 
 
 def test_metric_inputs_are_checked():
     with pytest.raises(ValueError, match=r"\(N, C\)"):
-        hl.nll(torch.rand(3), torch.tensor([0, 1, 0]))
+        hl.uncertainty.nll(torch.rand(3), torch.tensor([0, 1, 0]))
     with pytest.raises(ValueError, match="K, B, C"):
-        hl.predictive_classification(torch.randn(4, 3))
+        hl.uncertainty.summarize_classification(torch.randn(4, 3))
 
 
 # Recipe --------------------------------------------------------------------------------------
@@ -275,7 +295,7 @@ def test_noise_hypernet_designs_sphere_gaussian_and_shared_layers():
     z = torch.randn(4, 6)
     zero = torch.zeros(1, 6)
     sphere = noise_hypernet(mlp(5, (8,), 3), Config(z_dim=6))
-    flat = hl.flatten_weights
+    flat = hl.uncertainty.flatten_weights
     # RMS-normalised z: only its direction reaches the weights
     torch.testing.assert_close(flat(sphere.generate(z=2 * z)), flat(sphere.generate(z=z)))
     gauss = noise_hypernet(mlp(5, (8,), 3), Config(z_dim=6, gen_norm=False))
@@ -291,12 +311,12 @@ def test_noise_hypernet_designs_sphere_gaussian_and_shared_layers():
     assert trainable == (5 * 8 + 8) + generated * (6 + 1)  # shared layer + readout (W, b)
     assert sum(p.numel() for p in hypernet_parameters([shared])) == trainable
     x = torch.randn(9, 5)
-    ws = hl.sample_weights(shared, 3)
+    ws = hl.uncertainty.sample_weights(shared, 3)
     first = torch.relu(shared.target[1](x))  # the one shared first layer, for every draw
     for i in range(3):
         hidden = torch.relu(first @ ws["3.weight"][i].T + ws["3.bias"][i])
         want = hidden @ ws["5.weight"][i].T + ws["5.bias"][i]
-        torch.testing.assert_close(hl.sample_outputs(shared.target, ws, x)[i], want)
+        torch.testing.assert_close(hl.uncertainty.sample_outputs(shared.target, ws, x)[i], want)
     with pytest.raises(ValueError, match="shared_layers"):
         noise_hypernet(mlp(5, (8,), 3), Config(shared_layers=2))
 

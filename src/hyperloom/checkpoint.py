@@ -25,6 +25,7 @@ save (their process is gone) are removed by the next save to the same folder.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -37,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from ._version import __version__
 
 FORMAT = 2
 """Format 2: the SHA-256 covers the metadata too (format 1 covered the tensors only)."""
@@ -53,8 +56,6 @@ _MAX_NESTING = 8  # mixtures of mixtures of conditioners, at most this deep
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 
@@ -163,7 +164,8 @@ def _check_rebuildable(hnet: nn.Module) -> None:
     if registered is not type(gen):
         raise ValueError(
             f"save() cannot record the generator {type(gen).__name__}: it is not registered "
-            f"(registry name {name!r}); decorate its class with @hyperloom.register('name')"
+            f"(registry name {name!r}); decorate its class with "
+            "@hyperloom.register_generator('name')"
         )
 
     def check(cond: nn.Module) -> None:
@@ -245,7 +247,7 @@ def save(
             :func:`load` can rebuild.
         path: the ``.safetensors`` file to write.
         target: how to rebuild the target (``{"builder": ..., "kwargs": ...}``); by default the
-            target's ``hyperloom_config`` (set by :func:`hyperloom.targets.build_target`).
+            target's ``hyperloom_config`` (set by :func:`hyperloom.networks.build_target`).
         tasks: names of the tasks (the task vocabulary), in id order.
         optimizer: when given, its state (and its type) is saved together with ``step`` and the
             RNG states of torch, numpy and ``random``, so that :func:`resume` continues exactly.
@@ -272,7 +274,6 @@ def save(
     from safetensors.torch import save_file
 
     from .hypernet import HyperNetwork
-    from .runs import to_jsonable
 
     if not isinstance(hnet, HyperNetwork):
         raise TypeError(f"save() takes a HyperNetwork, got {type(hnet).__name__}")
@@ -606,8 +607,8 @@ def load(
     from .conditioning import CONDITIONERS
     from .generators import build_generator
     from .hypernet import HyperNetwork
+    from .networks import target_from_config
     from .target import TargetSpec, select
-    from .targets import target_from_config
 
     meta, tensors = read_checkpoint(path)
     config = meta["hypernetwork"]
@@ -951,7 +952,7 @@ def export_checkpoint(path: str | os.PathLike, *, task: int, out: str | os.PathL
 
     Example:
         >>> import tempfile, hyperloom as hl
-        >>> target = hl.build_target("mlp", in_features=3, hidden=[4], out_features=2)
+        >>> target = hl.networks.build_target("mlp", in_features=3, hidden=[4], out_features=2)
         >>> hnet = hl.HyperNetwork(target, hl.TaskEmbedding(2, 4), hl.FlatGenerator())
         >>> folder = tempfile.mkdtemp()
         >>> p = hl.save(hnet, folder + "/h.safetensors")
@@ -975,3 +976,20 @@ def export_checkpoint(path: str | os.PathLike, *, task: int, out: str | os.PathL
     meta = {"source": str(path), "task": str(task)}
     _atomic_write(out, lambda tmp: save_file(state, tmp, metadata=meta))
     return out
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, tensors, tuples and paths as plain JSON values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+        return None
+    return obj

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import ArgumentParser, add_config_arguments, config_from_args
+from .recipes.config import ArgumentParser, add_config_arguments, config_from_args
 
 
 def cmd_demo(args: argparse.Namespace, rest: Sequence[str]) -> int:

@@ -15,5 +15,5 @@ from .tiled import TiledGenerator as TiledGenerator
 from .registry import build_generator as build_generator
 from .registry import get_generator as get_generator
 from .registry import list_generators as list_generators
-from .registry import register as register
+from .registry import register_generator as register_generator
 from .trunk import MLPTrunk as MLPTrunk

@@ -8,12 +8,12 @@ from torch import Tensor, nn
 
 from ..target import TargetSpec
 from .base import Generator, per_element_variance
-from .registry import register
+from .registry import register_generator
 
 OUTPUTS = {"component": "component-wise", "chunked": "chunk-wise", "heads": "multiple heads"}
 
 
-@register("attention")
+@register_generator("attention")
 class AttentionGenerator(Generator):
     r"""A transformer over the target's tensors (criterion 5: attention architecture).
 

@@ -9,11 +9,11 @@ from torch import Tensor, nn
 
 from ..target import TargetSpec
 from .base import Generator, per_element_variance
-from .registry import register
+from .registry import register_generator
 from .trunk import Activation
 
 
-@register("chunked")
+@register_generator("chunked")
 class ChunkedGenerator(Generator):
     """Generate the flattened weights in fixed-size chunks (criterion 2: chunk-wise).
 

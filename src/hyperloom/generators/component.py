@@ -9,11 +9,11 @@ from torch import Tensor, nn
 
 from ..target import TargetSpec
 from .base import Generator
-from .registry import register
+from .registry import register_generator
 from .trunk import Activation
 
 
-@register("component")
+@register_generator("component")
 class ComponentGenerator(Generator):
     """One embedding per target tensor, one head per group of same-shaped tensors.
 

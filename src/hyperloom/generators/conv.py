@@ -10,11 +10,11 @@ from torch import Tensor, nn
 
 from ..target import ParamInfo, TargetSpec
 from .base import Generator
-from .registry import register
+from .registry import register_generator
 from .trunk import Activation
 
 
-@register("conv")
+@register_generator("conv")
 class ConvGenerator(Generator):
     r"""Kernels of convolutional targets from learned slice embeddings (Ha, Dai and Le, 2017).
 

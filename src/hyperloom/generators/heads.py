@@ -9,11 +9,11 @@ from torch import Tensor, nn
 
 from ..target import TargetSpec
 from .base import Generator
-from .registry import register
+from .registry import register_generator
 from .trunk import Activation
 
 
-@register("heads")
+@register_generator("heads")
 class HeadsGenerator(Generator):
     """One output head per target tensor on a shared trunk (criterion 2: multiple heads).
 

@@ -9,11 +9,11 @@ from torch import Tensor, nn
 
 from ..target import TargetSpec
 from .base import Generator
-from .registry import register
+from .registry import register_generator
 from .trunk import Activation
 
 
-@register("lowrank")
+@register_generator("lowrank")
 class LowRankGenerator(Generator):
     """Generate each weight as a product of two thin factors (criterion 2: low-rank).
 

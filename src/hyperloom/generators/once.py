@@ -12,11 +12,11 @@ from torch import Tensor, nn
 from ..functional import _functorch_active
 from ..target import TargetSpec
 from .base import Generator, per_element_variance
-from .registry import register
+from .registry import register_generator
 from .trunk import Activation
 
 
-@register("once")
+@register_generator("once")
 class FlatGenerator(Generator):
     """Generate all weights at once from one output layer (criterion 2: generate once).
 

@@ -14,7 +14,7 @@ G = TypeVar("G", bound="type[Generator]")
 _GENERATORS: dict[str, type[Generator]] = {}
 
 
-def register(name: str) -> Callable[[G], G]:
+def register_generator(name: str) -> Callable[[G], G]:
     """Class decorator: list a generator under ``name`` (used by checkpoints, the CLI and tests).
 
     Registering a different class under a taken name is an error; the same class (same module

@@ -31,7 +31,7 @@ that starts at 0, so they start exactly at their constant.
 The spec may be given at call time: ``gen(cond, spec=other_spec)`` generates weights for a
 target the generator never saw, and ``gen(conds, spec=spec)`` with ``conds`` a dict
 ``{name: (*, cond_dim)}`` conditions each tensor on its own vector (how
-:class:`~hyperloom.GraphHyperNetwork` feeds in node embeddings).
+:class:`~hyperloom.architectures.GraphHyperNetwork` feeds in node embeddings).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from ..target import ParamInfo, TargetSpec
 from .base import Generator, check_cond_dim, finish
-from .registry import register
+from .registry import register_generator
 from .trunk import Activation, activation_module
 
 ROLES = ("linear", "conv", "bias", "scale", "shift")
@@ -204,7 +204,7 @@ def _tile_features(
     )
 
 
-@register("tiled")
+@register_generator("tiled")
 class TiledGenerator(Generator):
     """Weights for any tensor shape from tiles (criterion 4: dynamic outputs).
 

@@ -44,8 +44,8 @@ from ..conditioning import SampleEncoder, TaskEmbedding
 from ..functional import call
 from ..generators import ComponentGenerator
 from ..hypernet import HyperNetwork
-from ..runs import format_table, make_run_dir, write_csv, write_json
 from .reproduce import Recorded
+from .runs import format_table, make_run_dir, write_csv, write_json
 
 METHODS = ("hnet", "lora-per-task", "lora-shared", "frozen-linear")
 

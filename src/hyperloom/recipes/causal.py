@@ -53,7 +53,8 @@ from ..causal import (
     stratified_split,
 )
 from ..generators import ChunkedGenerator, FlatGenerator, Generator, HeadsGenerator
-from ..runs import (
+from .reproduce import Recorded
+from .runs import (
     Stopwatch,
     count_trainable,
     format_table,
@@ -62,7 +63,6 @@ from ..runs import (
     write_csv,
     write_json,
 )
-from .reproduce import Recorded
 
 BASELINES = ("xlearner", "causal_forest")
 """Non-neural baselines (econml): X-learner and causal forest, gradient-boosted nuisances."""

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..hyperlstm import HyperLSTM
-from ..runs import count_trainable, format_table, make_run_dir, progress, write_csv, write_json
+from ..architectures import HyperLSTM
 from .reproduce import Recorded
+from .runs import count_trainable, format_table, make_run_dir, progress, write_csv, write_json
 
 FORTUNES = Path("/usr/share/games/fortunes")
 MODELS = ("hyperlstm", "lstm")

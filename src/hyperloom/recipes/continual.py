@@ -49,7 +49,6 @@ from torch.func import functional_call
 
 from .. import checkpoint
 from ..conditioning import TaskEmbedding
-from ..config import data_dir_field
 from ..continual import (
     factored_output_regularizer,
     fisher_diagonal,
@@ -65,9 +64,10 @@ from ..continual import (
 from ..data import Task, load_dataset, permuted, split_by_classes
 from ..generators import ChunkedGenerator
 from ..hypernet import HyperNetwork
-from ..runs import Stopwatch, format_table, make_run_dir, progress, write_csv, write_json
-from ..targets import build_target
+from ..networks import build_target
+from .config import data_dir_field
 from .reproduce import Recorded
+from .runs import Stopwatch, format_table, make_run_dir, progress, write_csv, write_json
 
 SCENARIOS = ("split-digits", "split-fmnist", "permuted-fmnist")
 METHODS = ("hnet", "finetune", "ewc", "si", "separate")

@@ -1,6 +1,7 @@
 """Graph hypernetwork: predict the weights of image classifiers it never saw (Knyazev et al.).
 
-One :class:`~hyperloom.GraphHyperNetwork` is trained on a family of architectures sampled at
+One :class:`~hyperloom.architectures.GraphHyperNetwork` is trained on a family of architectures
+sampled at
 random at every step (MLPs of 1 to 4 hidden layers of 32 to 128 units; CNNs of 1 to 3
 convolutions of 8 to 32 channels with 3x3 or 5x5 kernels, each followed by ReLU, two of them
 chosen at random (``--pooling=first``: the first two) by 2x2 max-pooling, then average pooling
@@ -39,11 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import data_dir_field, dataset_field
+from ..architectures import GraphHyperNetwork
 from ..data import load_dataset
 from ..functional import call
-from ..ghn import GraphHyperNetwork
-from ..runs import (
+from .config import data_dir_field, dataset_field
+from .reproduce import Recorded
+from .runs import (
     Stopwatch,
     count_trainable,
     format_table,
@@ -52,7 +54,6 @@ from ..runs import (
     write_csv,
     write_json,
 )
-from .reproduce import Recorded
 
 MLP_WIDTHS = (32, 64, 96, 128)
 MLP_DEPTHS = (1, 2, 3, 4)

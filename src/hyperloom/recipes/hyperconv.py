@@ -25,11 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..conditioning import TaskEmbedding
-from ..config import data_dir_field, dataset_field
 from ..data import load_dataset
 from ..generators import ConvGenerator
 from ..hypernet import HyperNetwork
-from ..runs import (
+from .config import data_dir_field, dataset_field
+from .reproduce import Recorded
+from .runs import (
     Stopwatch,
     count_trainable,
     format_table,
@@ -38,7 +39,6 @@ from ..runs import (
     write_csv,
     write_json,
 )
-from .reproduce import Recorded
 
 BUDGET = 4240  # Ha et al.'s hypernetwork size for this layer
 

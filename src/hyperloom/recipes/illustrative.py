@@ -25,12 +25,14 @@ from torch import Tensor, nn
 
 from .. import checkpoint
 from ..conditioning import TaskEmbedding
-from ..config import check_ranges, data_dir_field, dataset_field
 from ..data import Dataset, load_dataset, split_by_classes
 from ..data.datasets import fashion_mnist_available
 from ..generators import get_generator
 from ..hypernet import HyperNetwork
-from ..runs import (
+from ..networks import build_target
+from .config import check_ranges, data_dir_field, dataset_field
+from .reproduce import Recorded
+from .runs import (
     Stopwatch,
     count_trainable,
     format_table,
@@ -39,8 +41,6 @@ from ..runs import (
     write_csv,
     write_json,
 )
-from ..targets import build_target
-from .reproduce import Recorded
 
 GENERATORS = ("once", "heads", "chunked", "component")
 

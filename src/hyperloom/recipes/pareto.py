@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import data_dir_field
 from ..generators import ChunkedGenerator, Generator, HeadsGenerator
 from ..hypernet import HyperNetwork
+from ..networks import build_target
 from ..pareto import (
     MULTI_DATASETS,
     SCALARIZATIONS,
@@ -60,9 +60,9 @@ from ..pareto import (
     scalarize,
     toy_functions,
 )
-from ..runs import Stopwatch, format_table, make_run_dir, progress, write_csv, write_json
-from ..targets import build_target
+from .config import data_dir_field
 from .reproduce import Recorded
+from .runs import Stopwatch, format_table, make_run_dir, progress, write_csv, write_json
 
 METHODS = ("phn", "per-ray", "multitask")
 

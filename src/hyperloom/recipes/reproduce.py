@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
 from typing import Any
 
-from ..config import ArgumentParser
-from ..runs import format_table
+from .config import ArgumentParser
 from .registry import RECIPES, load_recipe
+from .runs import format_table
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,8 @@ from ..rl import (
     sample_contexts,
     split_observation,
 )
-from ..runs import Stopwatch, count_trainable, format_table, make_run_dir, write_csv, write_json
 from .reproduce import Recorded
+from .runs import Stopwatch, count_trainable, format_table, make_run_dir, write_csv, write_json
 
 SETS = ("train", "inside", "outside")
 

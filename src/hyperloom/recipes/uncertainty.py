@@ -9,14 +9,16 @@ call (``hl.call_batched``). This recipe trains, on the same data, batches and se
 - ``deep ensemble``: ``ensemble`` MLPs from independent initialisations (Lakshminarayanan et al.),
   trained side by side as one stacked weight set through ``hl.call_batched``;
 - ``hypernet``: an implicit weight distribution G(z), z ~ N(0, I), trained with K draws per
-  step and a diversity term (``hl.implicit_loss``: kernel repulsion or an entropy surrogate);
+  step and a diversity term (``hl.uncertainty.implicit_loss``: kernel repulsion or an entropy
+  surrogate);
 - ``hypernet (variational)``: the same generator with a learned Gaussian q(z) and the ELBO's
-  KL term (``hl.GaussianPosterior``, ``hl.elbo_loss``).
+  KL term (``hl.uncertainty.GaussianPosterior``, ``hl.uncertainty.elbo_loss``).
 
 The hypernetworks' design is set by ``z_dim``, ``gen_hidden``, ``gen_norm`` (by default z is
 RMS-normalised and read by one linear layer: a sphere of networks), ``shared_layers`` (layers
 not generated), ``z_per_layer`` (one z per layer) and ``fit`` (the mean of the draws'
-cross-entropies or their mixture's NLL, ``hl.mixture_nll``). The defaults are the design that
+cross-entropies or their mixture's NLL, ``hl.uncertainty.mixture_nll``). The defaults are the
+design that
 ``docs/results/uncertainty.md`` kept on validation NLL against the alternatives.
 
 Two problems share the one training loop (one minibatch of each per step):
@@ -62,12 +64,10 @@ from torch import Tensor, nn
 from torch.func import stack_module_state
 
 from ..conditioning import Noise
-from ..config import data_dir_field, dataset_field
 from ..data import Dataset, load_dataset, load_digits
 from ..data.datasets import fashion_mnist_available
 from ..generators import FlatGenerator
 from ..hypernet import HyperNetwork
-from ..runs import count_trainable, format_table, make_run_dir, progress, write_csv, write_json
 from ..uncertainty import (
     DIVERSITY_TERMS,
     GaussianPosterior,
@@ -81,13 +81,15 @@ from ..uncertainty import (
     mixture_nll,
     nll,
     ood_auroc,
-    predictive_classification,
-    predictive_regression,
     reliability_diagram,
     sample_outputs,
     sample_weights,
+    summarize_classification,
+    summarize_regression,
 )
+from .config import data_dir_field, dataset_field
 from .reproduce import Recorded
+from .runs import count_trainable, format_table, make_run_dir, progress, write_csv, write_json
 
 METHODS = ("single", "dropout", "ensemble", "hypernet", "variational")
 """Method keys: single net, MC dropout, deep ensemble, implicit and variational hypernetwork."""
@@ -222,7 +224,8 @@ class Config:
         default="mean",
         metadata={
             "help": "the hypernetworks' classification data term: the mean of the draws' "
-            "cross-entropies, or the NLL of their mixture (hl.mixture_nll; the regression toy "
+            "cross-entropies, or the NLL of their mixture (hl.uncertainty.mixture_nll; the "
+            "regression toy "
             "keeps the mean squared error)",
             "choices": ("mean", "mixture"),
         },
@@ -772,7 +775,7 @@ def run(config: Config) -> dict:
                 if name in variant_of:
                     row["value"] = variant_of[name][1]
                 if len(y_val):  # validation: what hyperparameters are chosen on
-                    probs = predictive_classification(
+                    probs = summarize_classification(
                         batched_logits(lambda x, m=m, k=k: m["predict"](x, k), x_val)
                     ).probs
                     row["val_acc"] = 100 * accuracy(probs, y_val)
@@ -782,10 +785,10 @@ def run(config: Config) -> dict:
                     row["train_s"] = m["seconds"]
                     rows.append(row)
                     continue
-                pred_in = predictive_classification(
+                pred_in = summarize_classification(
                     batched_logits(lambda x, m=m, k=k: m["predict"](x, k), data.x_test)
                 )
-                pred_out = predictive_classification(
+                pred_out = summarize_classification(
                     batched_logits(lambda x, m=m, k=k: m["predict"](x, k), x_ood)
                 )
                 probs, y = pred_in.probs, data.y_test
@@ -810,8 +813,8 @@ def run(config: Config) -> dict:
                 with torch.no_grad():
                     fit = m["predict"](x_reg, k)  # (K, n, 1)
                     noise_var = (fit.mean(0) - y_reg).pow(2).mean()  # residual variance
-                    test = predictive_regression(m["predict"](x_test_reg, k), noise_var)
-                    grid = predictive_regression(m["predict"](x_grid, k), noise_var)
+                    test = summarize_regression(m["predict"](x_test_reg, k), noise_var)
+                    grid = summarize_regression(m["predict"](x_grid, k), noise_var)
                 in_gap = (x_grid.squeeze(1) > GAP[0]) & (x_grid.squeeze(1) < GAP[1])
                 on_data = (x_grid.squeeze(1).abs() >= GAP[1]) & (x_grid.squeeze(1).abs() <= 4)
                 std = grid.variance.sqrt().squeeze(1)

@@ -53,17 +53,17 @@ from torch import Tensor
 
 from ...federated import check_reply, evaluate, pfedhn_step, train_local
 from ...hypernet import HyperNetwork
-from ...runs import make_run_dir, write_json
-from .recipe import (
+from ..runs import make_run_dir, write_json
+from .setup import (
     ClientData,
     Config,
     build_hypernet,
-    build_target,
     client_seed,
     config_from_mapping,
     dataset_geometry,
     diverged,
     inner,
+    lenet_target,
     load_clients,
     server_optimizer,
 )
@@ -379,7 +379,7 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         pid = int(context.node_config["partition-id"])
         rnd = int(msg.content["config"].get("server-round", 0))
         torch.manual_seed(client_seed(config, rnd, pid))
-        target = build_target(num_classes, shape)
+        target = lenet_target(num_classes, shape)
         received = from_record(msg.content["arrays"])
         personal = personal_state(context, target, received)
         new, loss = train_local(
@@ -403,7 +403,7 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         data, num_classes, shape = node_data(context, config)
         pid = int(context.node_config["partition-id"])
         torch.manual_seed(client_seed(config, -1, pid))
-        target = build_target(num_classes, shape)
+        target = lenet_target(num_classes, shape)
         received = from_record(msg.content["arrays"])
         weights = {**received, **personal_state(context, target, received)}
         _, acc, n = evaluate(target, weights, data.x_test, data.y_test)
@@ -442,7 +442,7 @@ def make_server_app(
         n, k = config.num_clients, config.clients_per_round
         torch.manual_seed(config.seed)
         random.seed(config.seed)  # Flower's FedAvg samples nodes with the random module
-        target = build_target(*dataset_geometry(config))  # the server needs no data
+        target = lenet_target(*dataset_geometry(config))  # the server needs no data
         last = {config.rounds}
         train_config = ConfigRecord({"inner-steps": config.inner_steps})
         if method == "fedavg":

@@ -1,40 +1,10 @@
-"""Personalised federated learning with hypernetworks (pFedHN, Shamsian et al., ICML 2021).
-
-Flower-free building blocks, usable from any loop (the ``federated`` recipe's in-process engine
-and its Flower app both use them):
-
-- the paper's LeNet-style target, :func:`lenet`;
-- non-IID partitions: :func:`class_shares` (each client gets a few classes) and
-  :func:`dirichlet_shares` (Dirichlet(alpha) class proportions), applied to a split's labels by
-  :func:`partition` (the same shares for the train and the test split);
-- the client's side: :func:`train_local` (inner SGD steps from the received weights) and
-  :func:`evaluate`;
-- the server's side: :func:`pfedhn_grads` and :func:`pfedhn_step`, which push the client's weight
-  change back through the hypernetwork,
-
-  .. math:: \\nabla_{\\Phi, e_i} = (\\partial \\theta_i / \\partial (\\Phi, e_i))^\\top
-            (\\theta_i - \\tilde\\theta_i),
-
-  computed as one vector-Jacobian product, ``torch.autograd.grad(theta, params,
-  grad_outputs=theta - theta_tilde)``. Which parameters move is the optimizer's choice: the
-  whole hypernetwork and the client's embedding in training; the new client's embedding row
-  alone (the hypernetwork frozen) when a client joins after training (:func:`embedding_optimizer`);
-- pFedHN-PC: the parameters the hypernetwork does not generate (the classifier head) stay on the
-  client, :func:`personal_weights`;
-- robustness: :func:`check_reply` (names, shapes, dtype, finiteness after the cast to the
-  server's dtype, and a trust bound on the update's norm; a reason or ``None``),
-  :func:`collect_replies` (failing, timed-out or dropped clients are skipped and logged), and
-  :func:`fedavg` (weighted average, for the baselines of the in-process engine).
-
-Logging goes to the ``hyperloom.federated`` logger.
-"""
+"""Implementation of :mod:`hyperloom.federated` (import from there)."""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -46,82 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .functional import call
-from .target import TargetSpec
+from ..functional import call
+from ..target import TargetSpec
 
 LOGGER = logging.getLogger("hyperloom.federated")
-
-__all__ = [
-    "IDLE_EMBEDDINGS",
-    "MAX_SERVER_GRAD_NORM",
-    "Replies",
-    "check_reply",
-    "class_shares",
-    "collect_replies",
-    "dirichlet_shares",
-    "embedding_optimizer",
-    "evaluate",
-    "fedavg",
-    "lenet",
-    "partition",
-    "personal_weights",
-    "pfedhn_grads",
-    "pfedhn_step",
-    "train_local",
-]
-
-
-# --------------------------------------------------------------------------------------------
-# The target
-
-
-def lenet(in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> nn.Sequential:
-    """The pFedHN paper's LeNet-style target: conv 5x5 16, pool, conv 5x5 32, pool, fc 120, 84, out.
-
-    Images of 28x28 or more use unpadded convolutions (28 -> 24 -> 12 -> 8 -> 4, as the paper's
-    32 -> 28 -> 14 -> 10 -> 5); smaller ones (the 8x8 digits) pad both convolutions by 2 so that
-    the two poolings leave a 2x2 map.
-
-    Args:
-        in_channels: image channels.
-        image_size: height = width of the images.
-        num_classes: outputs of the last layer (named ``out``).
-
-    Returns:
-        An ``nn.Sequential`` with named layers ``conv1, conv2, fc1, fc2, out`` (and activations).
-
-    Example:
-        >>> lenet()(torch.randn(2, 1, 28, 28)).shape
-        torch.Size([2, 10])
-        >>> lenet(image_size=8)(torch.randn(2, 1, 8, 8)).shape
-        torch.Size([2, 10])
-    """
-    if image_size < 4:
-        raise ValueError(f"lenet needs images of at least 4x4, got image_size={image_size}")
-    pad = 0 if image_size >= 28 else 2
-    side = image_size
-    for _ in range(2):
-        side = (side + 2 * pad - 4) // 2  # conv 5x5, then pool 2x2
-    if side < 1:
-        raise ValueError(f"image_size={image_size} is too small for two conv+pool stages")
-    return nn.Sequential(
-        OrderedDict(
-            [
-                ("conv1", nn.Conv2d(in_channels, 16, 5, padding=pad)),
-                ("act1", nn.ReLU()),
-                ("pool1", nn.MaxPool2d(2)),
-                ("conv2", nn.Conv2d(16, 32, 5, padding=pad)),
-                ("act2", nn.ReLU()),
-                ("pool2", nn.MaxPool2d(2)),
-                ("flatten", nn.Flatten()),
-                ("fc1", nn.Linear(32 * side * side, 120)),
-                ("act3", nn.ReLU()),
-                ("fc2", nn.Linear(120, 84)),
-                ("act4", nn.ReLU()),
-                ("out", nn.Linear(84, num_classes)),
-            ]
-        )
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,7 +108,7 @@ def dirichlet_shares(num_clients: int, num_classes: int, alpha: float, *, seed: 
     return torch.from_numpy(draws.T.astype(np.float32)).contiguous()  # (N, C)
 
 
-def partition(labels: Tensor, shares: Tensor, *, seed: int = 0) -> list[Tensor]:
+def partition_clients(labels: Tensor, shares: Tensor, *, seed: int = 0) -> list[Tensor]:
     """Split a split's example indices among clients following per-class ``shares``.
 
     Args:
@@ -225,7 +123,7 @@ def partition(labels: Tensor, shares: Tensor, *, seed: int = 0) -> list[Tensor]:
 
     Example:
         >>> y = torch.arange(10).repeat(20)
-        >>> parts = partition(y, class_shares(5, 10, 2))
+        >>> parts = partition_clients(y, class_shares(5, 10, 2))
         >>> sorted(torch.unique(y[parts[0]]).tolist()) == sorted(
         ...     torch.nonzero(class_shares(5, 10, 2)[0]).flatten().tolist())
         True
@@ -380,7 +278,7 @@ def personal_weights(target: nn.Module, spec: TargetSpec) -> dict[str, Tensor]:
 
     Example:
         >>> import hyperloom as hl
-        >>> net = lenet()
+        >>> net = hl.networks.lenet()
         >>> sorted(personal_weights(net, hl.select(net, "conv*", "fc*")))
         ['out.bias', 'out.weight']
     """

@@ -1,29 +1,4 @@
-"""Continual learning: the hypernetwork output regulariser, task inference and EWC/SI penalties.
-
-Plain functions to call from your own training loop (von Oswald et al., "Continual learning
-with hypernetworks", ICLR 2020). A task-conditioned hypernetwork ``H(e; Phi)`` keeps one
-embedding ``e_t`` per task; after task ``t`` is learned, its generated weights are snapshotted
-and every later task is trained with
-
-.. math:: L = L_{task}(\\Phi, e_T) + \\frac{\\beta}{T-1} \\sum_{t<T}
-          \\lVert H(e_t; \\Phi^*) - H(e_t; \\Phi + \\Delta\\Phi) \\rVert^2
-
-where ``H(e_t; Phi*)`` is the snapshot and ``Delta Phi`` an optional one-step lookahead (the
-step the task loss alone would take; zero without it). No data of earlier tasks is replayed.
-When the task id is unknown at test time, :func:`infer_task` picks the stored embedding whose
-predictions have the lowest entropy (HNET+ENT).
-
-The baselines' penalties are here too: :func:`fisher_diagonal` (online EWC) and
-:func:`si_importance` (synaptic intelligence) give importances for :func:`quadratic_penalty`.
-
-Example:
-    >>> import torch, hyperloom as hl
-    >>> from torch import nn
-    >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), hl.FlatGenerator())
-    >>> old = snapshot_outputs(hnet, [0, 1])          # after training tasks 0 and 1
-    >>> output_regularizer(hnet, old, [0, 1], beta=0.01).item()  # outputs unchanged
-    0.0
-"""
+"""Implementation of :mod:`hyperloom.continual` (import from there)."""
 
 from __future__ import annotations
 
@@ -36,24 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from .functional import call_batched
-from .generators.chunked import ChunkedGenerator
-
-__all__ = [
-    "factored_output_regularizer",
-    "fisher_diagonal",
-    "generate_tasks",
-    "infer_task",
-    "lookahead_delta",
-    "output_fisher",
-    "output_regularizer",
-    "predictive_entropy",
-    "quadratic_penalty",
-    "si_importance",
-    "snapshot_factors",
-    "snapshot_outputs",
-    "task_logits",
-]
+from ..functional import call_batched
+from ..generators.chunked import ChunkedGenerator
 
 
 def _task_ids(tasks: Tensor | Sequence[int] | int, device: torch.device) -> Tensor:

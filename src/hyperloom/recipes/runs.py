@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime as _dt
 import json
 import os
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+
+from ..checkpoint import to_jsonable
 
 T = TypeVar("T")
 
@@ -35,23 +36,6 @@ def make_run_dir(root: str | os.PathLike = "runs", name: str = "") -> Path:
         except FileExistsError:
             i += 1
             path = base.with_name(f"{base.name}-{i}")
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, tensors, tuples and paths as plain JSON values."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
-        return None
-    return obj
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -1,7 +1,8 @@
 r"""Graph hypernetworks: weights for architectures never seen in training (criterion 4: dynamic).
 
 A :class:`GraphHyperNetwork` (Zhang, Ren and Urtasun, 2019; Knyazev et al., 2021 and 2023)
-reads the target's graph of operations (:func:`~hyperloom.trace_graph`), gives every node an
+reads the target's graph of operations (:func:`~hyperloom.architectures.trace_graph`), gives every
+node an
 embedding by message passing, and decodes each node's embedding into that node's parameters
 with a shape-agnostic :class:`~hyperloom.TiledGenerator`. Nothing in it is sized by one target,
 so one trained GHN predicts weights for any module whose operations it knows.
@@ -14,7 +15,7 @@ at the same depth are updated together.
 
 Example:
     >>> import hyperloom as hl
-    >>> ghn = hl.GraphHyperNetwork(hidden=16, tile=(8, 8))
+    >>> ghn = hl.architectures.GraphHyperNetwork(hidden=16, tile=(8, 8))
     >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
     >>> weights = ghn(net)
     >>> hl.call(net, weights, torch.randn(2, 1, 8, 8)).shape
@@ -31,10 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .generators.tiled import TiledGenerator
-from .graph import FEATURES, ModuleGraph, trace_graph
-from .hypernet import Criteria
-from .target import TargetSpec, select
+from ..generators.tiled import TiledGenerator
+from ..hypernet import Criteria
+from ..target import TargetSpec, select
+from ._graph import FEATURES, ModuleGraph, trace_graph
 
 _CACHE_SIZE = 256
 
@@ -55,7 +56,7 @@ class GraphHyperNetwork(nn.Module):
         gain: the activation gain the predicted weights start at (``sqrt(2)`` for ReLU
             targets): the decoder's readouts are scaled so that, at initialisation, weights of
             fan-in ``d`` have variance ``gain^2 / d``.
-        method: how targets are traced (see :func:`~hyperloom.trace_graph`).
+        method: how targets are traced (see :func:`~hyperloom.architectures.trace_graph`).
 
     Calls:
         ``ghn(target)`` returns ``{name: tensor}`` for every floating-point parameter the

@@ -1,32 +1,4 @@
-r"""Uncertainty from noise-conditioned hypernetworks: K weight sets, one call, calibrated metrics.
-
-A hypernetwork conditioned on noise, :math:`\theta = G(z)` with :math:`z \sim q(z)`, holds a
-distribution over target networks (Krueger et al. 2017, Bayesian hypernetworks; Pawlowski et
-al. 2017; Ratzlaff and Fuxin 2019, HyperGAN). This module gives
-
-- sampling and prediction: :func:`sample_weights` draws K weight sets in one generator call,
-  :func:`sample_outputs` runs the target with all K at once through
-  :func:`~hyperloom.call_batched` (no Python loop over samples), and
-  :func:`predictive_classification` / :func:`predictive_regression` turn the K outputs into a
-  predictive mean and its spread (entropy, mutual information, variance);
-- training objectives as plain functions: an implicit weight distribution kept spread by a
-  diversity term (:func:`kernel_repulsion` or :func:`entropy_surrogate`, combined by
-  :func:`implicit_loss`), and a variational Bayesian hypernetwork with a reparameterised
-  Gaussian over z (:class:`GaussianPosterior`) and the ELBO (:func:`elbo_loss`);
-- metrics: :func:`accuracy`, :func:`nll`, :func:`brier_score`,
-  :func:`expected_calibration_error` (15 equal-width bins), :func:`reliability_diagram`,
-  :func:`auroc` (rank statistic, ties counted one half) and :func:`gaussian_nll`.
-
-Example:
-    >>> import torch, hyperloom as hl
-    >>> from torch import nn
-    >>> target = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
-    >>> hnet = hl.HyperNetwork(target, hl.Noise(8, seed=0), hl.ChunkedGenerator(chunk_size=32))
-    >>> x = torch.randn(10, 4)
-    >>> pred = hl.predict_classification(hnet, x, k=6)
-    >>> pred.probs.shape, pred.mutual_information.shape
-    (torch.Size([10, 3]), torch.Size([10]))
-"""
+"""Implementation of :mod:`hyperloom.uncertainty` (import from there)."""
 
 from __future__ import annotations
 
@@ -38,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .conditioning.noise import Noise
-from .functional import call_batched
-from .hypernet import HyperNetwork
+from ..conditioning.noise import Noise
+from ..functional import call_batched
+from ..hypernet import HyperNetwork
 
 _EPS = 1e-12
 
@@ -140,7 +112,7 @@ def _entropy(p: Tensor) -> Tensor:
     return -(p * p.clamp_min(_EPS).log()).sum(-1)
 
 
-def predictive_classification(logits: Tensor) -> ClassPrediction:
+def summarize_classification(logits: Tensor) -> ClassPrediction:
     """Predictive mean and spread from K members' logits.
 
     Args:
@@ -151,7 +123,7 @@ def predictive_classification(logits: Tensor) -> ClassPrediction:
 
     Example:
         >>> same = torch.tensor([[[2.0, 0.0]], [[2.0, 0.0]]])  # two members that agree
-        >>> predictive_classification(same).mutual_information.abs().item() < 1e-6
+        >>> summarize_classification(same).mutual_information.abs().item() < 1e-6
         True
     """
     if logits.dim() != 3:
@@ -183,7 +155,7 @@ class RegressionPrediction:
     member_means: Tensor
 
 
-def predictive_regression(
+def summarize_regression(
     means: Tensor, noise_variance: Tensor | float = 0.0
 ) -> RegressionPrediction:
     """Predictive mean and variance (law of total variance) from K members' outputs.
@@ -197,7 +169,7 @@ def predictive_regression(
         A :class:`RegressionPrediction`; the epistemic variance uses ``1 / K`` (population).
 
     Example:
-        >>> p = predictive_regression(torch.tensor([[[0.0]], [[2.0]]]), noise_variance=0.5)
+        >>> p = summarize_regression(torch.tensor([[[0.0]], [[2.0]]]), noise_variance=0.5)
         >>> p.mean.item(), p.epistemic.item(), p.variance.item()
         (1.0, 1.0, 1.5)
     """
@@ -232,7 +204,7 @@ def predict_classification(
         A :class:`ClassPrediction` over the ``k`` sampled networks.
     """
     weights = sample_weights(hnet, k, z=z, generator=generator)
-    return predictive_classification(sample_outputs(hnet.target, weights, x))
+    return summarize_classification(sample_outputs(hnet.target, weights, x))
 
 
 @torch.no_grad()
@@ -260,7 +232,7 @@ def predict_regression(
         A :class:`RegressionPrediction` over the ``k`` sampled networks.
     """
     weights = sample_weights(hnet, k, z=z, generator=generator)
-    return predictive_regression(sample_outputs(hnet.target, weights, x), noise_variance)
+    return summarize_regression(sample_outputs(hnet.target, weights, x), noise_variance)
 
 
 # Training objectives -------------------------------------------------------------------------
