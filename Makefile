@@ -23,14 +23,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests tools
 	$(BIN)/ruff format --check src tests tools
 
-# One thread: the suite is thousands of small ops, which thread synchronisation only slows.
+# One thread per worker, one worker per core (pytest-xdist): the suite is thousands of small
+# ops, which thread synchronisation only slows, and whole tests run side by side instead.
 # Then the oracle tests once more on ATen's baseline CPU kernels (no AVX2/AVX-512): another
 # kernel order, as on another CPU, so a tolerance tuned to one machine fails here too.
 ORACLE_TESTS := tests/test_dispatch.py tests/test_fastpaths.py tests/test_functional.py \
 	tests/test_perf.py tests/test_trust.py tests/test_hypernet.py
 test: $(STAMP) lint docs
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
-	ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(ORACLE_TESTS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto
+	ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto $(ORACLE_TESTS)
 
 clean:
 	rm -rf $(VENV) runs site .pytest_cache .ruff_cache

@@ -264,14 +264,16 @@ def _task_num(m, num):
     ],
 )
 def test_huge_declared_sizes_are_refused_before_allocating(tmp_path, edit, message):
-    import time
+    import resource
 
     path = hl.save(_hnet(), tmp_path / "h.safetensors")
     _rewrite_metadata(path, edit, redigest=True)
-    start = time.perf_counter()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     with pytest.raises(ValueError, match=message):
         hl.load(path)
-    assert time.perf_counter() - start < 5.0
+    # Each edit declares at least 2**30 elements (4 GiB): building it would raise the peak.
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
+    assert grown < 1024 * 1024, f"peak memory grew by {grown} KiB"
 
 
 def _deep(n):
@@ -524,9 +526,11 @@ def test_export_refuses_to_overwrite_its_checkpoint(tmp_path):
 
 
 def test_fuzz_load_finds_nothing_but_value_error(tmp_path):
-    """Mutated bytes and (re-digested) metadata: a ValueError or a valid load, nothing else."""
-    import time
+    """Mutated bytes and (re-digested) metadata: a ValueError or a valid load, nothing else.
 
+    Derandomised (the same examples on every run and machine), and untimed: a timed assertion
+    fails on a loaded machine, not on a slow loader.
+    """
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
@@ -535,13 +539,14 @@ def test_fuzz_load_finds_nothing_but_value_error(tmp_path):
     (n,) = struct.unpack("<Q", data[:8])
     meta = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["hyperloom"])
     target = tmp_path / "fuzz.safetensors"
-    start = time.perf_counter()
 
     def attempt():
         with contextlib.suppress(ValueError):
             hl.load(target)
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     @given(
         st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(0, 255)), max_size=6),
         st.integers(0, len(data)),
@@ -577,7 +582,9 @@ def test_fuzz_load_finds_nothing_but_value_error(tmp_path):
 
     every = [p for p in paths(meta) if p and p[0] != "sha256"]
 
-    @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=250, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     @given(st.sampled_from(every), json_values)
     def metadata(where, value):
         import copy
@@ -593,7 +600,6 @@ def test_fuzz_load_finds_nothing_but_value_error(tmp_path):
 
     bytes_()
     metadata()
-    assert time.perf_counter() - start < 10.0
 
 
 def test_task_statistics_and_activation_modules_round_trip(tmp_path):
