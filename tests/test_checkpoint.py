@@ -3,6 +3,7 @@
 import contextlib
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,7 +122,7 @@ def test_incompatible_format_is_refused(tmp_path):
     path = hl.save(_hnet(), tmp_path / "h.safetensors")
     _rewrite_metadata(path, lambda m: m.update(format=99, version="9.0"))
     with pytest.raises(
-        ValueError, match=r"format 99; hyperloom .* reads format 2 \(written by version '9.0'\)"
+        ValueError, match=r"format 99; hyperloom .* reads formats 1, 2 \(written by version '9.0'\)"
     ):
         hl.load(path)
 
@@ -626,3 +627,65 @@ def test_a_conditioner_load_cannot_build_is_given_back(tmp_path):
     back = hl.load(tmp_path / "c.safetensors", target=nn.Linear(3, 2), conditioner=Custom(2, 4))
     x = torch.randn(2, 3)
     assert torch.equal(back(x, task=1), hnet(x, task=1))
+
+
+# Checkpoints written by hyperloom 0.1 (format 1): tests/data/v01, made by make_fixtures.py there.
+V01 = Path(__file__).parent / "data" / "v01"
+
+
+@pytest.mark.parametrize("name", ["mlp_flat", "mlp_chunked", "lenet_chunked"])
+def test_v01_task_checkpoints_give_what_v01_computed(name):
+    from safetensors.torch import load_file
+
+    expected = load_file(str(V01 / f"{name}.expected.safetensors"))
+    hnet = hl.load(V01 / f"{name}.safetensors")
+    x = expected["x"]
+    with torch.no_grad():
+        for key, want in expected.items():
+            if key.startswith("y."):
+                which = key.removeprefix("y.")
+                task = (
+                    torch.arange(x.shape[0]) % hnet.conditioner.num
+                    if which == "ids"
+                    else int(which)
+                )
+                torch.testing.assert_close(hnet(x, task=task), want, rtol=1e-5, atol=1e-6)
+
+
+def test_v01_noise_checkpoint_gives_what_v01_computed():
+    from safetensors.torch import load_file
+
+    expected = load_file(str(V01 / "mlp_noise.expected.safetensors"))
+    hnet = hl.load(V01 / "mlp_noise.safetensors")
+    assert (hnet.conditioner.seed, hnet.conditioner.std) == (7, 0.5)
+    with torch.no_grad():
+        for z in ("z", "zs"):
+            got = hnet(expected["x"], z=expected[z])
+            torch.testing.assert_close(got, expected[f"y.{z}"], rtol=1e-5, atol=1e-6)
+
+
+def test_v01_lenet_is_built_as_v01_built_it(tmp_path):
+    hnet = hl.load(V01 / "lenet_chunked.safetensors")
+    assert hnet.target.hyperloom_config["builder"] == "lenet_v01"
+    assert hnet.spec.names[0] == "0.weight"
+    again = hl.load(hl.save(hnet, tmp_path / "h.safetensors"))  # written again as format 2
+    assert checkpoint.read_checkpoint(tmp_path / "h.safetensors")[0]["format"] == 2
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(again(x, task=1), hnet(x, task=1))
+
+
+def test_v01_checkpoint_keeps_the_tensor_digest_and_the_checks(tmp_path):
+    meta, _tensors = checkpoint.read_checkpoint(V01 / "mlp_flat.safetensors")
+    assert (meta["format"], meta["version"], meta["tasks"]) == (1, "0.1.0", ["a", "b", "c"])
+    data = bytearray((V01 / "mlp_flat.safetensors").read_bytes())
+    data[-4] ^= 0xFF  # a byte of the last tensor
+    (tmp_path / "bad.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256 check: the tensors were modified"):
+        hl.load(tmp_path / "bad.safetensors")
+    (tmp_path / "v1.safetensors").write_bytes((V01 / "mlp_flat.safetensors").read_bytes())
+    _rewrite_metadata(
+        tmp_path / "v1.safetensors",
+        lambda m: m["hypernetwork"]["spec"]["params"][0].update(shape=[5, 7]),
+    )
+    with pytest.raises(ValueError, match="does not match the checkpoint"):
+        hl.load(tmp_path / "v1.safetensors")

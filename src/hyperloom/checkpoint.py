@@ -44,6 +44,13 @@ from ._version import __version__
 FORMAT = 2
 """Format 2: the SHA-256 covers the metadata too (format 1 covered the tensors only)."""
 
+READS = (1, 2)
+"""The formats :func:`load` reads. Format 1 (hyperloom 0.1) is read with every check that its
+contents allow; what it cannot be checked for: its SHA-256 covers the tensors only, so a change
+to its metadata is caught only where the type, size and shape checks catch it; and it holds no
+state of a seeded :class:`~hyperloom.Noise`, whose draws start again from the seed (as they did
+in 0.1). Its ``lenet`` target is 0.1's, with unnamed layers (the ``lenet_v01`` builder)."""
+
 _KEY = "hyperloom"
 
 GENERATED_PER_STORED = 1024
@@ -64,7 +71,8 @@ def _canonical(meta: Mapping[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()
 
 
-def _digest(tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> str:
+def _digest(tensors: Mapping[str, Tensor], meta: Mapping[str, Any] | None) -> str:
+    """SHA-256 over the tensors and, unless ``meta`` is ``None`` (format 1), the metadata."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].contiguous()
@@ -72,8 +80,9 @@ def _digest(tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> str:
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    h.update(b"\0metadata\0")
-    h.update(_canonical(meta))
+    if meta is not None:
+        h.update(b"\0metadata\0")
+        h.update(_canonical(meta))
     return h.hexdigest()
 
 
@@ -386,20 +395,19 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     if not isinstance(meta, dict):
         raise ValueError(f"{str(path)!r} has hyperloom metadata that is not a JSON object")
     fmt = meta.get("format")
-    if fmt != FORMAT:
+    if isinstance(fmt, bool) or fmt not in READS:
         raise ValueError(
             f"{str(path)!r} has checkpoint format {_printable(repr(fmt))}; hyperloom "
-            f"{_version()} reads format {FORMAT} (written by version "
+            f"{_version()} reads formats {', '.join(map(str, READS))} (written by version "
             f"{_printable(repr(meta.get('version')))})"
         )
     try:
-        digest = _digest(tensors, meta)
+        digest = _digest(tensors, meta if fmt >= 2 else None)
     except (ValueError, TypeError, RecursionError) as e:
         raise ValueError(f"{str(path)!r} has metadata that cannot be digested: {e}") from e
     if digest != meta.get("sha256"):
-        raise ValueError(
-            f"{str(path)!r} failed its SHA-256 check: the tensors or the metadata were modified"
-        )
+        what = "the tensors or the metadata" if fmt >= 2 else "the tensors"
+        raise ValueError(f"{str(path)!r} failed its SHA-256 check: {what} were modified")
     _check_meta(meta)
     return meta, tensors
 
@@ -611,6 +619,7 @@ def load(
     from .target import TargetSpec, select
 
     meta, tensors = read_checkpoint(path)
+    fmt = meta["format"]
     config = meta["hypernetwork"]
     spec = _rebuild("hypernetwork.spec", lambda: TargetSpec.from_dict(config["spec"]))
     names = set(spec.names)
@@ -644,14 +653,14 @@ def load(
     if target is None:
         # Count the target on the meta device (no memory) before building it for real.
         with torch.device("meta"):
-            probe = _rebuild("target", lambda: target_from_config(meta["target"]))
+            probe = _rebuild("target", lambda: target_from_config(meta["target"], fmt))
         size = sum(t.numel() for t in [*probe.parameters(), *probe.buffers()])
         if size > limit + stored:
             raise ValueError(
                 f"checkpoint field target: a target of {size:,} elements for a file of "
                 f"{stored:,} stored elements (at most {limit + stored:,}; pass max_generated=)"
             )
-        target = _rebuild("target", lambda: target_from_config(meta["target"]))
+        target = _rebuild("target", lambda: target_from_config(meta["target"], fmt))
         if dtype is not None and dtype != torch.get_default_dtype():
             target = target.to(dtype)
     got = _rebuild("target", lambda: select(target, lambda n, _p: n in names))
@@ -680,6 +689,8 @@ def load(
     expected = {f"generator.{k}": v for k, v in gen.state_dict().items()}
     if conditioner is None:
         expected |= {f"conditioner.{k}": v for k, v in cond.state_dict().items()}
+    if fmt < 2:  # format 1 kept no Noise state: its draws start from the seed, as in 0.1
+        expected = {k: v for k, v in expected.items() if not k.endswith("_extra_state")}
     prefixes = ("generator.",) if conditioner is not None else ("generator.", "conditioner.")
     _check_state_shapes(expected, {k: v for k, v in state.items() if k.startswith(prefixes)})
     cond, gen = parts()
@@ -707,7 +718,11 @@ def load(
         missing, unexpected = hnet.load_state_dict(state, strict=False)
     except Exception as e:
         raise ValueError(f"checkpoint tensors do not fit the rebuilt hypernetwork: {e}") from e
-    missing = [k for k in missing if k not in hnet._generated_names]
+    missing = [
+        k
+        for k in missing
+        if k not in hnet._generated_names and not (fmt < 2 and k.endswith("_extra_state"))
+    ]
     if missing or unexpected:
         raise ValueError(
             f"checkpoint tensors do not fit the rebuilt hypernetwork: missing {missing}, "
