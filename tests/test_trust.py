@@ -15,7 +15,7 @@ from torch import nn
 from torch.testing import assert_close
 
 import hyperloom as hl
-from hyperloom.functional import _call_batched_vmap
+from hyperloom.functional.swap import call_batched_vmap
 
 
 def _mlp() -> nn.Sequential:
@@ -77,10 +77,10 @@ def _bf16_tolerance(ref: torch.Tensor, fan_in: int) -> float:
 def test_per_sample_fast_paths_under_autocast_forward_and_backward(conditioner):
     torch.manual_seed(0)
     target = _mlp()
-    if conditioner == "task":  # weights generated, then _BatchedLinear
+    if conditioner == "task":  # weights generated, then BatchedLinear
         cond, kw = hl.TaskEmbedding(4, 4), {"task": torch.tensor([0, 1, 2, 3, 1, 0])}
         gen = hl.ChunkedGenerator(chunk_size=16)
-    else:  # the readout route, _ReadoutLinear
+    else:  # the readout route, ReadoutLinear
         cond, kw = hl.SampleEncoder(nn.Linear(6, 4), 4), {}
         gen = hl.FlatGenerator()
     hnet = hl.HyperNetwork(target, cond, gen)
@@ -91,7 +91,7 @@ def test_per_sample_fast_paths_under_autocast_forward_and_backward(conditioner):
         weights = hnet.generate(**(kw or {"x": x}))
         if conditioner == "task":
             weights = {k: v[kw["task"].unique(return_inverse=True)[1]] for k, v in weights.items()}
-        ref = _call_batched_vmap(target, weights, 6, ((0,), {}), (x.unsqueeze(1),), {})
+        ref = call_batched_vmap(target, weights, 6, ((0,), {}), (x.unsqueeze(1),), {})
         ref = ref.flatten(0, 1)
     assert out.dtype == torch.bfloat16
     # backward outside autocast, as autocast's documentation has it

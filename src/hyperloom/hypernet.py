@@ -14,16 +14,9 @@ from torch.utils import _pytree as pytree
 
 from .conditioning.base import Conditioner
 from .filters import Filter
-from .functional import (
-    _functorch_active,
-    _layers,
-    _norm_statistics,
-    call,
-    call_batched,
-    call_from_readout,
-    check_weights,
-    swapped_call,
-)
+from .functional import call, call_batched, call_from_readout, check_weights, swapped_call
+from .functional.dispatch import route
+from .functional.swap import norm_statistics
 from .generators.base import Generator
 from .init import hyperfan_in_, hyperfan_out_, pretrained_init_
 from .target import TargetSpec, select
@@ -154,7 +147,7 @@ class HyperNetwork(nn.Module):
                     "task_statistics=True needs a task-conditioned hypernetwork (TaskEmbedding), "
                     f"got {type(conditioner).__name__}"
                 )
-            if not _norm_statistics(target):
+            if not norm_statistics(target):
                 raise ValueError(
                     "task_statistics=True needs a target with BatchNorm running statistics; "
                     f"{type(target).__name__} has none"
@@ -189,21 +182,31 @@ class HyperNetwork(nn.Module):
         context = {k: kwargs.pop(k) for k in self.conditioner.keys if k in kwargs}
         self._check_keywords(kwargs)
         cond, index = self.conditioner.from_call(args, context)
-        if index is None and cond.dim() == 2:  # every sample its own context
-            out = self._from_readout(cond, args, kwargs)
+        stats = self.task_statistics
+        way = route(  # the table of routes: hyperloom.functional.dispatch.ROUTES
+            cond,
+            index,
+            self.target,
+            self.generator,
+            args,
+            kwargs,
+            check_finite=self.check_finite,
+            task_statistics=stats is not None,
+        )
+        if way == "readout":
+            out = self._from_readout(cond, args[0])
             if out is not None:
                 return out
         weights = self._weights(cond)
-        stats = self.task_statistics
-        if cond.dim() == 1:  # one context for the whole batch
+        if way == "one":
             if stats is not None:
                 check_weights(self.target, weights)
                 rows = stats.rows(int(context["task"]), self.conditioner.num)
                 return swapped_call(self.target, weights, args, kwargs, rows)
             return call(self.target, weights, *args, **kwargs)
-        if index is not None and (stats is not None or self._normalises_batches()):
+        if way == "per_task" and index is not None:
             return self._per_task(weights, index, context, args, kwargs)
-        if index is not None and cond.shape[0] == 1:  # one distinct static context
+        if way == "one_task":
             return call(self.target, {k: v[0] for k, v in weights.items()}, *args, **kwargs)
         if index is not None:
             weights = {k: v[index] for k, v in weights.items()}  # (B, *shape)
@@ -344,13 +347,6 @@ class HyperNetwork(nn.Module):
                 f"{sorted(accepted) or 'no keywords'}"
             )
 
-    def _normalises_batches(self) -> bool:
-        """Whether a BatchNorm layer of the target is in training mode (batch statistics)."""
-        return any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-            for m in self.target.modules()
-        )
-
     def _task_rows(self, context: dict[str, Any]) -> dict[str, Tensor]:
         """One task's BatchNorm statistics with ``task_statistics``, else nothing."""
         if self.task_statistics is None:
@@ -400,29 +396,17 @@ class HyperNetwork(nn.Module):
                     )
         return weights
 
-    def _from_readout(self, cond: Tensor, args: tuple, kwargs: dict) -> Tensor | None:
+    def _from_readout(self, cond: Tensor, x: Tensor) -> Tensor | None:
         """A per-sample call that never forms the per-sample weights, where it can.
 
         For a generator that is one plain linear readout of features (``FlatGenerator``) and a
         target made of known layers, :func:`~hyperloom.functional.call_from_readout` computes
         the same outputs as generating the ``(B, *shape)`` weights and calling the target with
         them, but a ``Linear`` layer reads its weights straight from the readout. ``None``:
-        this call takes the general path.
+        this call takes the general path. Only on the ``"readout"`` route
+        (:func:`~hyperloom.functional.dispatch.readout_applies`).
         """
-        gen = self.generator
-        if (
-            self.check_finite
-            or kwargs
-            or len(args) != 1
-            or not isinstance(args[0], Tensor)
-            or gen._forward_hooks
-            or gen._forward_pre_hooks
-            or _functorch_active()
-        ):
-            return None
-        if _layers(self.target) is None:  # before the features: no trunk run for nothing
-            return None
-        found = gen._readout_features(cond)
+        found = self.generator._readout_features(cond)
         if found is None:
             return None
         h, readout = found
@@ -434,7 +418,7 @@ class HyperNetwork(nn.Module):
             h,
             readout.weight,
             readout.bias,
-            args[0],
+            x,
             [p.init_const for p in spec],
         )
 
@@ -466,7 +450,7 @@ class TaskStatistics(nn.Module):
         super().__init__()
         self._target = [target]  # a list: not a submodule of this one
         self._keys = {}
-        for name, buf in _norm_statistics(target).items():
+        for name, buf in norm_statistics(target).items():
             key = name.replace(".", "__")
             self._keys[name] = key
             self.register_buffer(key, buf.detach().unsqueeze(0).repeat(num, *[1] * buf.dim()))
@@ -475,7 +459,7 @@ class TaskStatistics(nn.Module):
         """Task ``task``'s statistics ``{buffer name: view}`` (``num``: tasks there are now)."""
         have = next(iter(self._buffers.values())).shape[0]
         if num > have:  # the embedding grew: new rows start as the target's statistics
-            own = _norm_statistics(self._target[0])
+            own = norm_statistics(self._target[0])
             for name, key in self._keys.items():
                 new = own[name].detach().unsqueeze(0).repeat(num - have, *[1] * own[name].dim())
                 self._buffers[key] = torch.cat([self._buffers[key], new])

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..functional import _functorch_active
+from ..functional.dispatch import functorch_active
 from ..target import TargetSpec
 from .base import Generator, per_element_variance
 from .registry import register_generator
@@ -120,7 +120,7 @@ def readout_parts(readout: nn.Linear, h: Tensor, sizes: list[int]) -> list[Tenso
         and (h.requires_grad or w.requires_grad or (b is not None and b.requires_grad))
         and type(readout) is nn.Linear
         and not (readout._forward_hooks or readout._forward_pre_hooks)
-        and not _functorch_active()
+        and not functorch_active()
     ):
         return list(_ReadoutParts.apply(h, w, b, sizes))
     return list(readout(h).split(sizes, dim=-1))
