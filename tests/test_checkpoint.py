@@ -16,7 +16,9 @@ from hyperloom import checkpoint
 def _hnet(gen="chunked", tasks=3):
     target = hl.networks.build_target("mlp", in_features=6, hidden=[5], out_features=3)
     options = {"chunked": {"chunk_size": 16}}.get(gen, {})
-    return hl.HyperNetwork(target, hl.TaskEmbedding(tasks, 4), hl.get_generator(gen)(**options))
+    return hl.HyperNetwork(
+        target, hl.TaskEmbedding(tasks, 4), hl.get_generator(gen).factory(**options)
+    )
 
 
 @pytest.mark.parametrize("gen", hl.list_generators())
@@ -33,7 +35,9 @@ def test_round_trip_every_generator(tmp_path, gen):
 
 def test_round_trip_keeps_non_generated_parameters_and_buffers(tmp_path):
     target = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2))
-    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(2, 3), hl.FlatGenerator(), generate=nn.Linear)
+    hnet = hl.HyperNetwork(
+        target, hl.TaskEmbedding(2, 3), hl.FlatGenerator.factory(), generate=nn.Linear
+    )
     hnet(torch.randn(8, 4), task=0)  # moves the running statistics
     with torch.no_grad():
         target[1].weight.mul_(3.0)
@@ -51,7 +55,7 @@ def test_round_trip_keeps_non_generated_parameters_and_buffers(tmp_path):
 def test_noise_and_mixture_conditioners_round_trip(tmp_path):
     target = nn.Linear(3, 2)
     hnet = hl.HyperNetwork(
-        target, hl.Concat(hl.TaskEmbedding(2, 3), hl.Noise(2, seed=5)), hl.HeadsGenerator()
+        target, hl.Concat(hl.TaskEmbedding(2, 3), hl.Noise(2, seed=5)), hl.HeadsGenerator.factory()
     )
     loaded = hl.load(hl.save(hnet, tmp_path / "h.safetensors"), target=nn.Linear(3, 2))
     z = torch.randn(2)
@@ -62,7 +66,7 @@ def test_noise_and_mixture_conditioners_round_trip(tmp_path):
 
 def test_sample_encoder_needs_the_conditioner(tmp_path):
     enc = hl.SampleEncoder(nn.Linear(3, 4), 4)
-    hnet = hl.HyperNetwork(nn.Linear(3, 2), enc, hl.FlatGenerator())
+    hnet = hl.HyperNetwork(nn.Linear(3, 2), enc, hl.FlatGenerator.factory())
     path = hl.save(hnet, tmp_path / "h.safetensors")
     with pytest.raises(ValueError, match="pass conditioner=SampleEncoder"):
         hl.load(path, target=nn.Linear(3, 2))
@@ -78,7 +82,7 @@ def test_target_that_does_not_match_is_refused(tmp_path):
 
 
 def test_unknown_target_builder_needs_a_target(tmp_path):
-    hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 3), hl.FlatGenerator())
+    hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 3), hl.FlatGenerator.factory())
     path = hl.save(hnet, tmp_path / "h.safetensors")
     with pytest.raises(ValueError, match="does not say how to build its target"):
         hl.load(path)
@@ -353,7 +357,7 @@ def _norm_target():
 
 
 def test_init_const_disagreement_names_the_parameter(tmp_path):
-    hnet = hl.HyperNetwork(_norm_target(), hl.TaskEmbedding(2, 3), hl.HeadsGenerator())
+    hnet = hl.HyperNetwork(_norm_target(), hl.TaskEmbedding(2, 3), hl.HeadsGenerator.factory())
     assert hnet.spec["1.weight"].init_const == 1.0
     path = hl.save(hnet, tmp_path / "h.safetensors")
     hl.load(path, target=_norm_target())  # the same record: loads
@@ -376,7 +380,9 @@ def test_save_refuses_an_unregistered_generator(tmp_path):
 
 def test_dtype_round_trips(tmp_path):
     target = hl.networks.build_target("mlp", in_features=6, hidden=[5], out_features=3).double()
-    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, 4), hl.ChunkedGenerator(chunk_size=16))
+    hnet = hl.HyperNetwork(
+        target, hl.TaskEmbedding(3, 4), hl.ChunkedGenerator.factory(chunk_size=16)
+    )
     hnet = hnet.double()
     loaded = hl.load(hl.save(hnet, tmp_path / "h.safetensors"))
     assert {p.dtype for p in loaded.parameters()} == {torch.float64}
@@ -445,7 +451,7 @@ def test_resume_refuses_optimizer_tensors_of_the_wrong_shape(tmp_path):
     other = hl.HyperNetwork(  # the same number of parameters, other shapes
         hl.networks.build_target("mlp", in_features=6, hidden=[5], out_features=3),
         hl.TaskEmbedding(3, 5),
-        hl.ChunkedGenerator(chunk_size=16),
+        hl.ChunkedGenerator.factory(chunk_size=16),
     )
     before = _rng_states()
     with pytest.raises(ValueError, match=r"training.optimizer.state.0.exp_avg: shape \(4,\)"):
@@ -459,7 +465,7 @@ def test_seeded_noise_resumes_exactly(tmp_path):
         return hl.HyperNetwork(
             hl.networks.build_target("mlp", in_features=6, hidden=[5], out_features=3),
             hl.Noise(4, seed=11),
-            hl.FlatGenerator(),
+            hl.FlatGenerator.factory(),
         )
 
     def train(hnet, opt, steps):
@@ -601,7 +607,7 @@ def test_task_statistics_and_activation_modules_round_trip(tmp_path):
     def target():
         return nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2)).double()
 
-    gen = hl.HeadsGenerator(activation=nn.LeakyReLU(0.2), final_activation=False)
+    gen = hl.HeadsGenerator.factory(activation=nn.LeakyReLU(0.2), final_activation=False)
     hnet = hl.HyperNetwork(target(), hl.TaskEmbedding(3, 4), gen, task_statistics=True)
     hnet(torch.randn(6, 4, dtype=torch.float64), task=torch.tensor([0, 1, 1, 2, 2, 0]))
     hl.save(hnet, tmp_path / "h.safetensors")
@@ -620,7 +626,7 @@ def test_a_conditioner_load_cannot_build_is_given_back(tmp_path):
         def config(self) -> dict:
             return {"type": "custom", "num": self.num, "dim": self.dim}
 
-    hnet = hl.HyperNetwork(nn.Linear(3, 2), Custom(2, 4), hl.FlatGenerator())
+    hnet = hl.HyperNetwork(nn.Linear(3, 2), Custom(2, 4), hl.FlatGenerator.factory())
     hl.save(hnet, tmp_path / "c.safetensors")
     with pytest.raises(ValueError, match="'custom' is not one load\\(\\) builds"):
         hl.load(tmp_path / "c.safetensors", target=nn.Linear(3, 2))

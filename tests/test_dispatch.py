@@ -164,14 +164,18 @@ def _route_case(name: str):
     x = torch.randn(6, 4, dtype=torch.float64)
     ids = torch.tensor([0, 1, 0, 2, 1, 0])
     if name == "readout":
-        hnet = hl.HyperNetwork(mlp, hl.SampleEncoder(nn.Linear(4, 3), 3), hl.FlatGenerator())
+        hnet = hl.HyperNetwork(
+            mlp, hl.SampleEncoder(nn.Linear(4, 3), 3), hl.FlatGenerator.factory()
+        )
         return hnet.double(), x, {}, [[i] for i in range(6)], lambda i: {"x": x[i : i + 1]}
     if name == "per_task":
         bn = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 3)).double()
-        hnet = hl.HyperNetwork(bn, hl.TaskEmbedding(3, 4), hl.FlatGenerator(), generate=nn.Linear)
+        hnet = hl.HyperNetwork(
+            bn, hl.TaskEmbedding(3, 4), hl.FlatGenerator.factory(), generate=nn.Linear
+        )
         groups = [[i for i in range(6) if ids[i] == t] for t in range(3)]
         return hnet, x, {"task": ids}, groups, lambda i: {"task": int(ids[i])}
-    gen = hl.ChunkedGenerator(chunk_size=8)
+    gen = hl.ChunkedGenerator.factory(chunk_size=8)
     hnet = hl.HyperNetwork(mlp, hl.TaskEmbedding(3, 4), gen)
     if name == "one":
         return hnet, x, {"task": 2}, [list(range(6))], lambda i: {"task": 2}

@@ -298,7 +298,7 @@ def test_strict_errors_unchanged_on_fast_targets():
 
 def test_per_sample_hypernetwork_uses_fast_path_and_matches_loop():
     target = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
-    hnet = hl.HyperNetwork(target, hl.Noise(4), hl.FlatGenerator(hidden=(8,)))
+    hnet = hl.HyperNetwork(target, hl.Noise(4), hl.FlatGenerator.factory(hidden=(8,)))
     x, z = torch.randn(7, 6), torch.randn(7, 4)
     out = hnet(x, z=z)
     weights = hnet.generate(z=z)
@@ -328,7 +328,7 @@ def test_cached_equals_hypernetwork_and_shares_the_rest(gen):
     hnet = hl.HyperNetwork(
         target,
         hl.TaskEmbedding(3, 8),
-        hl.get_generator(gen)(**GENERATORS[gen]),
+        hl.get_generator(gen).factory(**GENERATORS[gen]),
         generate="0.*",
     )
     hnet.eval()
@@ -346,7 +346,7 @@ def test_cached_equals_hypernetwork_and_shares_the_rest(gen):
 
 def test_cached_is_a_snapshot_and_needs_one_context():
     target = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, 8), hl.FlatGenerator(hidden=(16,)))
+    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, 8), hl.FlatGenerator.factory(hidden=(16,)))
     x = torch.randn(5, 4)
     fast = hnet.cached(task=0)
     before = fast(x)

@@ -139,7 +139,7 @@ def test_per_sample_hypernetwork_with_parts_equals_vmap_path(parts_always):
     # float64: the maths is the point, so the comparison must not depend on the CPU's kernels
     target = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
     hnet = hl.HyperNetwork(
-        target, hl.SampleEncoder(nn.Linear(6, 4), 4), hl.FlatGenerator(hidden=(8,))
+        target, hl.SampleEncoder(nn.Linear(6, 4), 4), hl.FlatGenerator.factory(hidden=(8,))
     ).double()
     x = torch.randn(7, 6, dtype=torch.float64)
     params = list(hnet.parameters())
@@ -336,7 +336,7 @@ def test_call_from_readout_equals_generated_weights_first_and_second_order(
     hnet = hl.HyperNetwork(
         target,
         hl.SampleEncoder(nn.Sequential(nn.Flatten(), nn.Linear(d, 4)), 4),
-        hl.FlatGenerator(hidden=(8,)),
+        hl.FlatGenerator.factory(hidden=(8,)),
     ).double()
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     wrt = [x, *hnet.parameters()]
@@ -359,7 +359,7 @@ def test_call_from_readout_shared_bias_and_rows_per_sample(monkeypatch, count_re
     hnet = hl.HyperNetwork(
         target,
         hl.SampleEncoder(nn.Linear(6, 3), 3),
-        hl.FlatGenerator(),
+        hl.FlatGenerator.factory(),
         generate="*.weight",
     )
     x = torch.randn(5, 6)
@@ -373,7 +373,7 @@ def test_call_from_readout_shared_bias_and_rows_per_sample(monkeypatch, count_re
     seq = hl.HyperNetwork(
         nn.Linear(6, 2),
         hl.SampleEncoder(nn.Sequential(nn.Flatten(), nn.Linear(18, 3)), 3),
-        hl.FlatGenerator(),
+        hl.FlatGenerator.factory(),
     )
     xs = torch.randn(4, 3, 6)
     assert_close(seq(xs), _general_path(monkeypatch, seq, xs))
@@ -388,16 +388,16 @@ def test_call_from_readout_is_skipped_where_it_must_be(monkeypatch, count_readou
 
     x = torch.randn(5, 6)
     for hnet in (
-        hnet_with(hl.ChunkedGenerator(chunk_size=8)),  # not one linear readout
-        hnet_with(hl.FlatGenerator(), check_finite=True),  # the weights must be looked at
+        hnet_with(hl.ChunkedGenerator.factory(chunk_size=8)),  # not one linear readout
+        hnet_with(hl.FlatGenerator.factory(), check_finite=True),  # the weights must be looked at
     ):
         hnet(x)
-    hooked = hnet_with(hl.FlatGenerator())
+    hooked = hnet_with(hl.FlatGenerator.factory())
     seen = []
     hooked.generator.register_forward_hook(lambda *a: seen.append(1))
     hooked(x)
     assert seen  # a hook on the generator sees it run
-    plain = hnet_with(hl.FlatGenerator())
+    plain = hnet_with(hl.FlatGenerator.factory())
     g = torch.func.grad(lambda xx: plain(xx).pow(2).sum())(x)  # a torch.func transform
     assert not count_readout_linear
     xr = x.clone().requires_grad_()

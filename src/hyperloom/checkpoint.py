@@ -33,13 +33,18 @@ import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ._version import __version__
+
+if TYPE_CHECKING:  # imported where used: hypernet imports the generators and conditioners
+    from .conditioning.base import Conditioner
+    from .generators.base import Generator
+    from .hypernet import HyperNetwork
 
 FORMAT = 2
 """Format 2: the SHA-256 covers the metadata too (format 1 covered the tensors only)."""
@@ -144,7 +149,7 @@ def _join_state(state: Any, tensors: Mapping[str, Tensor], where: str, depth: in
     return state
 
 
-def _generated_keys(hnet: nn.Module) -> set[str]:
+def _generated_keys(hnet: HyperNetwork) -> set[str]:
     return {n for n in hnet.state_dict() if n in hnet._generated_names}
 
 
@@ -157,7 +162,7 @@ def _printable(text: Any) -> str:
 # Writing
 
 
-def _check_rebuildable(hnet: nn.Module) -> None:
+def _check_rebuildable(hnet: HyperNetwork) -> None:
     """Refuse what :func:`load` could not rebuild: unregistered generators, and conditioners
     that cannot describe themselves (a conditioner outside the core's table, an application's
     ``Preference`` say, is recorded by its ``config()`` and given back to :func:`load`)."""
@@ -179,7 +184,8 @@ def _check_rebuildable(hnet: nn.Module) -> None:
 
     def check(cond: nn.Module) -> None:
         if type(cond) not in CONDITIONERS.values():
-            config = cond.config() if callable(getattr(cond, "config", None)) else None
+            describe = getattr(cond, "config", None)
+            config = describe() if callable(describe) else None
             if not isinstance(config, dict) or not isinstance(config.get("type"), str):
                 raise ValueError(
                     f"save() cannot record the conditioner {type(cond).__name__}: its config() "
@@ -275,7 +281,8 @@ def save(
 
     Example:
         >>> import tempfile, hyperloom as hl
-        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4), hl.FlatGenerator())
+        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4),
+        ...     hl.FlatGenerator.factory())
         >>> p = hl.save(hnet, tempfile.mkdtemp() + "/h.safetensors", tasks=["a", "b"])
         >>> hl.load(p, target=nn.Linear(3, 2)).describe().inputs
         'task-conditioned'
@@ -368,7 +375,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
 
     Example:
         >>> import tempfile, hyperloom as hl
-        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4), hl.FlatGenerator())
+        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4),
+        ...     hl.FlatGenerator.factory())
         >>> meta, tensors = read_checkpoint(hl.save(hnet, tempfile.mkdtemp() + "/h.safetensors"))
         >>> meta["hypernetwork"]["generator"]["name"], "model/conditioner.rows.1" in tensors
         ('once', True)
@@ -583,9 +591,9 @@ def load(
     path: str | os.PathLike,
     *,
     target: nn.Module | None = None,
-    conditioner: nn.Module | None = None,
+    conditioner: Conditioner | None = None,
     max_generated: int | None = None,
-) -> nn.Module:
+) -> HyperNetwork:
     """Rebuild a :class:`~hyperloom.HyperNetwork` from a checkpoint, in the dtype it was saved.
 
     Args:
@@ -607,7 +615,8 @@ def load(
 
     Example:
         >>> import tempfile, hyperloom as hl
-        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4), hl.FlatGenerator())
+        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4),
+        ...     hl.FlatGenerator.factory())
         >>> p = hl.save(hnet.double(), tempfile.mkdtemp() + "/h.safetensors")
         >>> hl.load(p, target=nn.Linear(3, 2).double()).conditioner.rows[0].dtype
         torch.float64
@@ -672,15 +681,16 @@ def load(
         {k: v for k, v in state.items() if k.startswith("target.")},
     )
 
-    def parts() -> tuple[nn.Module, nn.Module]:
+    def parts() -> tuple[Conditioner, Generator]:
         cond = conditioner
         if cond is None:
             cond = _rebuild(
                 "hypernetwork.conditioner",
                 lambda: _build_conditioner(config["conditioner"], CONDITIONERS),
             )
-        gen = _rebuild("hypernetwork.generator", lambda: build_generator(config["generator"]))
-        _rebuild("hypernetwork.generator", lambda: gen.bind(got, cond.dim))
+        gen = _rebuild(
+            "hypernetwork.generator", lambda: build_generator(config["generator"], got, cond.dim)
+        )
         return cond, gen
 
     # The conditioner and generator on the meta device first: their sizes against the file's.
@@ -737,7 +747,7 @@ def _count_rows(config: Mapping[str, Any]) -> int:
     return config["num"] if config.get("type") == "task" and isinstance(config["num"], int) else 0
 
 
-def _build_conditioner(config: Mapping[str, Any], registry: Mapping[str, type]) -> nn.Module:
+def _build_conditioner(config: Mapping[str, Any], registry: Mapping[str, type]) -> Conditioner:
     kind = config["type"]
     if kind == "concat":
         return registry["concat"](*(_build_conditioner(c, registry) for c in config["parts"]))
@@ -865,7 +875,8 @@ def resume(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> int | N
 
     Example:
         >>> import tempfile, hyperloom as hl
-        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4), hl.FlatGenerator())
+        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4),
+        ...     hl.FlatGenerator.factory())
         >>> opt = torch.optim.Adam(hnet.parameters())
         >>> p = hl.save(hnet, tempfile.mkdtemp() + "/h.safetensors", optimizer=opt, step=7)
         >>> hl.resume(p, torch.optim.Adam(hl.load(p, target=nn.Linear(3, 2)).parameters()))
@@ -913,7 +924,8 @@ def describe_checkpoint(path: str | os.PathLike) -> str:
 
     Example:
         >>> import tempfile, hyperloom as hl
-        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4), hl.FlatGenerator())
+        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4),
+        ...     hl.FlatGenerator.factory())
         >>> p = hl.save(hnet, tempfile.mkdtemp() + "/h.safetensors", tasks=["a", "b\\x1b[2J"])
         >>> describe_checkpoint(p).splitlines()[-1]
         '  1: b\\\\x1b[2J'
@@ -968,7 +980,7 @@ def export_checkpoint(path: str | os.PathLike, *, task: int, out: str | os.PathL
     Example:
         >>> import tempfile, hyperloom as hl
         >>> target = hl.networks.build_target("mlp", in_features=3, hidden=[4], out_features=2)
-        >>> hnet = hl.HyperNetwork(target, hl.TaskEmbedding(2, 4), hl.FlatGenerator())
+        >>> hnet = hl.HyperNetwork(target, hl.TaskEmbedding(2, 4), hl.FlatGenerator.factory())
         >>> folder = tempfile.mkdtemp()
         >>> p = hl.save(hnet, folder + "/h.safetensors")
         >>> export_checkpoint(p, task=1, out=folder + "/task1.safetensors").name
