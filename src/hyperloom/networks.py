@@ -108,7 +108,8 @@ def build_target(builder: str, **kwargs: Any) -> nn.Module:
     if builder not in _BUILDERS:
         raise ValueError(f"unknown target builder {builder!r}; available: {', '.join(_BUILDERS)}")
     module = _BUILDERS[builder](**kwargs)
-    module.hyperloom_config = {"builder": builder, "kwargs": dict(kwargs)}
+    config = {"builder": builder, "kwargs": dict(kwargs)}
+    object.__setattr__(module, "hyperloom_config", config)  # plain data, not a submodule
     return module
 
 
