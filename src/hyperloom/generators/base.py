@@ -227,10 +227,11 @@ class GeneratorFactory(Generic[G]):
     def __init__(self, cls: type[G], options: dict[str, Any]) -> None:
         if not (isinstance(cls, type) and issubclass(cls, Generator)):
             raise TypeError(f"GeneratorFactory takes a Generator class, got {cls!r}")
-        params = inspect.signature(cls.__init__).parameters
-        takes = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
+        # the options: every parameter after self, spec and cond_dim
+        params = list(inspect.signature(cls.__init__).parameters.values())[3:]
+        takes = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
         unknown = sorted(set(options) - set(takes))
-        if unknown:
+        if unknown and not any(p.kind is p.VAR_KEYWORD for p in params):
             raise TypeError(
                 f"{cls.__name__} takes no option {', '.join(map(repr, unknown))}; its options: "
                 f"{', '.join(takes) or 'none'}"
