@@ -182,7 +182,7 @@ def static_contenders(peers: dict[str, str]) -> dict[str, Callable[[int], None]]
     out["leanest hand-written + RMS norm (hyperloom's maths)"] = lean(True)
 
     hnet = hl.HyperNetwork(
-        _mlp(sizes), hl.TaskEmbedding(tasks, emb), hl.FlatGenerator(hidden=(hidden,))
+        _mlp(sizes), hl.TaskEmbedding(tasks, emb), hl.FlatGenerator.factory(hidden=(hidden,))
     )
     out["hyperloom"] = _stepper(
         hnet.parameters(), lambda x, y, t: F.cross_entropy(hnet(x, task=t), y), data
@@ -191,7 +191,7 @@ def static_contenders(peers: dict[str, str]) -> dict[str, Callable[[int], None]]
     bare = hl.HyperNetwork(
         _mlp(sizes),
         hl.TaskEmbedding(tasks, emb),
-        hl.FlatGenerator(hidden=(hidden,), norm=False),
+        hl.FlatGenerator.factory(hidden=(hidden,), norm=False),
     )
     out[NO_NORM] = _stepper(
         bare.parameters(), lambda x, y, t: F.cross_entropy(bare(x, task=t), y), data
@@ -250,7 +250,7 @@ def _hyperlight_main(sizes: list[int]) -> nn.Module:
     return hyperlight.hypernetize(net, modules=modules)
 
 
-NO_NORM = "hyperloom, FlatGenerator(norm=False)"
+NO_NORM = "hyperloom, FlatGenerator.factory(norm=False)"
 LEAN_RMS = "leanest hand-written + RMS norm (hyperloom's maths)"
 
 
@@ -288,9 +288,9 @@ def bench_static(rounds: int, steps: int, peers: dict[str, str]) -> tuple[str, d
         text,
         "",
         "Configurations: `hyperloom` is `HyperNetwork(MLP 32-64-10, TaskEmbedding(4, 8), "
-        "FlatGenerator(hidden=(64,)))`, the defaults: its trunk RMS-normalises the features "
-        "before the readout. `hyperloom, FlatGenerator(norm=False)` is the same with "
-        "`norm=False`: embedding -> Linear -> ReLU -> readout, the maths of the leanest "
+        "FlatGenerator.factory(hidden=(64,)))`, the defaults: its trunk RMS-normalises the "
+        "features before the readout. `hyperloom, FlatGenerator.factory(norm=False)` is the same "
+        "with `norm=False`: embedding -> Linear -> ReLU -> readout, the maths of the leanest "
         "hand-written hypernetwork and of both peers. `leanest hand-written + RMS norm` is the "
         "leanest with `F.rms_norm` after the ReLU, the maths of the default. Like is compared "
         "with like below; the default against the leanest (different maths) is shown too.",
@@ -341,7 +341,9 @@ def static_breakdown(rounds: int, calls: int = 300) -> tuple[str, float]:
     """Where hyperloom's static step spends its extra time: each stage against its lean twin."""
     torch.manual_seed(0)
     sizes, emb, hidden = [32, 64, 10], 8, 64
-    hnet = hl.HyperNetwork(_mlp(sizes), hl.TaskEmbedding(4, emb), hl.FlatGenerator(hidden=(64,)))
+    hnet = hl.HyperNetwork(
+        _mlp(sizes), hl.TaskEmbedding(4, emb), hl.FlatGenerator.factory(hidden=(64,))
+    )
     x = torch.randn(128, 32)
     cond, _ = hnet.conditioner.from_call((), {"task": 1})
     weights = hnet.generator(cond)
@@ -443,7 +445,7 @@ def per_sample_contenders(batch: int) -> tuple[dict[str, Callable[[], Tensor]], 
     hnet = hl.HyperNetwork(
         _mlp(sizes),
         hl.SampleEncoder(nn.Linear(sizes[0], cond), cond),
-        hl.FlatGenerator(hidden=(hidden,)),
+        hl.FlatGenerator.factory(hidden=(hidden,)),
     )
 
     def hyperloom() -> Tensor:
@@ -739,9 +741,9 @@ class ResNet18(nn.Module):
 
 MLP_WIDTHS = {"1e4": 30, "1e5": 230, "1e6": 880, "1e7": 3040}  # in 256, two hidden layers
 GENERATORS = {
-    "once": lambda: hl.FlatGenerator(hidden=(64,)),
-    "chunked": lambda: hl.ChunkedGenerator(chunk_size=4096, chunk_dim=8, hidden=(64,)),
-    "component": lambda: hl.ComponentGenerator(component_dim=8, hidden=(64,)),
+    "once": lambda: hl.FlatGenerator.factory(hidden=(64,)),
+    "chunked": lambda: hl.ChunkedGenerator.factory(chunk_size=4096, chunk_dim=8, hidden=(64,)),
+    "component": lambda: hl.ComponentGenerator.factory(component_dim=8, hidden=(64,)),
 }
 # Parameters above this many are not built (shared 23 GB machine; Adam keeps 4 copies).
 MAX_PARAMS = 150_000_000
@@ -900,7 +902,9 @@ def bench_cached(rounds: int, calls: int) -> tuple[str, dict]:
     for sizes, batch, n_calls in (([32, 64, 10], 128, calls), ([784, 100, 10], 256, calls // 10)):
         torch.manual_seed(0)
         plain = _mlp(sizes).eval()
-        hnet = hl.HyperNetwork(_mlp(sizes), hl.TaskEmbedding(4, 8), hl.FlatGenerator()).eval()
+        hnet = hl.HyperNetwork(
+            _mlp(sizes), hl.TaskEmbedding(4, 8), hl.FlatGenerator.factory()
+        ).eval()
         fast = hnet.cached(task=2)
         x = torch.randn(batch, sizes[0])
         torch.testing.assert_close(fast(x), hnet(x, task=2))

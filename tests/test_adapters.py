@@ -144,7 +144,9 @@ def test_hypernetwork_task_and_description_conditioned():
     lora = ad.LoRATarget(model, *QV, rank=2)
     x = inputs(n=4)
     ref = model(**x).last_hidden_state
-    hnet = hl.HyperNetwork(lora, hl.TaskEmbedding(3, 8), hl.ComponentGenerator(hidden=(16,)))
+    hnet = hl.HyperNetwork(
+        lora, hl.TaskEmbedding(3, 8), hl.ComponentGenerator.factory(hidden=(16,))
+    )
     # hyperfan gives the constant-initialised B its own zeroed head: every task starts at the model
     torch.testing.assert_close(hnet(**x, task=1).last_hidden_state, ref)
     assert len(hnet.generator.heads) == 2  # one head for every A, one for every B, any depth
@@ -156,7 +158,9 @@ def test_hypernetwork_task_and_description_conditioned():
         one = hnet(**{k: v[i : i + 1] for k, v in x.items()}, task=int(t)).last_hidden_state
         torch.testing.assert_close(per_row[i : i + 1], one, rtol=1e-5, atol=1e-5)
     desc = hl.HyperNetwork(
-        lora, hl.SampleEncoder(nn.Identity(), 12, key="description"), hl.ComponentGenerator()
+        lora,
+        hl.SampleEncoder(nn.Identity(), 12, key="description"),
+        hl.ComponentGenerator.factory(),
     )
     w = desc.generate(description=torch.randn(4, 12))
     assert w["factors.0.A"].shape == (4, 2, 16)
@@ -290,9 +294,9 @@ def test_recipe_runs_tiny(tmp_path):
 @pytest.mark.parametrize(
     "generator",
     [
-        lambda: hl.ChunkedGenerator(chunk_size=32, hidden=(16,)),
-        lambda: hl.HeadsGenerator(hidden=(16,)),
-        lambda: hl.ComponentGenerator(hidden=(16,)),
+        lambda: hl.ChunkedGenerator.factory(chunk_size=32, hidden=(16,)),
+        lambda: hl.HeadsGenerator.factory(hidden=(16,)),
+        lambda: hl.ComponentGenerator.factory(hidden=(16,)),
     ],
     ids=["chunked", "heads", "component"],
 )

@@ -183,7 +183,9 @@ def test_attention_output_strategies(output, strategy, tokens):
     rebuilt = hl.build_generator(gen.config(), spec, 4)
     rebuilt.load_state_dict(gen.state_dict())
     torch.testing.assert_close(rebuilt(c), out)
-    hnet = hl.HyperNetwork(_mlp(), hl.TaskEmbedding(2, 4), hl.AttentionGenerator(output=output))
+    hnet = hl.HyperNetwork(
+        _mlp(), hl.TaskEmbedding(2, 4), hl.AttentionGenerator.factory(output=output)
+    )
     assert hnet.describe().outputs == strategy
     assert hnet.describe().architecture == "attention"
 
@@ -198,16 +200,18 @@ def test_attention_readout_groups_share_heads():
 
 def test_attention_rejects_bad_options():
     with pytest.raises(ValueError, match="output must be one of"):
-        hl.AttentionGenerator(output="flat")
+        hl.AttentionGenerator(hl.select(nn.Linear(2, 2)), 4, output="flat")
     with pytest.raises(ValueError, match="num_heads=3 must divide token_dim=8"):
-        hl.AttentionGenerator(token_dim=8, num_heads=3)
+        hl.AttentionGenerator(hl.select(nn.Linear(2, 2)), 4, token_dim=8, num_heads=3)
 
 
 def test_attention_trains_a_target():
     torch.manual_seed(0)
     x = torch.randn(64, 5)
     y = (x[:, :3] * 2).sum(-1, keepdim=True).repeat(1, 3)
-    hnet = hl.HyperNetwork(_mlp(), hl.TaskEmbedding(1, 4), hl.AttentionGenerator(**SMALL_ATTENTION))
+    hnet = hl.HyperNetwork(
+        _mlp(), hl.TaskEmbedding(1, 4), hl.AttentionGenerator.factory(**SMALL_ATTENTION)
+    )
     opt = torch.optim.Adam(hnet.parameters(), lr=1e-2)
     first = None
     for _ in range(60):
@@ -270,7 +274,7 @@ def test_conv_generator_falls_back_to_heads_for_other_tensors():
     assert gen.num_slices == 2 and len(gen.heads) == len(spec) - 1
     out = gen(torch.randn(3, 4))
     torch.testing.assert_close(out["1.weight"], torch.ones(3, 8))  # BatchNorm scale: its 1
-    hnet = hl.HyperNetwork(net, hl.TaskEmbedding(2, 4), hl.ConvGenerator())
+    hnet = hl.HyperNetwork(net, hl.TaskEmbedding(2, 4), hl.ConvGenerator.factory())
     assert hnet.describe().architecture == "convolutional"
     assert hnet(torch.randn(2, 3, 6, 6), task=1).shape == (2, 5)
 

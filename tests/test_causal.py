@@ -39,9 +39,9 @@ def test_every_learner_gives_both_potential_outcomes(name, hyper):
 @pytest.mark.parametrize(
     "generator",
     [
-        hl.FlatGenerator(hidden=(8,)),
-        hl.HeadsGenerator(hidden=(8,)),
-        hl.ChunkedGenerator(chunk_size=32),
+        hl.FlatGenerator.factory(hidden=(8,)),
+        hl.HeadsGenerator.factory(hidden=(8,)),
+        hl.ChunkedGenerator.factory(chunk_size=32),
     ],
 )
 def test_hyper_t_learner_equals_its_exported_arm_networks(generator):
@@ -99,11 +99,11 @@ def test_build_learner_errors_name_the_value():
     with pytest.raises(ValueError, match="unknown learner 'x'"):
         causal.build_learner("x", 5)
     with pytest.raises(ValueError, match="generator is for hypernetwork learners"):
-        causal.build_learner("t", 5, generator=hl.FlatGenerator())
+        causal.build_learner("t", 5, generator=hl.FlatGenerator.factory())
     with pytest.raises(TypeError, match="generator must be a hyperloom Generator, got Linear"):
         causal.HyperTLearner(5, generator=nn.Linear(2, 2))
     # one chunk longer than the 57 generated weights (5*8+8+9) initialises finitely (core fix)
-    m = causal.HyperTLearner(5, hidden=(8,), generator=hl.ChunkedGenerator(chunk_size=64))
+    m = causal.HyperTLearner(5, hidden=(8,), generator=hl.ChunkedGenerator.factory(chunk_size=64))
     assert all(bool(torch.isfinite(p).all()) for p in m.parameters())
     with pytest.raises(ValueError, match=r"hidden=\(\)"):
         causal.TARNet(5, hidden=())
@@ -117,7 +117,7 @@ def test_a_hyper_learner_learns_effects_from_factual_outcomes_alone():
     t = torch.randint(0, 2, (400,), generator=g)
     mu0, mu1 = x[:, 0], x[:, 0] + 2 * x[:, 1]
     y = torch.where(t == 1, mu1, mu0) + 0.05 * torch.randn(400, generator=g)
-    m = causal.HyperTLearner(3, hidden=(32,), generator=hl.FlatGenerator(hidden=(16,)))
+    m = causal.HyperTLearner(3, hidden=(32,), generator=hl.FlatGenerator.factory(hidden=(16,)))
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     for _ in range(300):
         loss = causal.factual_loss(m(x), t, y)

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,9 @@ from hyperloom import checkpoint
 def _hnet(gen="chunked", tasks=3):
     target = hl.networks.build_target("mlp", in_features=6, hidden=[5], out_features=3)
     options = {"chunked": {"chunk_size": 16}}.get(gen, {})
-    return hl.HyperNetwork(target, hl.TaskEmbedding(tasks, 4), hl.get_generator(gen)(**options))
+    return hl.HyperNetwork(
+        target, hl.TaskEmbedding(tasks, 4), hl.get_generator(gen).factory(**options)
+    )
 
 
 @pytest.mark.parametrize("gen", hl.list_generators())
@@ -32,7 +35,9 @@ def test_round_trip_every_generator(tmp_path, gen):
 
 def test_round_trip_keeps_non_generated_parameters_and_buffers(tmp_path):
     target = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2))
-    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(2, 3), hl.FlatGenerator(), generate=nn.Linear)
+    hnet = hl.HyperNetwork(
+        target, hl.TaskEmbedding(2, 3), hl.FlatGenerator.factory(), generate=nn.Linear
+    )
     hnet(torch.randn(8, 4), task=0)  # moves the running statistics
     with torch.no_grad():
         target[1].weight.mul_(3.0)
@@ -50,7 +55,7 @@ def test_round_trip_keeps_non_generated_parameters_and_buffers(tmp_path):
 def test_noise_and_mixture_conditioners_round_trip(tmp_path):
     target = nn.Linear(3, 2)
     hnet = hl.HyperNetwork(
-        target, hl.Concat(hl.TaskEmbedding(2, 3), hl.Noise(2, seed=5)), hl.HeadsGenerator()
+        target, hl.Concat(hl.TaskEmbedding(2, 3), hl.Noise(2, seed=5)), hl.HeadsGenerator.factory()
     )
     loaded = hl.load(hl.save(hnet, tmp_path / "h.safetensors"), target=nn.Linear(3, 2))
     z = torch.randn(2)
@@ -61,7 +66,7 @@ def test_noise_and_mixture_conditioners_round_trip(tmp_path):
 
 def test_sample_encoder_needs_the_conditioner(tmp_path):
     enc = hl.SampleEncoder(nn.Linear(3, 4), 4)
-    hnet = hl.HyperNetwork(nn.Linear(3, 2), enc, hl.FlatGenerator())
+    hnet = hl.HyperNetwork(nn.Linear(3, 2), enc, hl.FlatGenerator.factory())
     path = hl.save(hnet, tmp_path / "h.safetensors")
     with pytest.raises(ValueError, match="pass conditioner=SampleEncoder"):
         hl.load(path, target=nn.Linear(3, 2))
@@ -77,7 +82,7 @@ def test_target_that_does_not_match_is_refused(tmp_path):
 
 
 def test_unknown_target_builder_needs_a_target(tmp_path):
-    hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 3), hl.FlatGenerator())
+    hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 3), hl.FlatGenerator.factory())
     path = hl.save(hnet, tmp_path / "h.safetensors")
     with pytest.raises(ValueError, match="does not say how to build its target"):
         hl.load(path)
@@ -121,7 +126,7 @@ def test_incompatible_format_is_refused(tmp_path):
     path = hl.save(_hnet(), tmp_path / "h.safetensors")
     _rewrite_metadata(path, lambda m: m.update(format=99, version="9.0"))
     with pytest.raises(
-        ValueError, match=r"format 99; hyperloom .* reads format 2 \(written by version '9.0'\)"
+        ValueError, match=r"format 99; hyperloom .* reads formats 1, 2 \(written by version '9.0'\)"
     ):
         hl.load(path)
 
@@ -354,7 +359,7 @@ def _norm_target():
 
 
 def test_init_const_disagreement_names_the_parameter(tmp_path):
-    hnet = hl.HyperNetwork(_norm_target(), hl.TaskEmbedding(2, 3), hl.HeadsGenerator())
+    hnet = hl.HyperNetwork(_norm_target(), hl.TaskEmbedding(2, 3), hl.HeadsGenerator.factory())
     assert hnet.spec["1.weight"].init_const == 1.0
     path = hl.save(hnet, tmp_path / "h.safetensors")
     hl.load(path, target=_norm_target())  # the same record: loads
@@ -377,7 +382,9 @@ def test_save_refuses_an_unregistered_generator(tmp_path):
 
 def test_dtype_round_trips(tmp_path):
     target = hl.networks.build_target("mlp", in_features=6, hidden=[5], out_features=3).double()
-    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, 4), hl.ChunkedGenerator(chunk_size=16))
+    hnet = hl.HyperNetwork(
+        target, hl.TaskEmbedding(3, 4), hl.ChunkedGenerator.factory(chunk_size=16)
+    )
     hnet = hnet.double()
     loaded = hl.load(hl.save(hnet, tmp_path / "h.safetensors"))
     assert {p.dtype for p in loaded.parameters()} == {torch.float64}
@@ -446,7 +453,7 @@ def test_resume_refuses_optimizer_tensors_of_the_wrong_shape(tmp_path):
     other = hl.HyperNetwork(  # the same number of parameters, other shapes
         hl.networks.build_target("mlp", in_features=6, hidden=[5], out_features=3),
         hl.TaskEmbedding(3, 5),
-        hl.ChunkedGenerator(chunk_size=16),
+        hl.ChunkedGenerator.factory(chunk_size=16),
     )
     before = _rng_states()
     with pytest.raises(ValueError, match=r"training.optimizer.state.0.exp_avg: shape \(4,\)"):
@@ -460,7 +467,7 @@ def test_seeded_noise_resumes_exactly(tmp_path):
         return hl.HyperNetwork(
             hl.networks.build_target("mlp", in_features=6, hidden=[5], out_features=3),
             hl.Noise(4, seed=11),
-            hl.FlatGenerator(),
+            hl.FlatGenerator.factory(),
         )
 
     def train(hnet, opt, steps):
@@ -606,7 +613,7 @@ def test_task_statistics_and_activation_modules_round_trip(tmp_path):
     def target():
         return nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2)).double()
 
-    gen = hl.HeadsGenerator(activation=nn.LeakyReLU(0.2), final_activation=False)
+    gen = hl.HeadsGenerator.factory(activation=nn.LeakyReLU(0.2), final_activation=False)
     hnet = hl.HyperNetwork(target(), hl.TaskEmbedding(3, 4), gen, task_statistics=True)
     hnet(torch.randn(6, 4, dtype=torch.float64), task=torch.tensor([0, 1, 1, 2, 2, 0]))
     hl.save(hnet, tmp_path / "h.safetensors")
@@ -625,10 +632,72 @@ def test_a_conditioner_load_cannot_build_is_given_back(tmp_path):
         def config(self) -> dict:
             return {"type": "custom", "num": self.num, "dim": self.dim}
 
-    hnet = hl.HyperNetwork(nn.Linear(3, 2), Custom(2, 4), hl.FlatGenerator())
+    hnet = hl.HyperNetwork(nn.Linear(3, 2), Custom(2, 4), hl.FlatGenerator.factory())
     hl.save(hnet, tmp_path / "c.safetensors")
     with pytest.raises(ValueError, match="'custom' is not one load\\(\\) builds"):
         hl.load(tmp_path / "c.safetensors", target=nn.Linear(3, 2))
     back = hl.load(tmp_path / "c.safetensors", target=nn.Linear(3, 2), conditioner=Custom(2, 4))
     x = torch.randn(2, 3)
     assert torch.equal(back(x, task=1), hnet(x, task=1))
+
+
+# Checkpoints written by hyperloom 0.1 (format 1): tests/data/v01, made by make_fixtures.py there.
+V01 = Path(__file__).parent / "data" / "v01"
+
+
+@pytest.mark.parametrize("name", ["mlp_flat", "mlp_chunked", "lenet_chunked"])
+def test_v01_task_checkpoints_give_what_v01_computed(name):
+    from safetensors.torch import load_file
+
+    expected = load_file(str(V01 / f"{name}.expected.safetensors"))
+    hnet = hl.load(V01 / f"{name}.safetensors")
+    x = expected["x"]
+    with torch.no_grad():
+        for key, want in expected.items():
+            if key.startswith("y."):
+                which = key.removeprefix("y.")
+                task = (
+                    torch.arange(x.shape[0]) % hnet.conditioner.num
+                    if which == "ids"
+                    else int(which)
+                )
+                torch.testing.assert_close(hnet(x, task=task), want, rtol=1e-5, atol=1e-6)
+
+
+def test_v01_noise_checkpoint_gives_what_v01_computed():
+    from safetensors.torch import load_file
+
+    expected = load_file(str(V01 / "mlp_noise.expected.safetensors"))
+    hnet = hl.load(V01 / "mlp_noise.safetensors")
+    assert (hnet.conditioner.seed, hnet.conditioner.std) == (7, 0.5)
+    with torch.no_grad():
+        for z in ("z", "zs"):
+            got = hnet(expected["x"], z=expected[z])
+            torch.testing.assert_close(got, expected[f"y.{z}"], rtol=1e-5, atol=1e-6)
+
+
+def test_v01_lenet_is_built_as_v01_built_it(tmp_path):
+    hnet = hl.load(V01 / "lenet_chunked.safetensors")
+    assert hnet.target.hyperloom_config["builder"] == "lenet_v01"
+    assert hnet.spec.names[0] == "0.weight"
+    again = hl.load(hl.save(hnet, tmp_path / "h.safetensors"))  # written again as format 2
+    assert checkpoint.read_checkpoint(tmp_path / "h.safetensors")[0]["format"] == 2
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(again(x, task=1), hnet(x, task=1))
+
+
+def test_v01_checkpoint_keeps_the_tensor_digest_and_the_checks(tmp_path):
+    meta, _tensors = checkpoint.read_checkpoint(V01 / "mlp_flat.safetensors")
+    assert (meta["format"], meta["version"], meta["tasks"]) == (1, "0.1.0", ["a", "b", "c"])
+    data = bytearray((V01 / "mlp_flat.safetensors").read_bytes())
+    data[-4] ^= 0xFF  # a byte of the last tensor
+    (tmp_path / "bad.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256 check: the tensors were modified"):
+        hl.load(tmp_path / "bad.safetensors")
+    (tmp_path / "v1.safetensors").write_bytes((V01 / "mlp_flat.safetensors").read_bytes())
+    _rewrite_metadata(
+        tmp_path / "v1.safetensors",
+        lambda m: m["hypernetwork"]["spec"]["params"][0].update(shape=[5, 7]),
+    )
+    with pytest.raises(ValueError, match="does not match the checkpoint"):
+        hl.load(tmp_path / "v1.safetensors")

@@ -207,7 +207,7 @@ def _tiny_checkpoint(tmp_path, tasks=("a", "b")):
     hnet = hl.HyperNetwork(
         hl.networks.build_target("mlp", in_features=4, hidden=[3], out_features=2),
         hl.TaskEmbedding(2, 3),
-        hl.FlatGenerator(),
+        hl.FlatGenerator.factory(),
     )
     return hl.save(hnet, tmp_path / "h.safetensors", tasks=list(tasks))
 

@@ -28,7 +28,7 @@ from hyperloom.continual import (
 
 def _hnet(num_tasks=3, generator=None):
     target = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
-    generator = generator or hl.ChunkedGenerator(chunk_size=64, chunk_dim=4, hidden=(16,))
+    generator = generator or hl.ChunkedGenerator.factory(chunk_size=64, chunk_dim=4, hidden=(16,))
     return hl.HyperNetwork(target, hl.TaskEmbedding(num_tasks, 8), generator)
 
 
@@ -49,7 +49,7 @@ def test_regularizer_value_and_gradient_oracle():
     # FlatGenerator: outputs = readout(trunk(e)); adding c to the readout bias moves every
     # output by c, so the value is beta * numel * c^2 (averaged over tasks) and the gradient
     # on the bias is 2 beta / n * sum_t (now_t - old_t) = 2 beta c.
-    hnet = _hnet(generator=hl.FlatGenerator(hidden=(8,)))
+    hnet = _hnet(generator=hl.FlatGenerator.factory(hidden=(8,)))
     old = snapshot_outputs(hnet, [0, 2])
     with torch.no_grad():
         hnet.generator.readout.bias.add_(0.5)
@@ -84,7 +84,7 @@ def test_regularizer_gradient_moves_outputs_back():
 
 
 def test_regularizer_lookahead():
-    hnet = _hnet(generator=hl.FlatGenerator(hidden=(8,)))
+    hnet = _hnet(generator=hl.FlatGenerator.factory(hidden=(8,)))
     old = snapshot_outputs(hnet, [1])
     with torch.no_grad():
         hnet.generator.readout.bias.add_(1.0)
@@ -100,7 +100,7 @@ def test_regularizer_lookahead():
 
 
 def test_regularizer_sampled_tasks_is_unbiased():
-    hnet = _hnet(num_tasks=4, generator=hl.FlatGenerator(hidden=(8,)))
+    hnet = _hnet(num_tasks=4, generator=hl.FlatGenerator.factory(hidden=(8,)))
     old = snapshot_outputs(hnet, [0, 1, 2])
     with torch.no_grad():
         for p in hnet.generator.parameters():
@@ -137,7 +137,7 @@ def test_generate_tasks_matches_generate_and_skips_the_gather():
     hook.remove()
     assert calls == [3]  # one batched call for all three tasks
     checked = hl.HyperNetwork(
-        nn.Linear(3, 2), hl.TaskEmbedding(2, 4), hl.FlatGenerator(), check_finite=True
+        nn.Linear(3, 2), hl.TaskEmbedding(2, 4), hl.FlatGenerator.factory(), check_finite=True
     )
     with torch.no_grad():
         checked.generator.readout.bias.fill_(float("nan"))
@@ -226,7 +226,7 @@ def test_factored_regularizer_errors():
         factored_output_regularizer(hnet, snapshot_outputs(hnet, [0, 1]), [0, 1])
     with pytest.raises(ValueError, match="sample"):
         factored_output_regularizer(hnet, factors, [0, 1], sample=0)
-    flat = _hnet(generator=hl.FlatGenerator(hidden=(8,)))
+    flat = _hnet(generator=hl.FlatGenerator.factory(hidden=(8,)))
     with pytest.raises(TypeError, match="ChunkedGenerator"):
         snapshot_factors(flat, [0])
 

@@ -1,11 +1,13 @@
 """Every entry of the fast paths' dispatch table against the general paths, in float64.
 
-``hyperloom.functional._DISPATCH`` lists every module type a fast path runs. Each test here is
-parametrized over that table, so a new entry without a case fails ``test_every_entry_has_a_case``
-instead of going untested. The oracles: ``call_batched`` on the fast path equals a loop of
-``functional_call`` over the weight sets (outputs, first- and second-order gradients), ``call``
-equals ``functional_call``, and zero weight sets give empty outputs of the right shape. The
-maths is compared in float64, so the tolerances do not depend on the CPU's kernels.
+``hyperloom.functional.dispatch.DISPATCH`` lists every module type a fast path runs. Each test
+here is parametrized over that table, so a new entry without a case fails
+``test_every_entry_has_a_case`` instead of going untested. The oracles: ``call_batched`` on the
+fast path equals a loop of ``functional_call`` over the weight sets (outputs, first- and
+second-order gradients), ``call`` equals ``functional_call``, and zero weight sets give empty
+outputs of the right shape. The maths is compared in float64, so the tolerances do not depend
+on the CPU's kernels. The routes of a hypernetwork's call (``dispatch.ROUTES``) are iterated
+likewise.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch.testing import assert_close
 from torch.utils import _pytree as pytree
 
 from hyperloom import call, call_batched
-from hyperloom.functional import _DISPATCH, _batched_plan, _layers
+from hyperloom.functional.dispatch import DISPATCH, ROUTES, batched_plan, known_layers, route
 
 N, G = 3, 2  # weight sets, samples per weight set
 
@@ -60,7 +62,7 @@ CASES = {
     nn.Hardsigmoid: _elementwise(nn.Hardsigmoid()),
     nn.Dropout: _elementwise(nn.Dropout(0.0)),
 }
-TABLE = sorted(_DISPATCH, key=lambda t: t.__name__)
+TABLE = sorted(DISPATCH, key=lambda t: t.__name__)
 
 
 def _build(kind: type, n: int = N):
@@ -88,13 +90,13 @@ def _loop(target: nn.Module, weights: dict, x: Tensor):
 
 
 def test_every_entry_has_a_case():
-    assert set(CASES) == set(_DISPATCH)
+    assert set(CASES) == set(DISPATCH)
 
 
 @pytest.mark.parametrize("kind", TABLE, ids=lambda t: t.__name__)
 def test_fast_path_equals_vmap_path_to_second_order(kind):
     target, weights, x = _build(kind)
-    assert _batched_plan(target, (x,), {}) is not None  # the fast path is the one taken
+    assert batched_plan(target, (x,), {}) is not None  # the fast path is the one taken
     x_fast = x.clone().requires_grad_()
     x_ref = x.clone().requires_grad_()
     out = _leaves(call_batched(target, weights, x_fast))
@@ -148,4 +150,55 @@ def test_element_wise_entries_are_stacks_the_fast_path_knows():
     for kind in TABLE:
         target, _, _ = _build(kind)
         if kind not in (nn.RNN, nn.GRU, nn.LSTM, nn.RNNCell, nn.GRUCell, nn.LSTMCell):
-            assert _layers(target) is not None, kind
+            assert known_layers(target) is not None, kind
+
+
+# A hypernetwork's routes (dispatch.ROUTES): each one taken by a case, and equal to running each
+# group of samples that shares a weight set through hl.call with the weights hnet.generate gives.
+
+
+def _route_case(name: str):
+    import hyperloom as hl
+
+    mlp = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    ids = torch.tensor([0, 1, 0, 2, 1, 0])
+    if name == "readout":
+        hnet = hl.HyperNetwork(
+            mlp, hl.SampleEncoder(nn.Linear(4, 3), 3), hl.FlatGenerator.factory()
+        )
+        return hnet.double(), x, {}, [[i] for i in range(6)], lambda i: {"x": x[i : i + 1]}
+    if name == "per_task":
+        bn = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 3)).double()
+        hnet = hl.HyperNetwork(
+            bn, hl.TaskEmbedding(3, 4), hl.FlatGenerator.factory(), generate=nn.Linear
+        )
+        groups = [[i for i in range(6) if ids[i] == t] for t in range(3)]
+        return hnet, x, {"task": ids}, groups, lambda i: {"task": int(ids[i])}
+    gen = hl.ChunkedGenerator.factory(chunk_size=8)
+    hnet = hl.HyperNetwork(mlp, hl.TaskEmbedding(3, 4), gen)
+    if name == "one":
+        return hnet, x, {"task": 2}, [list(range(6))], lambda i: {"task": 2}
+    if name == "one_task":
+        same = torch.full((6,), 1)
+        return hnet, x, {"task": same}, [list(range(6))], lambda i: {"task": 1}
+    return hnet, x, {"task": ids}, [[i] for i in range(6)], lambda i: {"task": int(ids[i])}
+
+
+@pytest.mark.parametrize("name", sorted(ROUTES))
+def test_every_route_is_taken_and_equals_the_groups_one_by_one(name, monkeypatch):
+    import hyperloom as hl
+    from hyperloom import hypernet
+
+    taken = []
+    monkeypatch.setattr(
+        hypernet, "route", lambda *a, **k: taken.append(route(*a, **k)) or taken[-1]
+    )
+    hnet, x, context, groups, context_of = _route_case(name)
+    out = hnet(x, **context)
+    assert taken == [name]
+    for rows in groups:
+        weights = hnet.generate(**context_of(rows[0]))
+        if weights[next(iter(weights))].shape != hnet.spec[next(iter(weights))].shape:
+            weights = {k: v[0] for k, v in weights.items()}  # one sample's own: (1, *shape)
+        assert_close(out[rows], hl.call(hnet.target, weights, x[rows]))

@@ -1,7 +1,7 @@
 """Fast paths of call / call_batched against the general paths, and HyperNetwork.cached.
 
 Oracles: ``call_batched`` on a target the fast paths know must equal the ``vmap`` path
-(``_call_batched_vmap``) in outputs and in gradients (weights, inputs, the target's own
+(``call_batched_vmap``) in outputs and in gradients (weights, inputs, the target's own
 parameters); ``call`` must equal ``torch.func.functional_call``; recurrent cells, which vmap cannot
 batch, must equal a loop of the module's own forward. Each case also checks that the fast path
 was taken, so a silent fall-back fails the test.
@@ -20,7 +20,8 @@ from torch.utils import _pytree as pytree
 
 import hyperloom as hl
 from hyperloom import call, call_batched, select
-from hyperloom.functional import _batched_plan, _call_batched_vmap, _layers
+from hyperloom.functional.dispatch import batched_plan, known_layers
+from hyperloom.functional.swap import call_batched_vmap
 
 N = 3  # weight sets
 G = 2  # samples per weight set
@@ -47,7 +48,7 @@ def _fresh(args: tuple) -> tuple:
 
 def _vmap_path(target: nn.Module, weights: dict[str, Tensor], args: tuple):
     in_dims = pytree.tree_map(lambda t: 0 if isinstance(t, Tensor) else None, (args, {}))
-    return _call_batched_vmap(target, weights, N, in_dims, args, {})
+    return call_batched_vmap(target, weights, N, in_dims, args, {})
 
 
 def _grads(out, cot, weights, args, own):
@@ -156,7 +157,7 @@ def test_fast_path_equals_vmap_path(case):
     target, args, only = BATCHED[case]()
     state = copy.deepcopy(target.state_dict())
     weights = _weights(target, N, only=only)
-    assert _batched_plan(target, args, {}) is not None  # the fast path is the one taken
+    assert batched_plan(target, args, {}) is not None  # the fast path is the one taken
     given = {id(target.get_parameter(n)) for n in weights}
     own = [p for p in target.parameters() if id(p) not in given]
 
@@ -202,7 +203,7 @@ def test_recurrent_cell_equals_loop_of_module(name, unbatched, with_hx):
     if with_hx:
         args = (*args, _cell_hx(name, *lead, 4))
     weights = _weights(cell, N)
-    assert _batched_plan(cell, args, {}) is not None
+    assert batched_plan(cell, args, {}) is not None
 
     args_a = _fresh(args)
     out = call_batched(cell, weights, *args_a)
@@ -242,7 +243,7 @@ STATIC = {
 @pytest.mark.parametrize("case", list(STATIC))
 def test_call_direct_path_equals_functional_call(case, partial):
     target, x = STATIC[case]()
-    assert _layers(target) is not None
+    assert known_layers(target) is not None
     names = select(target).names
     weights = _weights(target, only=names[:1] if partial else None)
     out = call(target, weights, x)
@@ -264,8 +265,8 @@ def test_hooks_subclasses_and_patched_forward_take_the_general_path():
     patched = nn.Sequential(nn.Linear(4, 3))
     patched[0].forward = lambda inp: torch.zeros(inp.shape[0], 3)
     for target in (hooked, sub, patched):
-        assert _layers(target) is None
-        assert _batched_plan(target, (x.unsqueeze(0),), {}) is None
+        assert known_layers(target) is None
+        assert batched_plan(target, (x.unsqueeze(0),), {}) is None
         w = _weights(target)
         assert_close(call(target, w, x), functional_call(target, w, (x,)))
         wb = {k: v.unsqueeze(0) for k, v in w.items()}
@@ -297,7 +298,7 @@ def test_strict_errors_unchanged_on_fast_targets():
 
 def test_per_sample_hypernetwork_uses_fast_path_and_matches_loop():
     target = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
-    hnet = hl.HyperNetwork(target, hl.Noise(4), hl.FlatGenerator(hidden=(8,)))
+    hnet = hl.HyperNetwork(target, hl.Noise(4), hl.FlatGenerator.factory(hidden=(8,)))
     x, z = torch.randn(7, 6), torch.randn(7, 4)
     out = hnet(x, z=z)
     weights = hnet.generate(z=z)
@@ -305,7 +306,7 @@ def test_per_sample_hypernetwork_uses_fast_path_and_matches_loop():
         [call(target, {k: v[i] for k, v in weights.items()}, x[i]) for i in range(7)]
     )
     assert_close(out, loop)
-    assert _batched_plan(target, (x.unsqueeze(1),), {}) is not None
+    assert batched_plan(target, (x.unsqueeze(1),), {}) is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,7 +326,10 @@ def test_cached_equals_hypernetwork_and_shares_the_rest(gen):
         nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 4)
     )
     hnet = hl.HyperNetwork(
-        target, hl.TaskEmbedding(3, 8), hl.get_generator(gen)(**GENERATORS[gen]), generate="0.*"
+        target,
+        hl.TaskEmbedding(3, 8),
+        hl.get_generator(gen).factory(**GENERATORS[gen]),
+        generate="0.*",
     )
     hnet.eval()
     state = copy.deepcopy(target.state_dict())
@@ -342,7 +346,7 @@ def test_cached_equals_hypernetwork_and_shares_the_rest(gen):
 
 def test_cached_is_a_snapshot_and_needs_one_context():
     target = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, 8), hl.FlatGenerator(hidden=(16,)))
+    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, 8), hl.FlatGenerator.factory(hidden=(16,)))
     x = torch.randn(5, 4)
     fast = hnet.cached(task=0)
     before = fast(x)

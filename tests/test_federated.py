@@ -39,7 +39,7 @@ def small_hnet(num: int = 3, personal_head: bool = False) -> hl.HyperNetwork:
     return hl.HyperNetwork(
         target,
         hl.TaskEmbedding(num, 2),
-        hl.HeadsGenerator(hidden=(5, 5)),
+        hl.HeadsGenerator.factory(hidden=(5, 5)),
         generate="0.*" if personal_head else None,
     )
 

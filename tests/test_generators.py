@@ -118,20 +118,42 @@ def test_config_round_trip(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_bind_once(name):
+def test_built_eagerly_and_by_factory(name):
     spec = hl.select(_target())
-    gen = hl.get_generator(name)(**SMALL.get(name, {}))
-    assert not gen.is_bound
-    with pytest.raises(RuntimeError, match="not bound"):
-        gen(torch.randn(COND))
-    assert gen.bind(spec, COND) is gen
-    n_params = sum(p.numel() for p in gen.parameters())
-    assert gen.bind(spec, COND) is gen  # same spec: no-op
-    assert sum(p.numel() for p in gen.parameters()) == n_params
-    with pytest.raises(ValueError, match="already bound"):
-        gen.bind(hl.select(nn.Linear(2, 2)), COND)
+    cls = hl.get_generator(name)
+    make = cls.factory(**SMALL.get(name, {}))
+    assert repr(make).startswith(f"{cls.__name__}.factory(")
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.get(name, {}).items()}
+    assert make.config() == {"name": name, "options": options}
+    torch.manual_seed(1)
+    gen = make(spec, COND)
+    torch.manual_seed(1)
+    eager = _gen(name, spec)
+    assert type(gen) is cls and gen.spec == spec and gen.cond_dim == COND
+    for (k, v), (k2, v2) in zip(gen.state_dict().items(), eager.state_dict().items(), strict=True):
+        assert k == k2
+        torch.testing.assert_close(v, v2)  # the same parameters, created in the constructor
     with pytest.raises(ValueError, match="cond_dim"):
-        hl.get_generator(name)(**SMALL.get(name, {})).bind(spec, 0)
+        make(spec, 0)
+    with pytest.raises(TypeError, match="takes a TargetSpec"):
+        cls(None, COND, **SMALL.get(name, {}))
+    with pytest.raises(TypeError, match="no option 'hiden'"):
+        cls.factory(hiden=(4,))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_generator_given_built_keeps_its_parameters(name):
+    target = _target()
+    gen = _gen(name, hl.select(target))
+    before = {k: v.clone() for k, v in gen.state_dict().items()}
+    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(2, COND), gen)
+    assert hnet.generator is gen
+    for k, v in gen.state_dict().items():
+        torch.testing.assert_close(v, before[k])  # no hyperfan re-initialisation
+    with pytest.raises(ValueError, match="was built for a spec of"):
+        hl.HyperNetwork(nn.Linear(2, 2), hl.TaskEmbedding(2, COND), gen)
+    with pytest.raises(ValueError, match="cond_dim=4"):
+        hl.HyperNetwork(target, hl.TaskEmbedding(2, 4), gen)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -93,16 +93,16 @@ def test_tiled_fills_every_parameter_of_specs_it_never_saw():
 
 def test_tiled_is_the_same_function_whatever_spec_it_is_bound_to():
     a = hl.TiledGenerator(hl.select(mlp()), 6, tile=(4, 4), hidden=(16,))
-    b = hl.TiledGenerator(None, 6, tile=(4, 4), hidden=(16,))
+    b = hl.TiledGenerator(hl.TargetSpec(()), 6, tile=(4, 4), hidden=(16,))
     b.load_state_dict(a.state_dict())
     spec = hl.select(cnn())
     c = torch.randn(3, 6)
     for k, v in a(c, spec=spec).items():
         torch.testing.assert_close(b(c, spec=spec)[k], v)
-    with pytest.raises(RuntimeError, match="not bound"):
-        b(c)  # no spec bound and none given
-    b.bind(spec, 6)
-    torch.testing.assert_close(b(c)["0.weight"], a(c, spec=spec)["0.weight"])
+    assert b(c) == {}  # an empty spec of its own: every call passes one
+    built = hl.TiledGenerator(spec, 6, tile=(4, 4), hidden=(16,))
+    built.load_state_dict(a.state_dict())
+    torch.testing.assert_close(built(c)["0.weight"], a(c, spec=spec)["0.weight"])
 
 
 def test_tiled_fan_in_normalisation_scales_unseen_shapes():
@@ -115,7 +115,7 @@ def test_tiled_fan_in_normalisation_scales_unseen_shapes():
 
 def test_tiled_per_tensor_conditioning():
     spec = hl.select(mlp())
-    gen = hl.TiledGenerator(None, 4, tile=(4, 4), hidden=(8,))
+    gen = hl.TiledGenerator(hl.TargetSpec(()), 4, tile=(4, 4), hidden=(8,))
     conds = {n: torch.randn(4) for n in spec.names}
     out = gen(conds, spec=spec)
     shared = gen(conds["1.weight"], spec=spec)
@@ -194,12 +194,12 @@ def test_tiled_integrated_option_keeps_the_parameters_and_is_passed_on():
 
 def test_tiled_rejects_bad_options_and_oversized_tensors():
     with pytest.raises(ValueError, match="tile must be two sizes"):
-        hl.TiledGenerator(tile=(4,))
+        hl.TiledGenerator(hl.TargetSpec(()), 4, tile=(4,))
     with pytest.raises(ValueError, match="hidden"):
-        hl.TiledGenerator(hidden=())
+        hl.TiledGenerator(hl.TargetSpec(()), 4, hidden=())
     with pytest.raises(ValueError, match="cond_dim"):
-        hl.TiledGenerator(None, 0)
-    gen = hl.TiledGenerator(None, 4, max_numel=100)
+        hl.TiledGenerator(hl.TargetSpec(()), 0)
+    gen = hl.TiledGenerator(hl.TargetSpec(()), 4, max_numel=100)
     with pytest.raises(ValueError, match=r"\['weight'\] have more than max_numel=100"):
         gen(torch.randn(4), spec=hl.select(nn.Linear(20, 10)))
     with pytest.raises(TypeError, match="spec must be a TargetSpec"):
@@ -215,7 +215,7 @@ def test_tensor_roles():
 
 
 def test_hypernetwork_with_tiled_reports_dynamic_outputs():
-    hnet = hl.HyperNetwork(mlp(), hl.TaskEmbedding(2, 4), hl.TiledGenerator(tile=(4, 4)))
+    hnet = hl.HyperNetwork(mlp(), hl.TaskEmbedding(2, 4), hl.TiledGenerator.factory(tile=(4, 4)))
     c = hnet.describe()
     assert c.output_variability == "dynamic" and c.outputs == "tiled (shape-agnostic)"
     assert hnet(torch.randn(5, 1, 4, 4), task=1).shape == (5, 3)

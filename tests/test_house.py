@@ -141,7 +141,8 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 import torch, hyperloom as hl
 from torch import nn
-hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4), hl.FlatGenerator(hidden=(8,)))
+gen = hl.FlatGenerator.factory(hidden=(8,))
+hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4), gen)
 y = hnet(torch.randn(5, 3), task=1)
 import tempfile, os
 path = os.path.join(tempfile.mkdtemp(), "h.safetensors")

@@ -20,7 +20,7 @@ SMALL = {
 
 
 def _gen(name):
-    return hl.get_generator(name)(**SMALL.get(name, {}))
+    return hl.get_generator(name).factory(**SMALL.get(name, {}))
 
 
 class Attn(nn.Module):
@@ -147,7 +147,7 @@ def test_readme_example_shapes():
     hnet = hl.HyperNetwork(
         target,
         conditioner=hl.TaskEmbedding(num=5, dim=32),
-        generator=hl.ChunkedGenerator(chunk_size=1024, hidden=(128,)),
+        generator=hl.ChunkedGenerator.factory(chunk_size=1024, hidden=(128,)),
         generate=nn.Linear,
     )
     x = torch.randn(8, 64)
@@ -161,7 +161,7 @@ def test_readme_example_shapes():
 
 
 def test_static_contexts_are_generated_once():
-    hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(5, 3), hl.FlatGenerator())
+    hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(5, 3), hl.FlatGenerator.factory())
     seen = []
     hnet.generator.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
     hnet(torch.randn(64, 4), task=torch.tensor([1, 3] * 32))
@@ -172,7 +172,9 @@ def test_static_contexts_are_generated_once():
 
 def test_parameters_hold_the_hypernetwork_and_non_generated_target_parameters():
     target = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
-    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(2, 3), hl.FlatGenerator(), generate=nn.Linear)
+    hnet = hl.HyperNetwork(
+        target, hl.TaskEmbedding(2, 3), hl.FlatGenerator.factory(), generate=nn.Linear
+    )
     names = {n for n, _ in hnet.named_parameters()}
     assert "target.1.weight" in names and "target.1.bias" in names
     assert not any(n.startswith(("target.0", "target.2")) for n in names)
@@ -187,7 +189,7 @@ def test_parameters_hold_the_hypernetwork_and_non_generated_target_parameters():
 def test_data_conditioned_gives_each_sample_its_own_weights():
     target = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2))
     enc = hl.SampleEncoder(nn.Sequential(nn.Linear(6, 4), nn.Tanh()), dim=4)
-    hnet = hl.HyperNetwork(target, enc, hl.ChunkedGenerator(chunk_size=16))
+    hnet = hl.HyperNetwork(target, enc, hl.ChunkedGenerator.factory(chunk_size=16))
     x = torch.randn(7, 6)
     out = hnet(x)
     looped = torch.cat([hnet(x[i : i + 1]) for i in range(7)])
@@ -198,7 +200,7 @@ def test_data_conditioned_gives_each_sample_its_own_weights():
 
 
 def test_noise_conditioned():
-    hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.Noise(5, seed=0), hl.HeadsGenerator())
+    hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.Noise(5, seed=0), hl.HeadsGenerator.factory())
     x = torch.randn(6, 3)
     assert hnet(x).shape == (6, 2)
     z = torch.randn(5)
@@ -250,21 +252,21 @@ def test_generator_given_bound_or_by_options_is_the_same_mechanism():
     spec = hl.select(target)
     torch.manual_seed(1)
     a = hl.HyperNetwork(
-        target, hl.TaskEmbedding(2, 5), hl.ChunkedGenerator(chunk_size=4), init=None
+        target, hl.TaskEmbedding(2, 5), hl.ChunkedGenerator.factory(chunk_size=4), init=None
     )
     torch.manual_seed(1)
     cond = hl.TaskEmbedding(2, 5)
-    # a generator given bound keeps its parameters (no hyperfan over them), like init=None
+    # a generator given built keeps its parameters (no hyperfan over them), like init=None
     b = hl.HyperNetwork(target, cond, hl.ChunkedGenerator(spec, 5, chunk_size=4))
     for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert na == nb and torch.equal(pa, pb)
-    with pytest.raises(ValueError, match="already bound"):
+    with pytest.raises(ValueError, match="was built for a spec of 2 tensors and cond_dim=5"):
         hl.HyperNetwork(target, hl.TaskEmbedding(2, 6), hl.ChunkedGenerator(spec, 5))
 
 
 def test_bad_inputs_raise_clear_errors():
     target = nn.Sequential(nn.Linear(4, 3))
-    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(2, 5), hl.FlatGenerator())
+    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(2, 5), hl.FlatGenerator.factory())
     x = torch.randn(3, 4)
     snap = _snapshot(target)
     with pytest.raises(IndexError, match=r"task id 2 is out of range"):
@@ -278,12 +280,12 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="export\\(\\) needs one context"):
         hnet.export(task=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"filters GRU select no parameter"):
-        hl.HyperNetwork(target, hl.TaskEmbedding(2, 5), hl.FlatGenerator(), generate=nn.GRU)
+        hl.HyperNetwork(target, hl.TaskEmbedding(2, 5), hl.FlatGenerator.factory(), generate=nn.GRU)
     with pytest.raises(ValueError, match="init must be one of"):
-        hl.HyperNetwork(target, hl.TaskEmbedding(2, 5), hl.FlatGenerator(), init="xavier")
+        hl.HyperNetwork(target, hl.TaskEmbedding(2, 5), hl.FlatGenerator.factory(), init="xavier")
     with pytest.raises(TypeError, match="conditioner must be a Conditioner"):
-        hl.HyperNetwork(target, nn.Linear(2, 2), hl.FlatGenerator())
-    noisy = hl.HyperNetwork(target, hl.Noise(3), hl.FlatGenerator())
+        hl.HyperNetwork(target, nn.Linear(2, 2), hl.FlatGenerator.factory())
+    noisy = hl.HyperNetwork(target, hl.Noise(3), hl.FlatGenerator.factory())
     with pytest.raises(ValueError, match=r"z must be \(3,\) or \(B, 3\), got \(4,\)"):
         noisy(x, z=torch.zeros(4))
     _assert_unchanged(target, snap)
@@ -291,7 +293,9 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_check_finite_names_the_tensor():
     target = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
-    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(2, 5), hl.HeadsGenerator(), check_finite=True)
+    hnet = hl.HyperNetwork(
+        target, hl.TaskEmbedding(2, 5), hl.HeadsGenerator.factory(), check_finite=True
+    )
     with torch.no_grad():
         hnet.generator.heads[2].bias[0] = float("nan")
     with pytest.raises(ValueError, match=r"'1.weight' are not finite: 1 NaN and 0 inf of 6 values"):
@@ -302,7 +306,9 @@ def test_check_finite_names_the_tensor():
 
 def test_target_unchanged_after_training_steps_and_failing_calls():
     target = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, 4), hl.ChunkedGenerator(chunk_size=10))
+    hnet = hl.HyperNetwork(
+        target, hl.TaskEmbedding(3, 4), hl.ChunkedGenerator.factory(chunk_size=10)
+    )
     snap = _snapshot(target)
     opt = torch.optim.Adam(hnet.parameters(), lr=1e-2)
     for _ in range(3):
@@ -316,7 +322,7 @@ def test_target_unchanged_after_training_steps_and_failing_calls():
 
 def test_batchnorm_target_trains_with_a_static_context():
     target = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(32, 2))
-    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(2, 4), hl.FlatGenerator())
+    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(2, 4), hl.FlatGenerator.factory())
     x = torch.randn(8, 1, 6, 6)
     before = target[1].running_mean.clone()
     hnet(x, task=1).sum().backward()

@@ -106,7 +106,7 @@ ONE_CHUNK_PER_LAYER = 128 * 128 + 128
 def test_activations_keep_their_scale_through_ten_layers(name, options):
     ratios = []
     for _ in range(5):
-        gen = hl.get_generator(name)(**options)
+        gen = hl.get_generator(name).factory(**options)
         hnet = hl.HyperNetwork(_deep(), hl.TaskEmbedding(1, 16), gen, gain=math.sqrt(2))
         with torch.no_grad():
             ratios.append(_scale_ratio(hnet))
@@ -116,7 +116,9 @@ def test_activations_keep_their_scale_through_ten_layers(name, options):
 def test_activations_explode_without_hyperfan():
     ratios = []
     for _ in range(5):
-        hnet = hl.HyperNetwork(_deep(), hl.TaskEmbedding(1, 16), hl.FlatGenerator(), init=None)
+        hnet = hl.HyperNetwork(
+            _deep(), hl.TaskEmbedding(1, 16), hl.FlatGenerator.factory(), init=None
+        )
         with torch.no_grad():
             ratios.append(_scale_ratio(hnet))
     assert statistics.median(ratios) > 100, ratios
@@ -140,8 +142,8 @@ def test_hyperfan_needs_a_generator():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: hl.ChunkedGenerator(chunk_size=64),
-        lambda: hl.AttentionGenerator(output="chunked", chunk_size=64),
+        lambda: hl.ChunkedGenerator.factory(chunk_size=64),
+        lambda: hl.AttentionGenerator.factory(output="chunked", chunk_size=64),
     ],
     ids=["chunked", "attention-chunked"],
 )

@@ -16,7 +16,9 @@ from hyperloom import pareto
 def _hnet(m: int = 2, dim: int | None = 8) -> hl.HyperNetwork:
     target = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2))
     return hl.HyperNetwork(
-        target, pareto.Preference(m, dim=dim), hl.ChunkedGenerator(chunk_size=16, hidden=(12,))
+        target,
+        pareto.Preference(m, dim=dim),
+        hl.ChunkedGenerator.factory(chunk_size=16, hidden=(12,)),
     )
 
 
@@ -55,7 +57,9 @@ def test_preference_conditioner_describes_itself():
 
 def test_checkpoint_round_trip_with_the_conditioner_passed(tmp_path):
     target = hl.networks.build_target("mlp", in_features=3, hidden=[6], out_features=2)
-    hnet = hl.HyperNetwork(target, pareto.Preference(2, dim=4), hl.ChunkedGenerator(chunk_size=8))
+    hnet = hl.HyperNetwork(
+        target, pareto.Preference(2, dim=4), hl.ChunkedGenerator.factory(chunk_size=8)
+    )
     hl.save(hnet, tmp_path / "phn.safetensors")
     back = hl.load(tmp_path / "phn.safetensors", conditioner=pareto.Preference(2, dim=4))
     x, ray = torch.randn(5, 3), torch.tensor([0.6, 0.4])
@@ -156,7 +160,7 @@ def test_front_equals_one_evaluation_per_ray():
         expected = torch.cat([_mse(hnet(x, ray=r)[None], y) for r in rays])
     torch.testing.assert_close(got, expected)
     with pytest.raises(TypeError, match="Preference"):
-        noise = hl.HyperNetwork(nn.Linear(3, 2), hl.Noise(4), hl.FlatGenerator())
+        noise = hl.HyperNetwork(nn.Linear(3, 2), hl.Noise(4), hl.FlatGenerator.factory())
         pareto.front(noise, rays, x, y, _mse)
 
 

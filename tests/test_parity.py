@@ -12,11 +12,11 @@ from hyperloom.generators.registry import _GENERATORS, register_generator
 from hyperloom.generators.trunk import MLPTrunk, activation_config, activation_module
 
 MLP_GENERATORS = {
-    "once": lambda **kw: hl.FlatGenerator(**kw),
-    "heads": lambda **kw: hl.HeadsGenerator(**kw),
-    "chunked": lambda **kw: hl.ChunkedGenerator(chunk_size=32, **kw),
-    "component": lambda **kw: hl.ComponentGenerator(**kw),
-    "lowrank": lambda **kw: hl.LowRankGenerator(rank=2, **kw),
+    "once": lambda **kw: hl.FlatGenerator.factory(**kw),
+    "heads": lambda **kw: hl.HeadsGenerator.factory(**kw),
+    "chunked": lambda **kw: hl.ChunkedGenerator.factory(chunk_size=32, **kw),
+    "component": lambda **kw: hl.ComponentGenerator.factory(**kw),
+    "lowrank": lambda **kw: hl.LowRankGenerator.factory(rank=2, **kw),
 }
 
 
@@ -27,7 +27,7 @@ def _target() -> nn.Sequential:
 @pytest.mark.parametrize("activation", ["leaky_relu", nn.LeakyReLU(0.2), nn.Softplus(beta=2.0)])
 @pytest.mark.parametrize("name", list(MLP_GENERATORS))
 def test_activation_as_a_name_or_module_round_trips_through_config(name, activation):
-    gen = MLP_GENERATORS[name](activation=activation, hidden=(16,))
+    gen = MLP_GENERATORS[name].factory(activation=activation, hidden=(16,))
     hnet = hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), gen)
     act = hnet.generator.trunk.act
     assert type(act) is (nn.LeakyReLU if activation == "leaky_relu" else type(activation))
@@ -50,23 +50,23 @@ def test_leaky_relu_slope_is_kept():
 @pytest.mark.parametrize("bad", [nn.Linear(2, 2), {"name": "Linear", "kwargs": {}}, 3])
 def test_activation_must_be_a_torch_activation(bad):
     with pytest.raises(ValueError, match="activation"):
-        hl.HeadsGenerator(activation=bad)
+        hl.HeadsGenerator(hl.select(nn.Linear(2, 2)), 4, activation=bad)
 
 
 @pytest.mark.parametrize("name", list(MLP_GENERATORS))
 def test_norm_option_on_every_mlp_generator(name):
-    gen = MLP_GENERATORS[name](norm=False, hidden=(16,))
+    gen = MLP_GENERATORS[name].factory(norm=False, hidden=(16,))
     hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), gen)
     assert gen.trunk.norm is False
     assert gen.config()["options"]["norm"] is False
-    normed = MLP_GENERATORS[name](hidden=(16,))
+    normed = MLP_GENERATORS[name].factory(hidden=(16,))
     hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), normed)
     assert normed.trunk.norm is True
 
 
 @pytest.mark.parametrize("name", list(MLP_GENERATORS))
 def test_trunk_can_end_without_a_final_activation(name):
-    gen = MLP_GENERATORS[name](final_activation=False, hidden=(8, 8), norm=False)
+    gen = MLP_GENERATORS[name].factory(final_activation=False, hidden=(8, 8), norm=False)
     hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), gen)
     trunk = gen.trunk
     x = torch.randn(6, trunk.layers[0].in_features)
@@ -126,7 +126,9 @@ def test_pretrained_init_starts_at_the_target(gen):
         target[1].weight.uniform_(0.5, 1.5)  # "pretrained": no longer its constant
     x = torch.randn(4, 5)
     expected = target(x)
-    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, 4), MLP_GENERATORS[gen](), init="pretrained")
+    hnet = hl.HyperNetwork(
+        target, hl.TaskEmbedding(3, 4), MLP_GENERATORS[gen].factory(), init="pretrained"
+    )
     for t in range(3):
         assert_close(hnet(x, task=t), expected)
     assert_close(hnet(x, task=torch.tensor([0, 2, 1, 0])), expected)
@@ -138,7 +140,10 @@ def test_pretrained_init_starts_at_the_target(gen):
 def test_pretrained_init_needs_one_row_per_element():
     with pytest.raises(ValueError, match="FlatGenerator or HeadsGenerator"):
         hl.HyperNetwork(
-            _target(), hl.TaskEmbedding(2, 4), hl.ChunkedGenerator(chunk_size=8), init="pretrained"
+            _target(),
+            hl.TaskEmbedding(2, 4),
+            hl.ChunkedGenerator.factory(chunk_size=8),
+            init="pretrained",
         )
 
 
@@ -189,7 +194,7 @@ def test_train_local_default_draws_are_unchanged():
 
 def test_lookahead_through_adam_is_adams_step_and_leaves_everything_as_it_was():
     torch.manual_seed(0)
-    hnet = hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), hl.FlatGenerator(hidden=(8,)))
+    hnet = hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), hl.FlatGenerator.factory(hidden=(8,)))
     opt = torch.optim.Adam(hnet.parameters(), lr=0.01)
     x = torch.randn(6, 5)
     for _ in range(3):  # Adam has moments by now
@@ -221,7 +226,7 @@ def test_lookahead_through_adam_is_adams_step_and_leaves_everything_as_it_was():
 
 def test_masked_and_fisher_weighted_output_regularizers():
     torch.manual_seed(0)
-    hnet = hl.HyperNetwork(_target(), hl.TaskEmbedding(3, 4), hl.FlatGenerator(hidden=(8,)))
+    hnet = hl.HyperNetwork(_target(), hl.TaskEmbedding(3, 4), hl.FlatGenerator.factory(hidden=(8,)))
     old = hl.continual.snapshot_outputs(hnet, [0, 1])
     with torch.no_grad():
         hnet.generator.readout.bias.add_(0.5)  # every generated number moves by 0.5
@@ -246,7 +251,7 @@ def test_masked_and_fisher_weighted_output_regularizers():
 
 def test_output_fisher_matches_a_loop_of_squared_gradients():
     torch.manual_seed(0)
-    hnet = hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), hl.HeadsGenerator()).double()
+    hnet = hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), hl.HeadsGenerator.factory()).double()
     x, y = torch.randn(5, 5, dtype=torch.float64), torch.randint(3, (5,))
     fisher = hl.continual.output_fisher(hnet, 1, x, y, batch_size=2)
     weights = {k: v.detach().requires_grad_() for k, v in hnet.generate(task=1).items()}
@@ -266,7 +271,9 @@ def test_per_task_chunk_embeddings():
     spec = hl.select(target)
     dim = hl.ChunkedGenerator.context_size(spec, 4, chunk_size=16, chunk_dim=3)
     assert dim == 4 + -(-spec.numel // 16) * 3
-    gen = hl.ChunkedGenerator(chunk_size=16, chunk_dim=3, per_context_chunks=True, hidden=(8,))
+    gen = hl.ChunkedGenerator.factory(
+        chunk_size=16, chunk_dim=3, per_context_chunks=True, hidden=(8,)
+    )
     hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, dim), gen)
     assert not hasattr(gen, "chunk_embeddings")  # no shared chunk embeddings
     # task t's chunks come from its own row: the trunk reads [e_t; c_t,j] for chunk j
@@ -294,5 +301,5 @@ def test_per_task_chunk_embeddings():
         hl.continual.output_regularizer(hnet, old, [0, 2]),
     )
     with pytest.raises(ValueError, match="context_size"):
-        hl.HyperNetwork(_target(), hl.TaskEmbedding(3, 4), hl.ChunkedGenerator(
+        hl.HyperNetwork(_target(), hl.TaskEmbedding(3, 4), hl.ChunkedGenerator.factory(
             chunk_size=16, chunk_dim=3, per_context_chunks=True))  # fmt: skip

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from torch.testing import assert_close
 
 import hyperloom as hl
-from hyperloom.functional import _call_batched_vmap
+from hyperloom.functional.swap import call_batched_vmap
 from hyperloom.generators import once
 from hyperloom.generators.once import readout_parts
 
@@ -139,7 +139,7 @@ def test_per_sample_hypernetwork_with_parts_equals_vmap_path(parts_always):
     # float64: the maths is the point, so the comparison must not depend on the CPU's kernels
     target = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
     hnet = hl.HyperNetwork(
-        target, hl.SampleEncoder(nn.Linear(6, 4), 4), hl.FlatGenerator(hidden=(8,))
+        target, hl.SampleEncoder(nn.Linear(6, 4), 4), hl.FlatGenerator.factory(hidden=(8,))
     ).double()
     x = torch.randn(7, 6, dtype=torch.float64)
     params = list(hnet.parameters())
@@ -147,7 +147,7 @@ def test_per_sample_hypernetwork_with_parts_equals_vmap_path(parts_always):
     g_fast = torch.autograd.grad(out.pow(2).sum(), params)
     weights = hnet.generate(x=x)
     assert _took_parts(weights["0.weight"])
-    ref = _call_batched_vmap(target, weights, 7, ((0,), {}), (x.unsqueeze(1),), {}).flatten(
+    ref = call_batched_vmap(target, weights, 7, ((0,), {}), (x.unsqueeze(1),), {}).flatten(
         0, 1
     )  # vmap over functional_call
     g_ref = torch.autograd.grad(ref.pow(2).sum(), params)
@@ -285,8 +285,8 @@ def test_per_sample_linear_gradients_first_and_second_order_equal_vmap_path():
         return g, torch.autograd.grad(sum(gi.pow(2).sum() for gi in g), wrt)
 
     fast = hl.call_batched(target, weights, x)
-    assert "_BatchedLinear" in type(fast.grad_fn.next_functions[0][0]).__name__  # under a view
-    ref = _call_batched_vmap(target, weights, 3, ((0,), {}), (x,), {})
+    assert "BatchedLinear" in type(fast.grad_fn.next_functions[0][0]).__name__  # under a view
+    ref = call_batched_vmap(target, weights, 3, ((0,), {}), (x,), {})
     assert_close(fast, ref)
     assert_close(grads(fast), grads(ref), rtol=1e-4, atol=1e-5)
 
@@ -297,12 +297,12 @@ def test_per_sample_linear_gradients_first_and_second_order_equal_vmap_path():
 
 @pytest.fixture
 def count_readout_linear(monkeypatch):
-    """How many times ``_ReadoutLinear`` ran (a silent fall-back leaves it at 0)."""
-    from hyperloom import functional
+    """How many times ``ReadoutLinear`` ran (a silent fall-back leaves it at 0)."""
+    from hyperloom.functional.autograd import ReadoutLinear
 
     calls = []
-    apply = functional._ReadoutLinear.apply
-    monkeypatch.setattr(functional._ReadoutLinear, "apply", lambda *a: calls.append(1) or apply(*a))
+    apply = ReadoutLinear.apply
+    monkeypatch.setattr(ReadoutLinear, "apply", lambda *a: calls.append(1) or apply(*a))
     return calls
 
 
@@ -336,7 +336,7 @@ def test_call_from_readout_equals_generated_weights_first_and_second_order(
     hnet = hl.HyperNetwork(
         target,
         hl.SampleEncoder(nn.Sequential(nn.Flatten(), nn.Linear(d, 4)), 4),
-        hl.FlatGenerator(hidden=(8,)),
+        hl.FlatGenerator.factory(hidden=(8,)),
     ).double()
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     wrt = [x, *hnet.parameters()]
@@ -357,7 +357,10 @@ def test_call_from_readout_shared_bias_and_rows_per_sample(monkeypatch, count_re
     # Only the weights generated: the bias is the target's own, shared by every sample.
     target = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
     hnet = hl.HyperNetwork(
-        target, hl.SampleEncoder(nn.Linear(6, 3), 3), hl.FlatGenerator(), generate="*.weight"
+        target,
+        hl.SampleEncoder(nn.Linear(6, 3), 3),
+        hl.FlatGenerator.factory(),
+        generate="*.weight",
     )
     x = torch.randn(5, 6)
     out = hnet(x)
@@ -370,7 +373,7 @@ def test_call_from_readout_shared_bias_and_rows_per_sample(monkeypatch, count_re
     seq = hl.HyperNetwork(
         nn.Linear(6, 2),
         hl.SampleEncoder(nn.Sequential(nn.Flatten(), nn.Linear(18, 3)), 3),
-        hl.FlatGenerator(),
+        hl.FlatGenerator.factory(),
     )
     xs = torch.randn(4, 3, 6)
     assert_close(seq(xs), _general_path(monkeypatch, seq, xs))
@@ -385,16 +388,16 @@ def test_call_from_readout_is_skipped_where_it_must_be(monkeypatch, count_readou
 
     x = torch.randn(5, 6)
     for hnet in (
-        hnet_with(hl.ChunkedGenerator(chunk_size=8)),  # not one linear readout
-        hnet_with(hl.FlatGenerator(), check_finite=True),  # the weights must be looked at
+        hnet_with(hl.ChunkedGenerator.factory(chunk_size=8)),  # not one linear readout
+        hnet_with(hl.FlatGenerator.factory(), check_finite=True),  # the weights must be looked at
     ):
         hnet(x)
-    hooked = hnet_with(hl.FlatGenerator())
+    hooked = hnet_with(hl.FlatGenerator.factory())
     seen = []
     hooked.generator.register_forward_hook(lambda *a: seen.append(1))
     hooked(x)
     assert seen  # a hook on the generator sees it run
-    plain = hnet_with(hl.FlatGenerator())
+    plain = hnet_with(hl.FlatGenerator.factory())
     g = torch.func.grad(lambda xx: plain(xx).pow(2).sum())(x)  # a torch.func transform
     assert not count_readout_linear
     xr = x.clone().requires_grad_()

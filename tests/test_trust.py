@@ -15,7 +15,7 @@ from torch import nn
 from torch.testing import assert_close
 
 import hyperloom as hl
-from hyperloom.functional import _call_batched_vmap
+from hyperloom.functional.swap import call_batched_vmap
 
 
 def _mlp() -> nn.Sequential:
@@ -30,9 +30,9 @@ def _mlp() -> nn.Sequential:
 @pytest.mark.parametrize("gen", ["chunked", "once", "heads"])
 def test_generated_weights_follow_the_hypernetwork_dtype(dtype, gen):
     make = {
-        "chunked": lambda: hl.ChunkedGenerator(chunk_size=16),
-        "once": hl.FlatGenerator,
-        "heads": hl.HeadsGenerator,
+        "chunked": lambda: hl.ChunkedGenerator.factory(chunk_size=16),
+        "once": hl.FlatGenerator.factory,
+        "heads": hl.HeadsGenerator.factory,
     }[gen]
     hnet = hl.HyperNetwork(_mlp(), hl.TaskEmbedding(3, 4), make()).to(dtype)
     x = torch.randn(5, 6, dtype=dtype)
@@ -44,7 +44,7 @@ def test_generated_weights_follow_the_hypernetwork_dtype(dtype, gen):
 
 def test_double_hypernetwork_matches_float_one_and_data_conditioned_paths():
     torch.manual_seed(0)
-    hnet = hl.HyperNetwork(_mlp(), hl.SampleEncoder(nn.Linear(6, 4), 4), hl.FlatGenerator())
+    hnet = hl.HyperNetwork(_mlp(), hl.SampleEncoder(nn.Linear(6, 4), 4), hl.FlatGenerator.factory())
     x = torch.randn(7, 6)
     y32 = hnet(x)
     y64 = hnet.double()(x.double())  # the readout route, in float64
@@ -53,13 +53,13 @@ def test_double_hypernetwork_matches_float_one_and_data_conditioned_paths():
 
 
 def test_a_double_target_gives_a_double_hypernetwork():
-    hnet = hl.HyperNetwork(_mlp().double(), hl.TaskEmbedding(3, 4), hl.FlatGenerator())
+    hnet = hl.HyperNetwork(_mlp().double(), hl.TaskEmbedding(3, 4), hl.FlatGenerator.factory())
     assert {p.dtype for p in hnet.parameters()} == {torch.float64}
     assert hnet(torch.randn(2, 6, dtype=torch.float64), task=0).dtype == torch.float64
 
 
 def test_noise_follows_the_dtype():
-    hnet = hl.HyperNetwork(_mlp(), hl.Noise(4, seed=0), hl.FlatGenerator()).double()
+    hnet = hl.HyperNetwork(_mlp(), hl.Noise(4, seed=0), hl.FlatGenerator.factory()).double()
     assert hnet(torch.randn(3, 6, dtype=torch.float64)).dtype == torch.float64
 
 
@@ -77,12 +77,12 @@ def _bf16_tolerance(ref: torch.Tensor, fan_in: int) -> float:
 def test_per_sample_fast_paths_under_autocast_forward_and_backward(conditioner):
     torch.manual_seed(0)
     target = _mlp()
-    if conditioner == "task":  # weights generated, then _BatchedLinear
+    if conditioner == "task":  # weights generated, then BatchedLinear
         cond, kw = hl.TaskEmbedding(4, 4), {"task": torch.tensor([0, 1, 2, 3, 1, 0])}
-        gen = hl.ChunkedGenerator(chunk_size=16)
-    else:  # the readout route, _ReadoutLinear
+        gen = hl.ChunkedGenerator.factory(chunk_size=16)
+    else:  # the readout route, ReadoutLinear
         cond, kw = hl.SampleEncoder(nn.Linear(6, 4), 4), {}
-        gen = hl.FlatGenerator()
+        gen = hl.FlatGenerator.factory()
     hnet = hl.HyperNetwork(target, cond, gen)
     x = torch.randn(6, 6)
     params = [p for p in hnet.parameters() if p.requires_grad]
@@ -91,7 +91,7 @@ def test_per_sample_fast_paths_under_autocast_forward_and_backward(conditioner):
         weights = hnet.generate(**(kw or {"x": x}))
         if conditioner == "task":
             weights = {k: v[kw["task"].unique(return_inverse=True)[1]] for k, v in weights.items()}
-        ref = _call_batched_vmap(target, weights, 6, ((0,), {}), (x.unsqueeze(1),), {})
+        ref = call_batched_vmap(target, weights, 6, ((0,), {}), (x.unsqueeze(1),), {})
         ref = ref.flatten(0, 1)
     assert out.dtype == torch.bfloat16
     # backward outside autocast, as autocast's documentation has it
@@ -132,7 +132,7 @@ def test_per_sample_tasks_normalise_each_task_as_one_batch(dims):
     torch.manual_seed(0)
     target, twin = _bn_target(dims).double(), _bn_target(dims).double()
     twin.load_state_dict(target.state_dict())
-    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, 4), hl.HeadsGenerator())
+    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, 4), hl.HeadsGenerator.factory())
     x = torch.randn(9, 4, dtype=torch.float64)
     if dims == 2:
         x = torch.randn(9, 2, 4, 4, dtype=torch.float64)
@@ -153,7 +153,7 @@ def test_task_statistics_keep_one_set_per_task():
     target = _bn_target(1)
     own = {k: v.clone() for k, v in target.state_dict().items() if "running" in k}
     hnet = hl.HyperNetwork(
-        target, hl.TaskEmbedding(3, 4), hl.HeadsGenerator(), task_statistics=True
+        target, hl.TaskEmbedding(3, 4), hl.HeadsGenerator.factory(), task_statistics=True
     )
     x = torch.randn(8, 4) * 3 + 1
     hnet(x, task=1)
@@ -182,9 +182,13 @@ def test_task_statistics_keep_one_set_per_task():
 
 def test_task_statistics_are_refused_where_they_mean_nothing():
     with pytest.raises(ValueError, match="task-conditioned"):
-        hl.HyperNetwork(_bn_target(1), hl.Noise(4), hl.FlatGenerator(), task_statistics=True)
+        hl.HyperNetwork(
+            _bn_target(1), hl.Noise(4), hl.FlatGenerator.factory(), task_statistics=True
+        )
     with pytest.raises(ValueError, match="BatchNorm"):
-        hl.HyperNetwork(_mlp(), hl.TaskEmbedding(2, 4), hl.FlatGenerator(), task_statistics=True)
+        hl.HyperNetwork(
+            _mlp(), hl.TaskEmbedding(2, 4), hl.FlatGenerator.factory(), task_statistics=True
+        )
 
 
 def test_a_call_that_raises_leaves_running_statistics_as_they_were():
@@ -272,7 +276,7 @@ def test_the_recurrent_route_never_patches_the_users_modules():
 
 def test_sample_encoder_with_its_own_key_needs_it():
     hnet = hl.HyperNetwork(
-        _mlp(), hl.SampleEncoder(nn.Linear(5, 4), 4, key="h"), hl.FlatGenerator()
+        _mlp(), hl.SampleEncoder(nn.Linear(5, 4), 4, key="h"), hl.FlatGenerator.factory()
     )
     with pytest.raises(TypeError, match="h="):
         hnet(torch.randn(3, 6))
@@ -280,7 +284,7 @@ def test_sample_encoder_with_its_own_key_needs_it():
 
 
 def test_unknown_keywords_are_refused_by_name():
-    hnet = hl.HyperNetwork(_mlp(), hl.TaskEmbedding(3, 4), hl.FlatGenerator())
+    hnet = hl.HyperNetwork(_mlp(), hl.TaskEmbedding(3, 4), hl.FlatGenerator.factory())
     with pytest.raises(TypeError, match=r"unknown keyword 'tsk'.*context is \['task'\]"):
         hnet(torch.randn(3, 6), task=1, tsk=2)
     with pytest.raises(TypeError, match="task="):  # the context itself is missing
@@ -296,7 +300,7 @@ def test_keywords_of_the_target_still_reach_it():
         def forward(self, x, *, scale: float = 1.0):
             return self.lin(x) * scale
 
-    hnet = hl.HyperNetwork(Scaled(), hl.TaskEmbedding(2, 4), hl.FlatGenerator())
+    hnet = hl.HyperNetwork(Scaled(), hl.TaskEmbedding(2, 4), hl.FlatGenerator.factory())
     x = torch.randn(2, 6)
     assert_close(hnet(x, task=0, scale=2.0), 2 * hnet(x, task=0))
 
@@ -311,7 +315,7 @@ def test_describe_names_the_tensors_generated_as_constant_plus_output():
         def forward(self, x):
             return self.lin(x) * self.gamma
 
-    hnet = hl.HyperNetwork(FiLM(), hl.TaskEmbedding(2, 4), hl.FlatGenerator())
+    hnet = hl.HyperNetwork(FiLM(), hl.TaskEmbedding(2, 4), hl.FlatGenerator.factory())
     criteria = hnet.describe()
     assert criteria.constant_offsets == {"gamma": 1.0}
     assert "gamma (1)" in str(criteria)
@@ -321,10 +325,10 @@ def test_describe_names_the_tensors_generated_as_constant_plus_output():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: hl.FlatGenerator(activation="relux"),
-        lambda: hl.HeadsGenerator(activation="sigmoidal"),
-        lambda: hl.ChunkedGenerator(chunk_size=8, activation=""),
-        lambda: hl.ComponentGenerator(activation="Relu"),
+        lambda: hl.FlatGenerator.factory(activation="relux"),
+        lambda: hl.HeadsGenerator.factory(activation="sigmoidal"),
+        lambda: hl.ChunkedGenerator.factory(chunk_size=8, activation=""),
+        lambda: hl.ComponentGenerator.factory(activation="Relu"),
     ],
 )
 def test_bad_activation_is_refused_at_construction(make):
@@ -335,4 +339,4 @@ def test_bad_activation_is_refused_at_construction(make):
 @pytest.mark.parametrize("norm", ["layer", 1, None, "rms"])
 def test_norm_accepts_only_what_it_implements(norm):
     with pytest.raises(ValueError, match="norm"):
-        hl.FlatGenerator(norm=norm)
+        hl.FlatGenerator(hl.select(nn.Linear(2, 2)), 4, norm=norm)

@@ -11,7 +11,9 @@ import hyperloom as hl
 
 def _hnet(seed=None, z_dim=4):
     target = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
-    return hl.HyperNetwork(target, hl.Noise(z_dim, seed=seed), hl.ChunkedGenerator(chunk_size=16))
+    return hl.HyperNetwork(
+        target, hl.Noise(z_dim, seed=seed), hl.ChunkedGenerator.factory(chunk_size=16)
+    )
 
 
 # Sampling and prediction ---------------------------------------------------------------------
@@ -57,7 +59,7 @@ def test_sample_weights_uses_given_z_and_checks_it():
         hl.uncertainty.sample_weights(hnet, 3, z=torch.randn(2, 4))
     with pytest.raises(ValueError, match="positive"):
         hl.uncertainty.sample_weights(hnet, 0)
-    task_net = hl.HyperNetwork(nn.Linear(2, 2), hl.TaskEmbedding(2, 4), hl.FlatGenerator())
+    task_net = hl.HyperNetwork(nn.Linear(2, 2), hl.TaskEmbedding(2, 4), hl.FlatGenerator.factory())
     with pytest.raises(TypeError, match="TaskEmbedding"):
         hl.uncertainty.sample_weights(task_net, 2)
 

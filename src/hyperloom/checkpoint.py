@@ -33,7 +33,7 @@ import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,8 +41,20 @@ from torch import Tensor, nn
 
 from ._version import __version__
 
+if TYPE_CHECKING:  # imported where used: hypernet imports the generators and conditioners
+    from .conditioning.base import Conditioner
+    from .generators.base import Generator
+    from .hypernet import HyperNetwork
+
 FORMAT = 2
 """Format 2: the SHA-256 covers the metadata too (format 1 covered the tensors only)."""
+
+READS = (1, 2)
+"""The formats :func:`load` reads. Format 1 (hyperloom 0.1) is read with every check that its
+contents allow; what it cannot be checked for: its SHA-256 covers the tensors only, so a change
+to its metadata is caught only where the type, size and shape checks catch it; and it holds no
+state of a seeded :class:`~hyperloom.Noise`, whose draws start again from the seed (as they did
+in 0.1). Its ``lenet`` target is 0.1's, with unnamed layers (the ``lenet_v01`` builder)."""
 
 _KEY = "hyperloom"
 
@@ -64,7 +76,8 @@ def _canonical(meta: Mapping[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()
 
 
-def _digest(tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> str:
+def _digest(tensors: Mapping[str, Tensor], meta: Mapping[str, Any] | None) -> str:
+    """SHA-256 over the tensors and, unless ``meta`` is ``None`` (format 1), the metadata."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].contiguous()
@@ -72,8 +85,9 @@ def _digest(tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> str:
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    h.update(b"\0metadata\0")
-    h.update(_canonical(meta))
+    if meta is not None:
+        h.update(b"\0metadata\0")
+        h.update(_canonical(meta))
     return h.hexdigest()
 
 
@@ -135,7 +149,7 @@ def _join_state(state: Any, tensors: Mapping[str, Tensor], where: str, depth: in
     return state
 
 
-def _generated_keys(hnet: nn.Module) -> set[str]:
+def _generated_keys(hnet: HyperNetwork) -> set[str]:
     return {n for n in hnet.state_dict() if n in hnet._generated_names}
 
 
@@ -148,7 +162,7 @@ def _printable(text: Any) -> str:
 # Writing
 
 
-def _check_rebuildable(hnet: nn.Module) -> None:
+def _check_rebuildable(hnet: HyperNetwork) -> None:
     """Refuse what :func:`load` could not rebuild: unregistered generators, and conditioners
     that cannot describe themselves (a conditioner outside the core's table, an application's
     ``Preference`` say, is recorded by its ``config()`` and given back to :func:`load`)."""
@@ -170,7 +184,8 @@ def _check_rebuildable(hnet: nn.Module) -> None:
 
     def check(cond: nn.Module) -> None:
         if type(cond) not in CONDITIONERS.values():
-            config = cond.config() if callable(getattr(cond, "config", None)) else None
+            describe = getattr(cond, "config", None)
+            config = describe() if callable(describe) else None
             if not isinstance(config, dict) or not isinstance(config.get("type"), str):
                 raise ValueError(
                     f"save() cannot record the conditioner {type(cond).__name__}: its config() "
@@ -266,7 +281,8 @@ def save(
 
     Example:
         >>> import tempfile, hyperloom as hl
-        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4), hl.FlatGenerator())
+        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4),
+        ...     hl.FlatGenerator.factory())
         >>> p = hl.save(hnet, tempfile.mkdtemp() + "/h.safetensors", tasks=["a", "b"])
         >>> hl.load(p, target=nn.Linear(3, 2)).describe().inputs
         'task-conditioned'
@@ -359,7 +375,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
 
     Example:
         >>> import tempfile, hyperloom as hl
-        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4), hl.FlatGenerator())
+        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4),
+        ...     hl.FlatGenerator.factory())
         >>> meta, tensors = read_checkpoint(hl.save(hnet, tempfile.mkdtemp() + "/h.safetensors"))
         >>> meta["hypernetwork"]["generator"]["name"], "model/conditioner.rows.1" in tensors
         ('once', True)
@@ -386,20 +403,19 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     if not isinstance(meta, dict):
         raise ValueError(f"{str(path)!r} has hyperloom metadata that is not a JSON object")
     fmt = meta.get("format")
-    if fmt != FORMAT:
+    if isinstance(fmt, bool) or fmt not in READS:
         raise ValueError(
             f"{str(path)!r} has checkpoint format {_printable(repr(fmt))}; hyperloom "
-            f"{_version()} reads format {FORMAT} (written by version "
+            f"{_version()} reads formats {', '.join(map(str, READS))} (written by version "
             f"{_printable(repr(meta.get('version')))})"
         )
     try:
-        digest = _digest(tensors, meta)
+        digest = _digest(tensors, meta if fmt >= 2 else None)
     except (ValueError, TypeError, RecursionError) as e:
         raise ValueError(f"{str(path)!r} has metadata that cannot be digested: {e}") from e
     if digest != meta.get("sha256"):
-        raise ValueError(
-            f"{str(path)!r} failed its SHA-256 check: the tensors or the metadata were modified"
-        )
+        what = "the tensors or the metadata" if fmt >= 2 else "the tensors"
+        raise ValueError(f"{str(path)!r} failed its SHA-256 check: {what} were modified")
     _check_meta(meta)
     return meta, tensors
 
@@ -575,9 +591,9 @@ def load(
     path: str | os.PathLike,
     *,
     target: nn.Module | None = None,
-    conditioner: nn.Module | None = None,
+    conditioner: Conditioner | None = None,
     max_generated: int | None = None,
-) -> nn.Module:
+) -> HyperNetwork:
     """Rebuild a :class:`~hyperloom.HyperNetwork` from a checkpoint, in the dtype it was saved.
 
     Args:
@@ -599,7 +615,8 @@ def load(
 
     Example:
         >>> import tempfile, hyperloom as hl
-        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4), hl.FlatGenerator())
+        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4),
+        ...     hl.FlatGenerator.factory())
         >>> p = hl.save(hnet.double(), tempfile.mkdtemp() + "/h.safetensors")
         >>> hl.load(p, target=nn.Linear(3, 2).double()).conditioner.rows[0].dtype
         torch.float64
@@ -611,6 +628,7 @@ def load(
     from .target import TargetSpec, select
 
     meta, tensors = read_checkpoint(path)
+    fmt = meta["format"]
     config = meta["hypernetwork"]
     spec = _rebuild("hypernetwork.spec", lambda: TargetSpec.from_dict(config["spec"]))
     names = set(spec.names)
@@ -644,14 +662,14 @@ def load(
     if target is None:
         # Count the target on the meta device (no memory) before building it for real.
         with torch.device("meta"):
-            probe = _rebuild("target", lambda: target_from_config(meta["target"]))
+            probe = _rebuild("target", lambda: target_from_config(meta["target"], fmt))
         size = sum(t.numel() for t in [*probe.parameters(), *probe.buffers()])
         if size > limit + stored:
             raise ValueError(
                 f"checkpoint field target: a target of {size:,} elements for a file of "
                 f"{stored:,} stored elements (at most {limit + stored:,}; pass max_generated=)"
             )
-        target = _rebuild("target", lambda: target_from_config(meta["target"]))
+        target = _rebuild("target", lambda: target_from_config(meta["target"], fmt))
         if dtype is not None and dtype != torch.get_default_dtype():
             target = target.to(dtype)
     got = _rebuild("target", lambda: select(target, lambda n, _p: n in names))
@@ -663,15 +681,16 @@ def load(
         {k: v for k, v in state.items() if k.startswith("target.")},
     )
 
-    def parts() -> tuple[nn.Module, nn.Module]:
+    def parts() -> tuple[Conditioner, Generator]:
         cond = conditioner
         if cond is None:
             cond = _rebuild(
                 "hypernetwork.conditioner",
                 lambda: _build_conditioner(config["conditioner"], CONDITIONERS),
             )
-        gen = _rebuild("hypernetwork.generator", lambda: build_generator(config["generator"]))
-        _rebuild("hypernetwork.generator", lambda: gen.bind(got, cond.dim))
+        gen = _rebuild(
+            "hypernetwork.generator", lambda: build_generator(config["generator"], got, cond.dim)
+        )
         return cond, gen
 
     # The conditioner and generator on the meta device first: their sizes against the file's.
@@ -680,6 +699,8 @@ def load(
     expected = {f"generator.{k}": v for k, v in gen.state_dict().items()}
     if conditioner is None:
         expected |= {f"conditioner.{k}": v for k, v in cond.state_dict().items()}
+    if fmt < 2:  # format 1 kept no Noise state: its draws start from the seed, as in 0.1
+        expected = {k: v for k, v in expected.items() if not k.endswith("_extra_state")}
     prefixes = ("generator.",) if conditioner is not None else ("generator.", "conditioner.")
     _check_state_shapes(expected, {k: v for k, v in state.items() if k.startswith(prefixes)})
     cond, gen = parts()
@@ -707,7 +728,11 @@ def load(
         missing, unexpected = hnet.load_state_dict(state, strict=False)
     except Exception as e:
         raise ValueError(f"checkpoint tensors do not fit the rebuilt hypernetwork: {e}") from e
-    missing = [k for k in missing if k not in hnet._generated_names]
+    missing = [
+        k
+        for k in missing
+        if k not in hnet._generated_names and not (fmt < 2 and k.endswith("_extra_state"))
+    ]
     if missing or unexpected:
         raise ValueError(
             f"checkpoint tensors do not fit the rebuilt hypernetwork: missing {missing}, "
@@ -722,7 +747,7 @@ def _count_rows(config: Mapping[str, Any]) -> int:
     return config["num"] if config.get("type") == "task" and isinstance(config["num"], int) else 0
 
 
-def _build_conditioner(config: Mapping[str, Any], registry: Mapping[str, type]) -> nn.Module:
+def _build_conditioner(config: Mapping[str, Any], registry: Mapping[str, type]) -> Conditioner:
     kind = config["type"]
     if kind == "concat":
         return registry["concat"](*(_build_conditioner(c, registry) for c in config["parts"]))
@@ -850,7 +875,8 @@ def resume(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> int | N
 
     Example:
         >>> import tempfile, hyperloom as hl
-        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4), hl.FlatGenerator())
+        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4),
+        ...     hl.FlatGenerator.factory())
         >>> opt = torch.optim.Adam(hnet.parameters())
         >>> p = hl.save(hnet, tempfile.mkdtemp() + "/h.safetensors", optimizer=opt, step=7)
         >>> hl.resume(p, torch.optim.Adam(hl.load(p, target=nn.Linear(3, 2)).parameters()))
@@ -898,7 +924,8 @@ def describe_checkpoint(path: str | os.PathLike) -> str:
 
     Example:
         >>> import tempfile, hyperloom as hl
-        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4), hl.FlatGenerator())
+        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 4),
+        ...     hl.FlatGenerator.factory())
         >>> p = hl.save(hnet, tempfile.mkdtemp() + "/h.safetensors", tasks=["a", "b\\x1b[2J"])
         >>> describe_checkpoint(p).splitlines()[-1]
         '  1: b\\\\x1b[2J'
@@ -953,7 +980,7 @@ def export_checkpoint(path: str | os.PathLike, *, task: int, out: str | os.PathL
     Example:
         >>> import tempfile, hyperloom as hl
         >>> target = hl.networks.build_target("mlp", in_features=3, hidden=[4], out_features=2)
-        >>> hnet = hl.HyperNetwork(target, hl.TaskEmbedding(2, 4), hl.FlatGenerator())
+        >>> hnet = hl.HyperNetwork(target, hl.TaskEmbedding(2, 4), hl.FlatGenerator.factory())
         >>> folder = tempfile.mkdtemp()
         >>> p = hl.save(hnet, folder + "/h.safetensors")
         >>> export_checkpoint(p, task=1, out=folder + "/task1.safetensors").name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -14,16 +14,9 @@ from torch.utils import _pytree as pytree
 
 from .conditioning.base import Conditioner
 from .filters import Filter
-from .functional import (
-    _functorch_active,
-    _layers,
-    _norm_statistics,
-    call,
-    call_batched,
-    call_from_readout,
-    check_weights,
-    swapped_call,
-)
+from .functional import call, call_batched, call_from_readout, check_weights, swapped_call
+from .functional.dispatch import route
+from .functional.swap import norm_statistics
 from .generators.base import Generator
 from .init import hyperfan_in_, hyperfan_out_, pretrained_init_
 from .target import TargetSpec, select
@@ -71,15 +64,16 @@ class HyperNetwork(nn.Module):
             parameters and appear in :meth:`parameters`.
         conditioner: turns a call's context into conditioning vectors (``TaskEmbedding``,
             ``SampleEncoder``, ``Noise``, ``Concat``).
-        generator: a generator built with its options alone (bound here to the target's spec and
-            the conditioner's size) or one already bound to the same spec and size.
+        generator: a factory, any callable ``(spec, cond_dim) -> Generator`` (such as
+            ``hl.FlatGenerator.factory(hidden=(64,))``), called here with the target's spec and
+            the conditioner's size; or a generator already built for that spec and size.
         generate: a filter (module type, glob, predicate or tuple) choosing the generated
             parameters; ``None`` generates all of them.
-        init: how a generator bound here starts: ``"hyperfan_in"`` (default),
+        init: how a generator built here starts: ``"hyperfan_in"`` (default),
             ``"hyperfan_out"``, ``"pretrained"`` (every context first generates the target's
             current weights, :func:`~hyperloom.pretrained_init_`) or ``None`` (the generator's
-            own initialisation). A generator given already bound keeps its parameters (it may
-            hold trained weights): call ``hl.hyperfan_in_(hnet.generator)`` to re-initialise it.
+            own initialisation). A generator given built keeps its parameters (it may hold
+            trained weights): call ``hl.hyperfan_in_(hnet.generator)`` to re-initialise it.
         gain: the gain passed to the hyperfan initialisation.
         check_finite: raise when generated weights contain NaN or infinity (costs a sync).
         task_statistics: keep BatchNorm running statistics per task (task-conditioned
@@ -105,7 +99,7 @@ class HyperNetwork(nn.Module):
     Example:
         >>> import hyperloom as hl
         >>> target = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-        >>> gen = hl.ChunkedGenerator(chunk_size=64)
+        >>> gen = hl.ChunkedGenerator.factory(chunk_size=64)
         >>> hnet = hl.HyperNetwork(target, hl.TaskEmbedding(4, 8), gen)
         >>> hnet(torch.randn(5, 8), task=2).shape
         torch.Size([5, 3])
@@ -117,7 +111,7 @@ class HyperNetwork(nn.Module):
         self,
         target: nn.Module,
         conditioner: Conditioner,
-        generator: Generator,
+        generator: Generator | Callable[[TargetSpec, int], Generator],
         *,
         generate: Filter | None = None,
         init: str | None = "hyperfan_in",
@@ -130,8 +124,11 @@ class HyperNetwork(nn.Module):
             raise TypeError(f"target must be an nn.Module, got {type(target).__name__}")
         if not isinstance(conditioner, Conditioner):
             raise TypeError(f"conditioner must be a Conditioner, got {type(conditioner).__name__}")
-        if not isinstance(generator, Generator):
-            raise TypeError(f"generator must be a Generator, got {type(generator).__name__}")
+        if not isinstance(generator, Generator) and not callable(generator):
+            raise TypeError(
+                "generator must be a Generator or a factory (spec, cond_dim) -> Generator, got "
+                f"{type(generator).__name__}"
+            )
         if init is not None and init not in (*_INITS, "pretrained"):
             raise ValueError(f"init must be one of {[*_INITS, 'pretrained', None]}, got {init!r}")
         spec = select(target, *(() if generate is None else (generate,)))
@@ -140,11 +137,11 @@ class HyperNetwork(nn.Module):
             conditioner.to(next(iter(dtypes)))
         self.target = target
         self.conditioner = conditioner
-        given_bound = generator.is_bound
-        self.generator = generator.bind(spec, conditioner.dim)
+        built_here = not isinstance(generator, Generator)
+        self.generator = _built(generator, spec, conditioner.dim)
         if init == "pretrained":
             pretrained_init_(self.generator, target)
-        elif init is not None and not given_bound:
+        elif init is not None and built_here:
             _INITS[init](self.generator, gain=gain)
         self.check_finite = check_finite
         self.task_statistics: TaskStatistics | None = None
@@ -154,12 +151,12 @@ class HyperNetwork(nn.Module):
                     "task_statistics=True needs a task-conditioned hypernetwork (TaskEmbedding), "
                     f"got {type(conditioner).__name__}"
                 )
-            if not _norm_statistics(target):
+            if not norm_statistics(target):
                 raise ValueError(
                     "task_statistics=True needs a target with BatchNorm running statistics; "
                     f"{type(target).__name__} has none"
                 )
-            self.task_statistics = TaskStatistics(target, conditioner.num)
+            self.task_statistics = TaskStatistics(target, _task_count(conditioner))
         self._target_keywords = _keywords(target)
         generated = {id(target.get_parameter(n)) for n in spec.names}
         self._generated_names = frozenset(
@@ -171,7 +168,7 @@ class HyperNetwork(nn.Module):
     @property
     def spec(self) -> TargetSpec:
         """The generated part of the target."""
-        return self.generator._bound_spec()
+        return self.generator.spec
 
     def named_parameters(
         self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
@@ -189,21 +186,31 @@ class HyperNetwork(nn.Module):
         context = {k: kwargs.pop(k) for k in self.conditioner.keys if k in kwargs}
         self._check_keywords(kwargs)
         cond, index = self.conditioner.from_call(args, context)
-        if index is None and cond.dim() == 2:  # every sample its own context
-            out = self._from_readout(cond, args, kwargs)
+        stats = self.task_statistics
+        way = route(  # the table of routes: hyperloom.functional.dispatch.ROUTES
+            cond,
+            index,
+            self.target,
+            self.generator,
+            args,
+            kwargs,
+            check_finite=self.check_finite,
+            task_statistics=stats is not None,
+        )
+        if way == "readout":
+            out = self._from_readout(cond, args[0])
             if out is not None:
                 return out
         weights = self._weights(cond)
-        stats = self.task_statistics
-        if cond.dim() == 1:  # one context for the whole batch
+        if way == "one":
             if stats is not None:
                 check_weights(self.target, weights)
-                rows = stats.rows(int(context["task"]), self.conditioner.num)
+                rows = stats.rows(int(context["task"]), _task_count(self.conditioner))
                 return swapped_call(self.target, weights, args, kwargs, rows)
             return call(self.target, weights, *args, **kwargs)
-        if index is not None and (stats is not None or self._normalises_batches()):
+        if way == "per_task" and index is not None:
             return self._per_task(weights, index, context, args, kwargs)
-        if index is not None and cond.shape[0] == 1:  # one distinct static context
+        if way == "one_task":
             return call(self.target, {k: v[0] for k, v in weights.items()}, *args, **kwargs)
         if index is not None:
             weights = {k: v[index] for k, v in weights.items()}  # (B, *shape)
@@ -218,7 +225,8 @@ class HyperNetwork(nn.Module):
 
         Example:
             >>> import hyperloom as hl
-            >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), hl.FlatGenerator())
+            >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8),
+            ...     hl.FlatGenerator.factory())
             >>> {k: tuple(v.shape) for k, v in hnet.generate(task=1).items()}
             {'weight': (2, 4), 'bias': (2,)}
         """
@@ -240,7 +248,8 @@ class HyperNetwork(nn.Module):
 
         Example:
             >>> import hyperloom as hl
-            >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), hl.FlatGenerator())
+            >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8),
+            ...     hl.FlatGenerator.factory())
             >>> plain = hnet.export(task=1)
             >>> x = torch.randn(5, 4)
             >>> torch.allclose(plain(x), hnet(x, task=1))
@@ -282,7 +291,7 @@ class HyperNetwork(nn.Module):
         Example:
             >>> import hyperloom as hl
             >>> target = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-            >>> hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, 8), hl.FlatGenerator())
+            >>> hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, 8), hl.FlatGenerator.factory())
             >>> fast = hnet.cached(task=1)
             >>> x = torch.randn(5, 4)
             >>> torch.allclose(fast(x), hnet(x, task=1))
@@ -308,7 +317,8 @@ class HyperNetwork(nn.Module):
 
         Example:
             >>> import hyperloom as hl
-            >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), hl.FlatGenerator())
+            >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8),
+            ...     hl.FlatGenerator.factory())
             >>> hnet.describe().outputs
             'generate-once'
         """
@@ -344,18 +354,11 @@ class HyperNetwork(nn.Module):
                 f"{sorted(accepted) or 'no keywords'}"
             )
 
-    def _normalises_batches(self) -> bool:
-        """Whether a BatchNorm layer of the target is in training mode (batch statistics)."""
-        return any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-            for m in self.target.modules()
-        )
-
     def _task_rows(self, context: dict[str, Any]) -> dict[str, Tensor]:
         """One task's BatchNorm statistics with ``task_statistics``, else nothing."""
         if self.task_statistics is None:
             return {}
-        return self.task_statistics.rows(int(context["task"]), self.conditioner.num)
+        return self.task_statistics.rows(int(context["task"]), _task_count(self.conditioner))
 
     def _per_task(
         self, weights: dict[str, Tensor], index: Tensor, context: dict, args: tuple, kwargs: dict
@@ -378,7 +381,8 @@ class HyperNetwork(nn.Module):
             start += count
 
             a, kw = _per_sample_inputs(args, kwargs, n, lambda t, rows=rows: t[rows])
-            rows_j = stats.rows(ids[j], self.conditioner.num) if stats is not None else None
+            num = _task_count(self.conditioner)
+            rows_j = stats.rows(ids[j], num) if stats is not None else None
             outs.append(
                 swapped_call(self.target, {k: v[j] for k, v in weights.items()}, a, kw, rows_j)
             )
@@ -400,29 +404,17 @@ class HyperNetwork(nn.Module):
                     )
         return weights
 
-    def _from_readout(self, cond: Tensor, args: tuple, kwargs: dict) -> Tensor | None:
+    def _from_readout(self, cond: Tensor, x: Tensor) -> Tensor | None:
         """A per-sample call that never forms the per-sample weights, where it can.
 
         For a generator that is one plain linear readout of features (``FlatGenerator``) and a
         target made of known layers, :func:`~hyperloom.functional.call_from_readout` computes
         the same outputs as generating the ``(B, *shape)`` weights and calling the target with
         them, but a ``Linear`` layer reads its weights straight from the readout. ``None``:
-        this call takes the general path.
+        this call takes the general path. Only on the ``"readout"`` route
+        (:func:`~hyperloom.functional.dispatch.readout_applies`).
         """
-        gen = self.generator
-        if (
-            self.check_finite
-            or kwargs
-            or len(args) != 1
-            or not isinstance(args[0], Tensor)
-            or gen._forward_hooks
-            or gen._forward_pre_hooks
-            or _functorch_active()
-        ):
-            return None
-        if _layers(self.target) is None:  # before the features: no trunk run for nothing
-            return None
-        found = gen._readout_features(cond)
+        found = self.generator._readout_features(cond)
         if found is None:
             return None
         h, readout = found
@@ -434,7 +426,7 @@ class HyperNetwork(nn.Module):
             h,
             readout.weight,
             readout.bias,
-            args[0],
+            x,
             [p.init_const for p in spec],
         )
 
@@ -466,20 +458,57 @@ class TaskStatistics(nn.Module):
         super().__init__()
         self._target = [target]  # a list: not a submodule of this one
         self._keys = {}
-        for name, buf in _norm_statistics(target).items():
+        for name, buf in norm_statistics(target).items():
             key = name.replace(".", "__")
             self._keys[name] = key
             self.register_buffer(key, buf.detach().unsqueeze(0).repeat(num, *[1] * buf.dim()))
 
     def rows(self, task: int, num: int) -> dict[str, Tensor]:
         """Task ``task``'s statistics ``{buffer name: view}`` (``num``: tasks there are now)."""
-        have = next(iter(self._buffers.values())).shape[0]
+        have = self._table(next(iter(self._keys.values()))).shape[0]
         if num > have:  # the embedding grew: new rows start as the target's statistics
-            own = _norm_statistics(self._target[0])
+            own = norm_statistics(self._target[0])
             for name, key in self._keys.items():
                 new = own[name].detach().unsqueeze(0).repeat(num - have, *[1] * own[name].dim())
-                self._buffers[key] = torch.cat([self._buffers[key], new])
-        return {name: self._buffers[key][task] for name, key in self._keys.items()}
+                self._buffers[key] = torch.cat([self._table(key), new])
+        return {name: self._table(key)[task] for name, key in self._keys.items()}
+
+    def _table(self, key: str) -> Tensor:
+        """The ``(num_tasks, *shape)`` buffer ``key`` (registered in the constructor)."""
+        table = self._buffers[key]
+        if table is None:
+            raise ValueError(f"TaskStatistics buffer {key!r} was set to None")
+        return table
+
+
+def _task_count(conditioner: Conditioner) -> int:
+    """The number of tasks of a task-conditioned conditioner (``TaskEmbedding.num``)."""
+    num = getattr(conditioner, "num", None)
+    if isinstance(num, bool) or not isinstance(num, int):
+        raise ValueError(f"{type(conditioner).__name__} has no number of tasks (num={num!r})")
+    return num
+
+
+def _built(
+    generator: Generator | Callable[[TargetSpec, int], Generator], spec: TargetSpec, cond_dim: int
+) -> Generator:
+    """``generator`` built for ``spec`` and ``cond_dim`` by its factory, or checked to fit them."""
+    if not isinstance(generator, Generator):
+        built = generator(spec, cond_dim)
+        if not isinstance(built, Generator):
+            raise TypeError(
+                f"the generator factory {generator!r} returned a {type(built).__name__}, not a "
+                "Generator"
+            )
+        return built
+    if generator.spec != spec or generator.cond_dim != cond_dim:
+        raise ValueError(
+            f"{type(generator).__name__} was built for a spec of {len(generator.spec)} tensors "
+            f"and cond_dim={generator.cond_dim}, not for this target's {len(spec)} tensors and "
+            f"cond_dim={cond_dim}; give HyperNetwork {type(generator).__name__}.factory(...) to "
+            "build one for it"
+        )
+    return generator
 
 
 def _per_sample_inputs(args: tuple, kwargs: dict, n: int, f: Any) -> tuple[tuple, dict]:

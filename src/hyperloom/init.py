@@ -71,7 +71,7 @@ class _ProbeDone(Exception):
 def _hyperfan(gen: Generator, mode: str, gain: float, cond_std: float, probe: int) -> Generator:
     if not isinstance(gen, Generator):
         raise TypeError(f"hyperfan initialisation takes a Generator, got {type(gen).__name__}")
-    spec = gen._bound_spec()
+    spec = gen.spec
     variance = {p.name: target_variance(p, mode, gain) for p in spec}
     readouts = gen._readouts(variance)
     # The probe only needs the features each readout reads, sum_k E[h_k^2]: each hook reduces
@@ -118,7 +118,7 @@ def hyperfan_in_(
     """Hyperfan-in: generated weights get variance ``gain^2 / fan_in`` (forward signal kept).
 
     Args:
-        gen: a bound generator; its output layers are re-initialised in place.
+        gen: a generator; its output layers are re-initialised in place.
         gain: target activation gain, e.g. ``nn.init.calculate_gain("relu")`` (``sqrt(2)``) for
             ReLU targets; ``1/sqrt(3)`` reproduces PyTorch's default ``nn.Linear`` scale.
         cond_std: the scale of the conditioning vectors the generator will see (1 for
@@ -161,7 +161,7 @@ def pretrained_init_(gen: Generator, target: nn.Module) -> Generator:
     component-wise) cannot hold one value per element.
 
     Args:
-        gen: a bound generator.
+        gen: a generator.
         target: the module whose parameters (by the spec's names) the generator starts at.
 
     Returns:
@@ -178,7 +178,7 @@ def pretrained_init_(gen: Generator, target: nn.Module) -> Generator:
         True
     """
     readouts = gen._element_readouts()
-    spec = gen._bound_spec()
+    spec = gen.spec
     if readouts is None:
         raise ValueError(
             f"{type(gen).__name__} cannot start at a target's weights: its output rows are shared "

@@ -108,13 +108,31 @@ def build_target(builder: str, **kwargs: Any) -> nn.Module:
     if builder not in _BUILDERS:
         raise ValueError(f"unknown target builder {builder!r}; available: {', '.join(_BUILDERS)}")
     module = _BUILDERS[builder](**kwargs)
-    module.hyperloom_config = {"builder": builder, "kwargs": dict(kwargs)}
+    config = {"builder": builder, "kwargs": dict(kwargs)}
+    object.__setattr__(module, "hyperloom_config", config)  # plain data, not a submodule
     return module
 
 
-def target_from_config(config: Mapping[str, Any]) -> nn.Module:
-    """Inverse of a module's ``hyperloom_config``."""
-    return build_target(str(config["builder"]), **dict(config.get("kwargs", {})))
+def target_from_config(config: Mapping[str, Any], checkpoint_format: int = 2) -> nn.Module:
+    """Inverse of a module's ``hyperloom_config``.
+
+    Args:
+        config: ``{"builder": name, "kwargs": {...}}``.
+        checkpoint_format: the format of the checkpoint the config comes from; in format 1
+            (hyperloom 0.1) ``lenet`` names 0.1's LeNet with unnamed layers (:func:`lenet_v01`).
+
+    Returns:
+        The built module, tagged with its (current) config.
+
+    Example:
+        >>> net = target_from_config({"builder": "lenet", "kwargs": {}}, checkpoint_format=1)
+        >>> net.hyperloom_config["builder"], list(dict(net.named_children()))[:2]
+        ('lenet_v01', ['0', '1'])
+    """
+    builder = str(config["builder"])
+    if checkpoint_format < 2 and builder == "lenet":
+        builder = "lenet_v01"
+    return build_target(builder, **dict(config.get("kwargs", {})))
 
 
 def list_targets() -> list[str]:
@@ -122,8 +140,22 @@ def list_targets() -> list[str]:
     return list(_BUILDERS)
 
 
-def _lenet_v01(in_channels: int = 1, image_size: int = 28, num_classes: int = 10):
-    """hyperloom 0.1's ``lenet`` builder (unnamed layers), kept so that its checkpoints load."""
+@_builder
+def lenet_v01(in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> nn.Sequential:
+    """hyperloom 0.1's ``lenet`` (unnamed layers, unpadded), kept so that its checkpoints load.
+
+    Args:
+        in_channels: image channels.
+        image_size: height = width of the images (at least 16).
+        num_classes: outputs of the last layer.
+
+    Returns:
+        An ``nn.Sequential`` whose layers are numbered ``0..11``, as 0.1 built them.
+
+    Example:
+        >>> lenet_v01(image_size=16)(torch.randn(2, 1, 16, 16)).shape
+        torch.Size([2, 10])
+    """
     side = ((image_size - 4) // 2 - 4) // 2
     if side < 1:
         raise ValueError(f"image_size={image_size} is too small for two 5x5 convolutions")

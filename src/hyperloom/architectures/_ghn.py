@@ -101,7 +101,7 @@ class GraphHyperNetwork(nn.Module):
         )
         self.update = nn.ModuleList(nn.GRUCell(hidden, hidden) for _ in range(2))
         self.decoder = TiledGenerator(
-            None,
+            TargetSpec(()),  # no spec of its own: every call passes one
             hidden,
             tile=tile,
             hidden=decoder_hidden,

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..conditioning import TaskEmbedding
 from ..functional import call, call_batched
-from ..generators import FlatGenerator, Generator
+from ..generators import FlatGenerator, Generator, GeneratorFactory
 from ..hypernet import HyperNetwork
 
 
@@ -66,10 +66,14 @@ def _with_treatment(x: Tensor) -> Tensor:
     return torch.cat([x.expand(2, *x.shape), t], dim=2)  # (2, n, d + 1)
 
 
-def _arm_hypernet(target: nn.Module, num: int, emb_dim: int, generator: Generator | None):
-    gen = FlatGenerator(hidden=(100,)) if generator is None else generator
-    if not isinstance(gen, Generator):
-        raise TypeError(f"generator must be a hyperloom Generator, got {type(gen).__name__}")
+def _arm_hypernet(
+    target: nn.Module, num: int, emb_dim: int, generator: Generator | GeneratorFactory | None
+):
+    gen = FlatGenerator.factory(hidden=(100,)) if generator is None else generator
+    if not isinstance(gen, Generator | GeneratorFactory):
+        raise TypeError(
+            f"generator must be a hyperloom generator factory, got {type(gen).__name__}"
+        )
     return HyperNetwork(target, TaskEmbedding(num, emb_dim), gen)
 
 
@@ -162,15 +166,16 @@ class HyperTLearner(nn.Module):
         in_features: number of covariates.
         hidden: hidden sizes of each (generated) arm MLP.
         emb_dim: size of each arm's learned embedding.
-        generator: an unbound core generator (``hl.FlatGenerator``, ``hl.HeadsGenerator``,
-            ``hl.ChunkedGenerator``, ...); default ``FlatGenerator(hidden=(100,))``.
+        generator: a generator factory (``hl.FlatGenerator.factory()``,
+            ``hl.ChunkedGenerator.factory(chunk_size=...)``, ...); default
+            ``FlatGenerator.factory(hidden=(100,))``.
 
     Attributes:
         hnet: the ``hl.HyperNetwork`` over one arm's MLP (its target).
 
     Example:
         >>> import hyperloom as hl
-        >>> m = HyperTLearner(5, hidden=(8,), generator=hl.ChunkedGenerator(chunk_size=16))
+        >>> m = HyperTLearner(5, hidden=(8,), generator=hl.ChunkedGenerator.factory(chunk_size=16))
         >>> m(torch.randn(3, 5)).shape
         torch.Size([3, 2])
         >>> m.hnet.describe().outputs
@@ -183,7 +188,7 @@ class HyperTLearner(nn.Module):
         *,
         hidden: Sequence[int] = (100, 100),
         emb_dim: int = 8,
-        generator: Generator | None = None,
+        generator: Generator | GeneratorFactory | None = None,
     ) -> None:
         super().__init__()
         self.in_features = in_features
@@ -205,7 +210,7 @@ class HyperSLearner(nn.Module):
         in_features: number of covariates.
         hidden: hidden sizes of the generated MLP.
         emb_dim: embedding size (the paper used 1 for this learner).
-        generator: an unbound core generator; default ``FlatGenerator(hidden=(100,))``.
+        generator: a generator factory; default ``FlatGenerator.factory(hidden=(100,))``.
 
     Example:
         >>> HyperSLearner(5, hidden=(8,))(torch.randn(3, 5)).shape
@@ -218,7 +223,7 @@ class HyperSLearner(nn.Module):
         *,
         hidden: Sequence[int] = (100, 100),
         emb_dim: int = 1,
-        generator: Generator | None = None,
+        generator: Generator | GeneratorFactory | None = None,
     ) -> None:
         super().__init__()
         self.in_features = in_features
@@ -239,7 +244,7 @@ class HyperTARNet(nn.Module):
         hidden: representation layer sizes.
         head: hidden sizes of each (generated) head.
         emb_dim: size of each arm's learned embedding.
-        generator: an unbound core generator; default ``FlatGenerator(hidden=(100,))``.
+        generator: a generator factory; default ``FlatGenerator.factory(hidden=(100,))``.
 
     Example:
         >>> HyperTARNet(5, hidden=(8,), head=(4,))(torch.randn(3, 5)).shape
@@ -253,7 +258,7 @@ class HyperTARNet(nn.Module):
         hidden: Sequence[int] = (100, 100),
         head: Sequence[int] = (100,),
         emb_dim: int = 8,
-        generator: Generator | None = None,
+        generator: Generator | GeneratorFactory | None = None,
     ) -> None:
         super().__init__()
         if not hidden:
@@ -286,7 +291,7 @@ def build_learner(
     hidden: Sequence[int] = (100, 100),
     head: Sequence[int] = (100,),
     emb_dim: int | None = None,
-    generator: Generator | None = None,
+    generator: Generator | GeneratorFactory | None = None,
 ) -> nn.Module:
     """A learner by name: ``"t"``, ``"s"`` or ``"tarnet"``, plain or HyperITE.
 
@@ -297,7 +302,7 @@ def build_learner(
         hidden: MLP hidden sizes (TARNet: the representation's).
         head: TARNet's head hidden sizes (ignored by the others).
         emb_dim: the hypernetwork's embedding size (``None``: 8, or 1 for ``"s"``).
-        generator: an unbound core generator for the hypernetwork (``None``: the default).
+        generator: a generator factory for the hypernetwork (``None``: the default).
 
     Example:
         >>> type(build_learner("tarnet", 5, hyper=True, hidden=(8,), head=(4,))).__name__

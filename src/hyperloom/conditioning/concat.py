@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -37,15 +37,15 @@ class Concat(Conditioner):
 
     @property
     def kind(self) -> str:  # type: ignore[override]
-        names = [p.kind.removesuffix("-conditioned") for p in self.parts]
+        names = [p.kind.removesuffix("-conditioned") for p in self._conditioners()]
         return f"mixture ({' + '.join(names)})"
 
     @property
     def dynamic(self) -> bool:  # type: ignore[override]
-        return any(p.dynamic for p in self.parts)
+        return any(p.dynamic for p in self._conditioners())
 
     def from_call(self, args: tuple, context: Mapping[str, Any]) -> tuple[Tensor, Tensor | None]:
-        outs = [p.from_call(args, context) for p in self.parts]
+        outs = [p.from_call(args, context) for p in self._conditioners()]
         if all(c.dim() == 1 for c, _ in outs):
             return torch.cat([c for c, _ in outs], dim=-1), None
         per_sample = [c[i] if i is not None else c for c, i in outs]  # (B, d_k) or (d_k,)
@@ -57,4 +57,8 @@ class Concat(Conditioner):
         return torch.cat(full, dim=-1), None  # (B, sum d_k)
 
     def config(self) -> dict:
-        return {"type": "concat", "parts": [p.config() for p in self.parts]}
+        return {"type": "concat", "parts": [p.config() for p in self._conditioners()]}
+
+    def _conditioners(self) -> list[Conditioner]:
+        """The parts, as the conditioners the constructor checked them to be."""
+        return [cast(Conditioner, p) for p in self.parts]

@@ -36,6 +36,7 @@ class Noise(Conditioner):
     kind = "noise-conditioned"
     dynamic = True
     keys = ("z",)
+    _device_probe: Tensor  # an empty buffer: where and in what dtype to draw
 
     def __init__(self, dim: int, *, std: float = 1.0, seed: int | None = None) -> None:
         super().__init__()

@@ -19,7 +19,7 @@ The baselines' penalties are here too: :func:`fisher_diagonal` (online EWC) and
 Example:
     >>> import torch, hyperloom as hl
     >>> from torch import nn
-    >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), hl.FlatGenerator())
+    >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), hl.FlatGenerator.factory())
     >>> old = snapshot_outputs(hnet, [0, 1])          # after training tasks 0 and 1
     >>> output_regularizer(hnet, old, [0, 1], beta=0.01).item()  # outputs unchanged
     0.0

@@ -43,7 +43,8 @@ def snapshot_outputs(hnet: nn.Module, tasks: Tensor | Sequence[int]) -> dict[str
 
     Example:
         >>> import hyperloom as hl
-        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), hl.FlatGenerator())
+        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8),
+        ...     hl.FlatGenerator.factory())
         >>> snapshot_outputs(hnet, [0, 1])["weight"].shape
         torch.Size([2, 2, 4])
     """
@@ -73,7 +74,8 @@ def generate_tasks(hnet: nn.Module, tasks: Tensor | Sequence[int]) -> dict[str, 
 
     Example:
         >>> import hyperloom as hl
-        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), hl.FlatGenerator())
+        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8),
+        ...     hl.FlatGenerator.factory())
         >>> generate_tasks(hnet, range(3))["weight"].shape
         torch.Size([3, 2, 4])
     """
@@ -155,7 +157,8 @@ def output_regularizer(
 
     Example:
         >>> import hyperloom as hl
-        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), hl.FlatGenerator())
+        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8),
+        ...     hl.FlatGenerator.factory())
         >>> old = snapshot_outputs(hnet, [0])
         >>> with torch.no_grad():
         ...     _ = hnet.generator.readout.bias.add_(1.0)  # every output moves by 1
@@ -280,7 +283,7 @@ def snapshot_factors(hnet: nn.Module, tasks: Tensor | Sequence[int]) -> dict[str
 
     Example:
         >>> import hyperloom as hl
-        >>> gen = hl.ChunkedGenerator(chunk_size=6, chunk_dim=4, hidden=(8,))
+        >>> gen = hl.ChunkedGenerator.factory(chunk_size=6, chunk_dim=4, hidden=(8,))
         >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), gen)
         >>> snapshot_factors(hnet, [0, 1])["features"].shape  # 2 tasks, 2 chunks, 8 + 1
         torch.Size([2, 2, 9])
@@ -340,7 +343,7 @@ def factored_output_regularizer(
 
     Example:
         >>> import hyperloom as hl
-        >>> gen = hl.ChunkedGenerator(chunk_size=6, chunk_dim=4, hidden=(8,))
+        >>> gen = hl.ChunkedGenerator.factory(chunk_size=6, chunk_dim=4, hidden=(8,))
         >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), gen)
         >>> old = snapshot_factors(hnet, [0])
         >>> with torch.no_grad():

@@ -543,7 +543,8 @@ def pfedhn_step(
 
     Example:
         >>> import hyperloom as hl
-        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 2), hl.HeadsGenerator())
+        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 2),
+        ...     hl.HeadsGenerator.factory())
         >>> opt = torch.optim.SGD(hnet.parameters(), lr=0.1)
         >>> w = {k: v.detach() + 0.1 for k, v in hnet.generate(task=torch.tensor(1)).items()}
         >>> round(pfedhn_step(hnet, 1, w, opt), 3)
@@ -598,7 +599,8 @@ def embedding_optimizer(hnet: nn.Module, client: int, lr: float) -> torch.optim.
 
     Example:
         >>> import hyperloom as hl
-        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 2), hl.HeadsGenerator())
+        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 2),
+        ...     hl.HeadsGenerator.factory())
         >>> new = hnet.conditioner.add(1)[0]
         >>> len(embedding_optimizer(hnet, new, lr=0.1).param_groups[0]["params"])
         1

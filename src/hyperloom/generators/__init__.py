@@ -4,6 +4,7 @@ Imported in the review's order of output strategies, which is the registry's ord
 """
 
 from .base import Generator as Generator
+from .base import GeneratorFactory as GeneratorFactory
 from .once import FlatGenerator as FlatGenerator
 from .heads import HeadsGenerator as HeadsGenerator
 from .chunked import ChunkedGenerator as ChunkedGenerator

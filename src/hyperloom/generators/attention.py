@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,7 +35,7 @@ class AttentionGenerator(Generator):
     initialisation sets the generated variance for every context.
 
     Args:
-        spec: the target spec (or ``None``, to be bound later).
+        spec: the target spec (the tensors to generate).
         cond_dim: conditioning size (or ``None``).
         output: ``"component"``, ``"heads"`` or ``"chunked"``.
         chunk_size: numbers per chunk (``output="chunked"`` only).
@@ -55,8 +57,8 @@ class AttentionGenerator(Generator):
 
     def __init__(
         self,
-        spec: TargetSpec | None = None,
-        cond_dim: int | None = None,
+        spec: TargetSpec,
+        cond_dim: int,
         *,
         output: str = "component",
         chunk_size: int = 1024,
@@ -77,6 +79,8 @@ class AttentionGenerator(Generator):
         if token_dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide token_dim={token_dim}")
         super().__init__(
+            spec,
+            cond_dim,
             {
                 "output": output,
                 "chunk_size": chunk_size,
@@ -84,16 +88,14 @@ class AttentionGenerator(Generator):
                 "depth": depth,
                 "num_heads": num_heads,
                 "ff_dim": ff_dim,
-            }
+            },
         )
         self.strategy = OUTPUTS[output]  # type: ignore[misc]
-        if spec is not None:
-            self.bind(spec, cond_dim)  # type: ignore[arg-type]
 
     @property
     def num_tokens(self) -> int:
         """Tokens the encoder attends across: tensors, or chunks covering the spec."""
-        spec = self._bound_spec()
+        spec = self.spec
         if self.options["output"] == "chunked":
             return -(-spec.numel // self.options["chunk_size"])
         return len(spec)
@@ -142,11 +144,13 @@ class AttentionGenerator(Generator):
             v = per_element_variance(self.spec, variance)
             padded = torch.full((n * size,), float("nan"))
             padded[: v.numel()] = v
-            return [(self.readouts[0], padded.view(n, size).nanmean(dim=0).nan_to_num(0.0))]
-        out = []
+            first = cast(nn.Linear, self.readouts[0])
+            return [(first, padded.view(n, size).nanmean(dim=0).nan_to_num(0.0))]
+        out: list[tuple[nn.Linear, Tensor]] = []
         for members, readout in zip(self.groups, self.readouts, strict=True):
-            v = sum(variance[self.spec.params[i].name] for i in members) / len(members)
-            out.append((readout, torch.full((readout.out_features,), float(v))))
+            readout = cast(nn.Linear, readout)
+            mean = sum(variance[self.spec.params[i].name] for i in members) / len(members)
+            out.append((readout, torch.full((readout.out_features,), float(mean))))
         return out
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import inspect
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -14,16 +15,18 @@ from .trunk import MLPTrunk, activation_config
 class Generator(nn.Module):
     """Base class of generators (criterion 2: how the target's weights are produced).
 
-    A generator is built from a :class:`~hyperloom.TargetSpec` and a conditioning size. It can be
-    created with both (``ChunkedGenerator(spec, 32, chunk_size=1024)``) or with its options alone
-    (``ChunkedGenerator(chunk_size=1024)``), in which case :class:`~hyperloom.HyperNetwork` binds
-    it: both go through :meth:`bind`, the one place where parameters are created.
+    A generator is built eagerly: its constructor takes the :class:`~hyperloom.TargetSpec`, the
+    conditioning size and keyword-only options (``ChunkedGenerator(spec, 32, chunk_size=1024)``)
+    and creates every parameter there. Where the spec is not known yet (it is the target's,
+    which :class:`~hyperloom.HyperNetwork` selects), give a factory instead:
+    ``ChunkedGenerator.factory(chunk_size=1024)`` is a :class:`GeneratorFactory`, and any
+    callable ``(spec, cond_dim) -> Generator`` is one.
 
     Tensors whose target initialisation is a constant (LayerNorm and BatchNorm scales) are
     generated as that constant plus the learned output, so that a fresh hypernetwork starts
     near the target's own initialisation.
 
-    Dtype and device: :meth:`bind` creates the parameters in the spec's floating dtype (when all
+    Dtype and device: the constructor creates the parameters in the spec's floating dtype (when all
     its tensors share one), and from then on the generated tensors are in whatever dtype and on
     whatever device the generator's computation gives: they follow ``.to()``, ``.double()``,
     ``.half()`` and autocast like any module's outputs, and are never cast back.
@@ -38,8 +41,23 @@ class Generator(nn.Module):
     dynamic_output: ClassVar[bool] = False
     registry_name: ClassVar[str] = ""
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, spec: TargetSpec, cond_dim: int, options: dict[str, Any]) -> None:
+        """Check ``spec`` and ``cond_dim``, keep the options, then build the parameters.
+
+        Subclasses call it from their own constructor with their options in a dict; it runs
+        :meth:`_build` (which reads ``self.spec``, ``self.cond_dim`` and ``self.options``) and
+        moves the new parameters to the spec's dtype.
+        """
         super().__init__()
+        if not isinstance(spec, TargetSpec):
+            raise TypeError(
+                f"{type(self).__name__} takes a TargetSpec first, got {type(spec).__name__}; "
+                f"without one, pass {type(self).__name__}.factory(...) to HyperNetwork"
+            )
+        check_cond_dim(cond_dim)
+        bad = [p.name for p in spec if not p.dtype.is_floating_point]
+        if bad:
+            raise TypeError(f"only floating-point parameters can be generated; not {bad}")
         options = dict(options)
         if "activation" in options:  # validated now, kept in its JSON-ready form
             options["activation"] = activation_config(options["activation"])
@@ -47,43 +65,36 @@ class Generator(nn.Module):
             if flag in options and not isinstance(options[flag], bool):
                 raise ValueError(f"{flag} must be True or False, got {options[flag]!r}")
         self.options = options
-        self.spec: TargetSpec | None = None
-        self.cond_dim: int | None = None
-
-    def bind(self, spec: TargetSpec, cond_dim: int) -> Generator:
-        """Create the parameters for ``spec`` and conditioning size ``cond_dim`` (once).
-
-        Binding again to the same spec and size is a no-op; to a different one, an error.
-
-        Returns:
-            ``self``.
-        """
-        if not isinstance(spec, TargetSpec):
-            raise TypeError(f"bind() takes a TargetSpec, got {type(spec).__name__}")
-        check_cond_dim(cond_dim)
-        if self.spec is not None:
-            if self.spec != spec or self.cond_dim != cond_dim:
-                raise ValueError(
-                    f"{type(self).__name__} is already bound to a spec of {len(self.spec)} "
-                    f"tensors and cond_dim={self.cond_dim}; build a new generator for another "
-                    "target"
-                )
-            return self
-        bad = [p.name for p in spec if not p.dtype.is_floating_point]
-        if bad:
-            raise TypeError(f"only floating-point parameters can be generated; not {bad}")
-        self.spec = spec
-        self.cond_dim = cond_dim
+        self.spec: TargetSpec = spec
+        self.cond_dim: int = cond_dim
         self._build()
         dtypes = {p.dtype for p in spec}
         if len(dtypes) == 1:  # built in the target's dtype; from here on it follows .to()
             self.to(dtypes.pop())
-        return self
 
-    @property
-    def is_bound(self) -> bool:
-        """Whether :meth:`bind` has created the parameters."""
-        return self.spec is not None
+    @classmethod
+    def factory(cls: type[G], **options: Any) -> GeneratorFactory[G]:
+        """This generator with ``options``, to be built later for a spec and conditioning size.
+
+        Args:
+            **options: the constructor's keyword-only options (checked by name now, by value
+                when built).
+
+        Returns:
+            A :class:`GeneratorFactory`: ``factory(spec, cond_dim)`` builds the generator.
+
+        Raises:
+            TypeError: an option the constructor does not take.
+
+        Example:
+            >>> import hyperloom as hl
+            >>> make = hl.FlatGenerator.factory(hidden=(16,))
+            >>> make
+            FlatGenerator.factory(hidden=(16,))
+            >>> make(hl.select(nn.Linear(3, 2)), 4).readout.weight.shape
+            torch.Size([8, 16])
+        """
+        return GeneratorFactory(cls, options)
 
     def forward(self, cond: Tensor) -> dict[str, Tensor]:
         """Generate the target's weights.
@@ -95,8 +106,6 @@ class Generator(nn.Module):
             ``{name: (*, *shape)}`` for every tensor of the spec, leading dimensions kept.
         """
         spec = self.spec
-        if spec is None:
-            self._bound_spec()  # raises, saying how to bind
         shape = cond.shape
         if not shape or shape[-1] != self.cond_dim:
             raise ValueError(
@@ -130,17 +139,9 @@ class Generator(nn.Module):
             final_activation=o.get("final_activation", True),
         )
 
-    def _bound_spec(self) -> TargetSpec:
-        if self.spec is None:
-            raise RuntimeError(
-                f"{type(self).__name__} is not bound to a target yet: build it with "
-                "(spec, cond_dim), call bind(), or give it to HyperNetwork"
-            )
-        return self.spec
-
     def _split(self, flat: Tensor) -> dict[str, Tensor]:
         """``(M, spec.numel)`` -> ``{name: (M, *shape)}`` as views."""
-        spec = self._bound_spec()
+        spec = self.spec
         parts = flat.split([p.numel for p in spec], dim=-1)
         return {p.name: t.view(-1, *p.shape) for p, t in zip(spec, parts, strict=True)}
 
@@ -193,8 +194,62 @@ class Generator(nn.Module):
 
     def extra_repr(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
-        bound = f"{len(self.spec)} tensors, {self.spec.numel:,} weights" if self.spec else "unbound"
-        return f"{opts}, {bound}" if opts else bound
+        size = f"{len(self.spec)} tensors, {self.spec.numel:,} weights"
+        return f"{opts}, {size}" if opts else size
+
+
+G = TypeVar("G", bound=Generator)
+
+
+class GeneratorFactory(Generic[G]):
+    """A generator class and its options: ``factory(spec, cond_dim)`` builds the generator.
+
+    What :meth:`Generator.factory` returns, and what :class:`~hyperloom.HyperNetwork` takes when
+    the spec is the target's (any callable ``(spec, cond_dim) -> Generator`` works as well).
+    :meth:`config` is the built generator's checkpoint configuration.
+
+    Args:
+        cls: the generator class.
+        options: its keyword-only constructor options.
+
+    Raises:
+        TypeError: an option ``cls`` does not take.
+
+    Example:
+        >>> import hyperloom as hl
+        >>> make = hl.ChunkedGenerator.factory(chunk_size=64)
+        >>> make.config()
+        {'name': 'chunked', 'options': {'chunk_size': 64}}
+        >>> make(hl.select(nn.Linear(8, 16)), 4).num_chunks
+        3
+    """
+
+    def __init__(self, cls: type[G], options: dict[str, Any]) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, Generator)):
+            raise TypeError(f"GeneratorFactory takes a Generator class, got {cls!r}")
+        # the options: every parameter after self, spec and cond_dim
+        params = list(inspect.signature(cls.__init__).parameters.values())[3:]
+        takes = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        unknown = sorted(set(options) - set(takes))
+        if unknown and not any(p.kind is p.VAR_KEYWORD for p in params):
+            raise TypeError(
+                f"{cls.__name__} takes no option {', '.join(map(repr, unknown))}; its options: "
+                f"{', '.join(takes) or 'none'}"
+            )
+        self.cls = cls
+        self.options = dict(options)
+
+    def __call__(self, spec: TargetSpec, cond_dim: int) -> G:
+        """Build the generator for ``spec`` and conditioning size ``cond_dim``."""
+        return self.cls(spec, cond_dim, **self.options)
+
+    def config(self) -> dict[str, Any]:
+        """``{"name": registry name, "options": the options given}``, JSON-ready."""
+        return {"name": self.cls.registry_name, "options": _jsonable(self.options)}
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{self.cls.__name__}.factory({opts})"
 
 
 def check_cond_dim(cond_dim: object) -> None:

@@ -23,7 +23,7 @@ class ChunkedGenerator(Generator):
     the target.
 
     Args:
-        spec: the target spec (or ``None``, to be bound later).
+        spec: the target spec (the tensors to generate).
         cond_dim: conditioning size (or ``None``).
         chunk_size: numbers per chunk.
         chunk_dim: size of each chunk embedding.
@@ -49,8 +49,8 @@ class ChunkedGenerator(Generator):
 
     def __init__(
         self,
-        spec: TargetSpec | None = None,
-        cond_dim: int | None = None,
+        spec: TargetSpec,
+        cond_dim: int,
         *,
         chunk_size: int = 1024,
         chunk_dim: int = 8,
@@ -65,6 +65,8 @@ class ChunkedGenerator(Generator):
                 f"chunk_size and chunk_dim must be >= 1, got {chunk_size} and {chunk_dim}"
             )
         super().__init__(
+            spec,
+            cond_dim,
             {
                 "chunk_size": chunk_size,
                 "chunk_dim": chunk_dim,
@@ -73,15 +75,13 @@ class ChunkedGenerator(Generator):
                 "norm": norm,
                 "final_activation": final_activation,
                 "per_context_chunks": per_context_chunks,
-            }
+            },
         )
-        if spec is not None:
-            self.bind(spec, cond_dim)  # type: ignore[arg-type]
 
     @property
     def num_chunks(self) -> int:
         """Number of chunks covering the spec."""
-        return -(-self._bound_spec().numel // self.options["chunk_size"])
+        return -(-self.spec.numel // self.options["chunk_size"])
 
     @staticmethod
     def context_size(spec: TargetSpec, dim: int, *, chunk_size: int, chunk_dim: int = 8) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +26,7 @@ class ComponentGenerator(Generator):
     distinct shape, not per layer.
 
     Args:
-        spec: the target spec (or ``None``, to be bound later).
+        spec: the target spec (the tensors to generate).
         cond_dim: conditioning size (or ``None``).
         component_dim: size of each component embedding.
         hidden: trunk hidden sizes.
@@ -46,8 +47,8 @@ class ComponentGenerator(Generator):
 
     def __init__(
         self,
-        spec: TargetSpec | None = None,
-        cond_dim: int | None = None,
+        spec: TargetSpec,
+        cond_dim: int,
         *,
         component_dim: int = 8,
         hidden: Sequence[int] = (64,),
@@ -58,16 +59,16 @@ class ComponentGenerator(Generator):
         if component_dim < 1:
             raise ValueError(f"component_dim must be >= 1, got {component_dim}")
         super().__init__(
+            spec,
+            cond_dim,
             {
                 "component_dim": component_dim,
                 "hidden": tuple(hidden),
                 "activation": activation,
                 "norm": norm,
                 "final_activation": final_activation,
-            }
+            },
         )
-        if spec is not None:
-            self.bind(spec, cond_dim)  # type: ignore[arg-type]
 
     def _build(self) -> None:
         o = self.options
@@ -96,8 +97,9 @@ class ComponentGenerator(Generator):
     def _readouts(self, variance: dict[str, float]) -> list[tuple[nn.Linear, Tensor]]:
         # Same-shaped weights share their fan-in, so the head's target variance is exact for
         # them; vectors of equal length with different fans share the mean.
-        out = []
+        out: list[tuple[nn.Linear, Tensor]] = []
         for members, head in zip(self.groups, self.heads, strict=True):
+            head = cast(nn.Linear, head)
             v = sum(variance[self.spec.params[i].name] for i in members) / len(members)
             out.append((head, torch.full((head.out_features,), float(v))))
         return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +39,7 @@ class ConvGenerator(Generator):
     such tensors the trunk is not built.
 
     Args:
-        spec: the target spec (or ``None``, to be bound later).
+        spec: the target spec (the tensors to generate).
         cond_dim: conditioning size (or ``None``).
         embedding_dim: size of each slice embedding :math:`z_j` (Ha et al.: 4).
         projection_dim: size :math:`d` of the intermediate vectors :math:`a_{j,o}` (Ha et al.: 4).
@@ -62,8 +63,8 @@ class ConvGenerator(Generator):
 
     def __init__(
         self,
-        spec: TargetSpec | None = None,
-        cond_dim: int | None = None,
+        spec: TargetSpec,
+        cond_dim: int,
         *,
         embedding_dim: int = 4,
         projection_dim: int = 4,
@@ -83,6 +84,8 @@ class ConvGenerator(Generator):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         super().__init__(
+            spec,
+            cond_dim,
             {
                 "embedding_dim": embedding_dim,
                 "projection_dim": projection_dim,
@@ -92,10 +95,8 @@ class ConvGenerator(Generator):
                 "activation": activation,
                 "norm": norm,
                 "final_activation": final_activation,
-            }
+            },
         )
-        if spec is not None:
-            self.bind(spec, cond_dim)  # type: ignore[arg-type]
 
     @staticmethod
     def is_kernel(p: ParamInfo) -> bool:
@@ -112,7 +113,7 @@ class ConvGenerator(Generator):
     def num_slices(self) -> int:
         """Kernel slices (learned embeddings) over all generated kernels."""
         total = 0
-        for p in self._bound_spec():
+        for p in self.spec:
             if self.is_kernel(p):
                 _, _, n_out, n_in = self._tiling(p)
                 total += n_out * n_in
@@ -180,11 +181,13 @@ class ConvGenerator(Generator):
     def _readouts(self, variance: dict[str, float]) -> list[tuple[nn.Linear, Tensor]]:
         # W_out serves every slice of its group: it aims at the mean variance of the kernels
         # there (exact when they share their fan-in, as the layers of one ResNet stage do).
-        out = []
+        out: list[tuple[nn.Linear, Tensor]] = []
         for members, second in zip(self.kernel_groups, self.second, strict=True):
+            second = cast(nn.Linear, second)
             v = sum(variance[self.spec.params[i].name] for i in members) / len(members)
             out.append((second, torch.full((second.out_features,), float(v))))
         for i, head in zip(self.plain, self.heads if self.plain else [], strict=True):
+            head = cast(nn.Linear, head)
             v = float(variance[self.spec.params[i].name])
             out.append((head, torch.full((head.out_features,), v)))
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +23,7 @@ class HeadsGenerator(Generator):
     frozen.
 
     Args:
-        spec: the target spec (or ``None``, to be bound later).
+        spec: the target spec (the tensors to generate).
         cond_dim: conditioning size (or ``None``).
         hidden: trunk hidden sizes.
         activation: trunk activation (a name or a ``torch.nn`` activation module).
@@ -41,8 +42,8 @@ class HeadsGenerator(Generator):
 
     def __init__(
         self,
-        spec: TargetSpec | None = None,
-        cond_dim: int | None = None,
+        spec: TargetSpec,
+        cond_dim: int,
         *,
         hidden: Sequence[int] = (64,),
         activation: Activation = "relu",
@@ -50,15 +51,15 @@ class HeadsGenerator(Generator):
         final_activation: bool = True,
     ) -> None:
         super().__init__(
+            spec,
+            cond_dim,
             {
                 "hidden": tuple(hidden),
                 "activation": activation,
                 "norm": norm,
                 "final_activation": final_activation,
-            }
+            },
         )
-        if spec is not None:
-            self.bind(spec, cond_dim)  # type: ignore[arg-type]
 
     def _build(self) -> None:
         self.trunk = self._trunk(self.cond_dim)
@@ -72,10 +73,12 @@ class HeadsGenerator(Generator):
         }
 
     def _element_readouts(self) -> list[tuple[nn.Linear, list[str]]]:
-        return [(head, [p.name]) for p, head in zip(self._bound_spec(), self.heads, strict=True)]
+        return [
+            (cast(nn.Linear, head), [p.name]) for p, head in zip(self.spec, self.heads, strict=True)
+        ]
 
     def _readouts(self, variance: dict[str, float]) -> list[tuple[nn.Linear, Tensor]]:
         return [
-            (head, torch.full((p.numel,), float(variance[p.name])))
+            (cast(nn.Linear, head), torch.full((p.numel,), float(variance[p.name])))
             for p, head in zip(self.spec, self.heads, strict=True)
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +23,7 @@ class LowRankGenerator(Generator):
     generated directly. Output heads shrink from ``out * in`` to ``r * (out + in)`` rows.
 
     Args:
-        spec: the target spec (or ``None``, to be bound later).
+        spec: the target spec (the tensors to generate).
         cond_dim: conditioning size (or ``None``).
         rank: the rank ``r`` (capped at ``min(out, in)`` per tensor).
         hidden: trunk hidden sizes.
@@ -42,8 +43,8 @@ class LowRankGenerator(Generator):
 
     def __init__(
         self,
-        spec: TargetSpec | None = None,
-        cond_dim: int | None = None,
+        spec: TargetSpec,
+        cond_dim: int,
         *,
         rank: int = 4,
         hidden: Sequence[int] = (64,),
@@ -54,16 +55,16 @@ class LowRankGenerator(Generator):
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
         super().__init__(
+            spec,
+            cond_dim,
             {
                 "rank": rank,
                 "hidden": tuple(hidden),
                 "activation": activation,
                 "norm": norm,
                 "final_activation": final_activation,
-            }
+            },
         )
-        if spec is not None:
-            self.bind(spec, cond_dim)  # type: ignore[arg-type]
 
     def _factors(self, shape: tuple[int, ...]) -> tuple[int, int, int] | None:
         if len(shape) < 2:
@@ -90,6 +91,7 @@ class LowRankGenerator(Generator):
         h = self.trunk(cond)  # (M, h)
         out = {}
         for p, heads in zip(self.spec, self.heads, strict=True):
+            heads = cast(nn.ModuleList, heads)  # [U] or [U, V] heads of one tensor
             f = self._factors(p.shape)
             if f is None:
                 out[p.name] = heads[0](h).view(-1, *p.shape)
@@ -106,13 +108,14 @@ class LowRankGenerator(Generator):
         # so the product starts at zero but still receives gradients.
         out = []
         for p, heads in zip(self.spec, self.heads, strict=True):
+            u, *rest = [cast(nn.Linear, head) for head in cast(nn.ModuleList, heads)]
             v = float(variance[p.name])
             f = self._factors(p.shape)
             if f is None:
-                out.append((heads[0], torch.full((p.numel,), v)))
+                out.append((u, torch.full((p.numel,), v)))
                 continue
             _, _, r = f
             vu, vv = ((v / r) ** 0.5, (v / r) ** 0.5) if v > 0 else (1.0 / r, 0.0)
-            out.append((heads[0], torch.full((heads[0].out_features,), vu)))
-            out.append((heads[1], torch.full((heads[1].out_features,), vv)))
+            out.append((u, torch.full((u.out_features,), vu)))
+            out.append((rest[0], torch.full((rest[0].out_features,), vv)))
         return out

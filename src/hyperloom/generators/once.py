@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..functional import _functorch_active
+from ..functional.dispatch import functorch_active
 from ..target import TargetSpec
 from .base import Generator, per_element_variance
 from .registry import register_generator
@@ -24,7 +24,7 @@ class FlatGenerator(Generator):
     to run, but the output layer alone has ``h * spec.numel`` parameters.
 
     Args:
-        spec: the target spec (or ``None``, to be bound later).
+        spec: the target spec (the tensors to generate).
         cond_dim: conditioning size (or ``None``).
         hidden: trunk hidden sizes.
         activation: trunk activation.
@@ -45,8 +45,8 @@ class FlatGenerator(Generator):
 
     def __init__(
         self,
-        spec: TargetSpec | None = None,
-        cond_dim: int | None = None,
+        spec: TargetSpec,
+        cond_dim: int,
         *,
         hidden: Sequence[int] = (64,),
         activation: Activation = "relu",
@@ -54,15 +54,15 @@ class FlatGenerator(Generator):
         final_activation: bool = True,
     ) -> None:
         super().__init__(
+            spec,
+            cond_dim,
             {
                 "hidden": tuple(hidden),
                 "activation": activation,
                 "norm": norm,
                 "final_activation": final_activation,
-            }
+            },
         )
-        if spec is not None:
-            self.bind(spec, cond_dim)  # type: ignore[arg-type]
 
     def _build(self) -> None:
         self.trunk = self._trunk(self.cond_dim)
@@ -82,7 +82,7 @@ class FlatGenerator(Generator):
         return self.trunk(cond), r  # (*, K)
 
     def _element_readouts(self) -> list[tuple[nn.Linear, list[str]]]:
-        return [(self.readout, list(self._bound_spec().names))]
+        return [(self.readout, list(self.spec.names))]
 
     def _readouts(self, variance: dict[str, float]) -> list[tuple[nn.Linear, Tensor]]:
         return [(self.readout, per_element_variance(self.spec, variance))]
@@ -120,7 +120,7 @@ def readout_parts(readout: nn.Linear, h: Tensor, sizes: list[int]) -> list[Tenso
         and (h.requires_grad or w.requires_grad or (b is not None and b.requires_grad))
         and type(readout) is nn.Linear
         and not (readout._forward_hooks or readout._forward_pre_hooks)
-        and not _functorch_active()
+        and not functorch_active()
     ):
         return list(_ReadoutParts.apply(h, w, b, sizes))
     return list(readout(h).split(sizes, dim=-1))

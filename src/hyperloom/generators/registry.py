@@ -54,9 +54,25 @@ def get_generator(name: str) -> type[Generator]:
         ) from None
 
 
-def build_generator(
-    config: Mapping[str, Any], spec: TargetSpec | None = None, cond_dim: int | None = None
-) -> Generator:
-    """Rebuild a generator from its ``config()``; bound when ``spec`` is given."""
+def build_generator(config: Mapping[str, Any], spec: TargetSpec, cond_dim: int) -> Generator:
+    """Rebuild a generator from its ``config()`` for ``spec`` and conditioning size ``cond_dim``.
+
+    Args:
+        config: ``{"name": registry name, "options": {...}}`` (a generator's or a factory's).
+        spec: the tensors to generate.
+        cond_dim: the conditioning size.
+
+    Returns:
+        A new generator, its parameters freshly initialised.
+
+    Raises:
+        ValueError: an unregistered name.
+
+    Example:
+        >>> import hyperloom as hl
+        >>> spec = hl.select(nn.Linear(3, 2))
+        >>> build_generator({"name": "chunked", "options": {"chunk_size": 4}}, spec, 5).num_chunks
+        2
+    """
     cls = get_generator(str(config["name"]))
     return cls(spec, cond_dim, **dict(config.get("options", {})))

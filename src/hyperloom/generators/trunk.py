@@ -6,7 +6,7 @@ import copy
 import inspect
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -169,7 +169,7 @@ class MLPTrunk(nn.Module):
             m, k = c.shape[0], e.shape[-2]
             x = torch.cat([c[:, None].expand(m, k, -1), e.expand(m, k, -1)], dim=-1)
             return F.rms_norm(x, (x.shape[-1],)) if self.norm else x
-        first = self.layers[0]
+        first = cast(nn.Linear, self.layers[0])
         d = c.shape[-1]
         h = F.linear(c, first.weight[:, :d])[:, None] + F.linear(e, first.weight[:, d:], first.bias)
         x = self._act(h, 0)  # (M, K, hidden[0])

@@ -11,7 +11,7 @@ Example:
     >>> from torch import nn
     >>> from hyperloom import pareto
     >>> hnet = hl.HyperNetwork(
-    ...     nn.Linear(1, 1), pareto.Preference(2, dim=8), hl.ChunkedGenerator(chunk_size=2)
+    ...     nn.Linear(1, 1), pareto.Preference(2, dim=8), hl.ChunkedGenerator.factory(chunk_size=2)
     ... )
     >>> x, y = torch.randn(32, 1), torch.randn(32, 2)
     >>> ray = pareto.dirichlet_rays(1, 2, generator=torch.Generator().manual_seed(0))[0]

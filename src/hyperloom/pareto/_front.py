@@ -90,7 +90,7 @@ def front(
     Example:
         >>> import hyperloom as hl
         >>> from torch import nn
-        >>> gen = hl.ChunkedGenerator(chunk_size=4)
+        >>> gen = hl.ChunkedGenerator.factory(chunk_size=4)
         >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), Preference(2), gen)
         >>> x, y = torch.randn(10, 3), torch.randn(10, 2)
         >>> mse = lambda out, y: ((out - y) ** 2).mean(1)  # (R, 2)

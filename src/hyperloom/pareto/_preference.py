@@ -185,7 +185,7 @@ class Preference(Conditioner):
         >>> import hyperloom as hl
         >>> from torch import nn
         >>> pref = Preference(2, dim=16)
-        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), pref, hl.ChunkedGenerator(chunk_size=8))
+        >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), pref, hl.ChunkedGenerator.factory(chunk_size=8))
         >>> hnet(torch.randn(5, 4), ray=torch.tensor([0.3, 0.7])).shape
         torch.Size([5, 2])
         >>> hnet(torch.randn(5, 4), ray=hl.pareto.ray_grid(5)).shape  # one ray per sample

@@ -326,7 +326,9 @@ def run(config: Config) -> dict:
                 net = HyperNetwork(
                     lora,
                     conditioner,
-                    ComponentGenerator(component_dim=config.component_dim, hidden=(config.hidden,)),
+                    ComponentGenerator.factory(
+                        component_dim=config.component_dim, hidden=(config.hidden,)
+                    ),
                 )
                 lr = config.lr
 

@@ -52,7 +52,7 @@ from ..causal import (
     standardise,
     stratified_split,
 )
-from ..generators import ChunkedGenerator, FlatGenerator, Generator, HeadsGenerator
+from ..generators import ChunkedGenerator, FlatGenerator, GeneratorFactory, HeadsGenerator
 from .reproduce import Recorded
 from .runs import (
     Stopwatch,
@@ -243,13 +243,13 @@ def check_config(config: Config) -> None:
         raise ValueError(f"n_train must be >= 8 (or none), got {config.n_train}")
 
 
-def make_generator(config: Config) -> Generator:
-    """A fresh, unbound core generator as ``config.generator`` names it."""
+def make_generator(config: Config) -> GeneratorFactory:
+    """A factory of the core generator ``config.generator`` names."""
     if config.generator == "flat":
-        return FlatGenerator(hidden=config.gen_hidden)
+        return FlatGenerator.factory(hidden=config.gen_hidden)
     if config.generator == "heads":
-        return HeadsGenerator(hidden=config.gen_hidden)
-    return ChunkedGenerator(chunk_size=config.chunk_size, hidden=config.gen_hidden)
+        return HeadsGenerator.factory(hidden=config.gen_hidden)
+    return ChunkedGenerator.factory(chunk_size=config.chunk_size, hidden=config.gen_hidden)
 
 
 def split_units(

@@ -385,7 +385,7 @@ def run(config: Config) -> dict:
             hnet = HyperNetwork(
                 make_net(k),
                 TaskEmbedding(n_tasks, config.emb_dim),
-                ChunkedGenerator(
+                ChunkedGenerator.factory(
                     chunk_size=config.chunk_size,
                     chunk_dim=config.chunk_dim,
                     hidden=config.hnet_hidden,

@@ -140,7 +140,7 @@ def run(config: Config) -> dict:
             if name == "direct":
                 model, forward = target, target
             else:
-                gen = ConvGenerator(
+                gen = ConvGenerator.factory(
                     embedding_dim=config.embedding_dim,
                     projection_dim=config.projection_dim,
                     block_out=config.channels,

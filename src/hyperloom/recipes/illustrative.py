@@ -141,7 +141,7 @@ def _generator(name: str, config: Config):
     options: dict = {"hidden": config.hnet_hidden}
     if name == "chunked":
         options["chunk_size"] = config.chunk_size
-    return get_generator(name)(**options)
+    return get_generator(name).factory(**options)
 
 
 @torch.no_grad()

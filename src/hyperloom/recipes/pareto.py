@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..generators import ChunkedGenerator, Generator, HeadsGenerator
+from ..generators import ChunkedGenerator, GeneratorFactory, HeadsGenerator
 from ..hypernet import HyperNetwork
 from ..networks import build_target
 from ..pareto import (
@@ -500,9 +500,9 @@ def run(config: Config) -> dict:
                     p.numel() for mod in linears[config.shared_layers :] for p in mod.parameters()
                 )
                 if config.generator == "heads":
-                    generator: Generator = HeadsGenerator(hidden=config.hnet_hidden)
+                    generator: GeneratorFactory = HeadsGenerator.factory(hidden=config.hnet_hidden)
                 else:
-                    generator = ChunkedGenerator(
+                    generator = ChunkedGenerator.factory(
                         chunk_size=min(config.chunk_size, numel),
                         chunk_dim=config.chunk_dim,
                         hidden=config.hnet_hidden,

@@ -350,7 +350,7 @@ def noise_hypernets(target: nn.Module, config: Config) -> list[HyperNetwork]:
         HyperNetwork(
             target,
             Noise(config.z_dim),
-            FlatGenerator(hidden=config.gen_hidden, norm=config.gen_norm),
+            FlatGenerator.factory(hidden=config.gen_hidden, norm=config.gen_norm),
             generate=lambda name, _, prefixes=tuple(f"{n}." for n in group): name.startswith(
                 prefixes
             ),

@@ -23,7 +23,7 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from ..conditioning.base import Conditioner
 from ..functional import call_batched
-from ..generators.base import Generator
+from ..generators.base import Generator, GeneratorFactory
 from ..generators.once import FlatGenerator
 from ..hypernet import HyperNetwork
 
@@ -133,7 +133,7 @@ class HyperContext(nn.Module):
     Args:
         target: any ``nn.Module`` reading ``(B, obs_dim)``; its parameters are generated.
         context_dim: context size.
-        generator: an unbound generator (default ``FlatGenerator(hidden=(64,))``, whose
+        generator: a generator factory (default ``FlatGenerator.factory(hidden=(64,))``, whose
             per-sample call never forms the per-row weights of ``Linear`` layers).
 
     Example:
@@ -143,10 +143,14 @@ class HyperContext(nn.Module):
     """
 
     def __init__(
-        self, target: nn.Module, context_dim: int, *, generator: Generator | None = None
+        self,
+        target: nn.Module,
+        context_dim: int,
+        *,
+        generator: Generator | GeneratorFactory | None = None,
     ) -> None:
         super().__init__()
-        gen = generator if generator is not None else FlatGenerator(hidden=(64,))
+        gen = generator if generator is not None else FlatGenerator.factory(hidden=(64,))
         self.context_dim = int(context_dim)
         self.hnet = HyperNetwork(target, ContextConditioner(context_dim), gen)
         # Every parameter of the target is generated, so its own tensors are never used.
@@ -257,7 +261,7 @@ def contextual(
         torch.Size([5, 2])
     """
     if method == "hyper":
-        gen = FlatGenerator(hidden=hnet_hidden)
+        gen = FlatGenerator.factory(hidden=hnet_hidden)
         return HyperContext(mlp(obs_dim, out_dim, hidden), context_dim, generator=gen)
     if method == "concat":
         return ConcatContext(mlp(obs_dim + context_dim, out_dim, hidden), context_dim)

@@ -21,7 +21,8 @@ Example:
     >>> import torch, hyperloom as hl
     >>> from torch import nn
     >>> target = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
-    >>> hnet = hl.HyperNetwork(target, hl.Noise(8, seed=0), hl.ChunkedGenerator(chunk_size=32))
+    >>> hnet = hl.HyperNetwork(target, hl.Noise(8, seed=0),
+    ...     hl.ChunkedGenerator.factory(chunk_size=32))
     >>> x = torch.randn(10, 4)
     >>> pred = hl.uncertainty.predict_classification(hnet, x, k=6)
     >>> pred.probs.shape, pred.mutual_information.shape

@@ -44,7 +44,7 @@ def sample_weights(
     Example:
         >>> import hyperloom as hl
         >>> from torch import nn
-        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.Noise(4, seed=0), hl.FlatGenerator())
+        >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.Noise(4, seed=0), hl.FlatGenerator.factory())
         >>> sample_weights(hnet, 5)["weight"].shape
         torch.Size([5, 2, 3])
     """

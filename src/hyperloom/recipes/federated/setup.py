@@ -235,7 +235,7 @@ def build_hypernet(config: Config, target: nn.Module, personal_head: bool) -> Hy
     return HyperNetwork(
         target,
         TaskEmbedding(config.num_clients, dim),
-        HeadsGenerator(hidden=(config.hn_hidden,) * config.hn_layers),
+        HeadsGenerator.factory(hidden=(config.hn_hidden,) * config.hn_layers),
         generate=(lambda n, p: not n.startswith("out.")) if personal_head else None,
         gain=math.sqrt(2.0),  # ReLU target
     )
