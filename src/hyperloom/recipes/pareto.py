@@ -536,11 +536,26 @@ def run(config: Config) -> dict:
                 )
                 models: list[nn.Module] = [hnet]
                 model_rays = [equal]  # unused: PHN draws a new ray every step
-                lr = s["hnet_lr"]
+                lr, epochs = s["hnet_lr"], s["phn_epochs"]
+
+                def step_ray(fixed: Tensor) -> Tensor:  # a new preference for every step
+                    g = draws  # noqa: B023  (called within this iteration only)
+                    return dirichlet_rays(1, m, alpha=config.alpha, generator=g)[0]
+
+                def forward(model: nn.Module, x: Tensor, r: Tensor) -> Tensor:
+                    return model(x, ray=r)
             else:
                 model_rays = list(rays) if method == "per-ray" else [equal]
                 models = [make_net() for _ in model_rays]
-                lr = s["lr"]
+                lr, epochs = s["lr"], s["epochs"]
+
+                def step_ray(fixed: Tensor) -> Tensor:  # each network keeps its own ray
+                    return fixed
+
+                def forward(model: nn.Module, x: Tensor, r: Tensor) -> Tensor:
+                    return model(x)
+
+            scalar = "ls" if method == "multitask" else config.loss
 
             # ---- training: every model sees the same epochs of minibatches -------------------
             steps = 0
@@ -552,19 +567,13 @@ def run(config: Config) -> dict:
                         {"params": [p for n, p in named if n.startswith("target.")]},
                     ]
                     opt = torch.optim.Adam([g for g in groups if g["params"]], lr=s["lr"])
-                    epochs = s["phn_epochs"] if method == "phn" else s["epochs"]
                     for _ in progress(range(epochs), quiet=config.quiet, desc=method):
                         order = torch.randperm(len(data.x_train), generator=batches)
                         for i in range(0, len(order), s["batch_size"]):
                             idx = order[i : i + s["batch_size"]]
                             x, y = data.x_train[idx], data.y_train[idx]
-                            if method == "phn":  # a new preference for every step
-                                r = dirichlet_rays(1, m, alpha=config.alpha, generator=draws)[0]
-                                out = model(x, ray=r)
-                            else:
-                                r, out = ray, model(x)
-                            scalar = "ls" if method == "multitask" else config.loss
-                            loss = scalarize(scalar, losses_of(out, y), r)
+                            r = step_ray(ray)
+                            loss = scalarize(scalar, losses_of(forward(model, x, r), y), r)
                             opt.zero_grad(set_to_none=True)
                             loss.backward()
                             opt.step()
