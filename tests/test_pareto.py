@@ -155,13 +155,13 @@ def test_front_equals_one_evaluation_per_ray():
     hnet = _hnet()
     x, y = torch.randn(23, 3), torch.randn(23, 2)
     rays = pareto.ray_grid(6, margin=0.05)
-    got = pareto.front(hnet, rays, x, y, _mse, batch_size=5)
+    got = pareto.front(hnet, x, y, _mse, ray=rays, batch_size=5)
     with torch.no_grad():
         expected = torch.cat([_mse(hnet(x, ray=r)[None], y) for r in rays])
     torch.testing.assert_close(got, expected)
     with pytest.raises(TypeError, match="Preference"):
         noise = hl.HyperNetwork(nn.Linear(3, 2), hl.Noise(4), hl.FlatGenerator.factory())
-        pareto.front(noise, rays, x, y, _mse)
+        pareto.front(noise, x, y, _mse, ray=rays)
 
 
 def test_non_dominated_against_brute_force():

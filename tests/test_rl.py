@@ -103,14 +103,14 @@ def test_unknown_parameter_or_env_refused():
 def test_bad_context_refused_by_networks(method, bad, match):
     net = rl.contextual(method, 4, 3, 2)
     with pytest.raises(ValueError, match=match):
-        net(torch.randn(5, 4), bad)
+        net(torch.randn(5, 4), context=bad)
 
 
 def test_hyper_context_equals_one_generation_per_row():
     net = rl.contextual("hyper", 4, 3, 2, hidden=(16,), hnet_hidden=(8,))
     ctx = torch.randn(3, 3)[torch.tensor([0, 2, 2, 1, 0, 2, 1])]  # repeated contexts
     x = torch.randn(7, 4)
-    out = net(x, ctx)
+    out = net(x, context=ctx)
     out.square().sum().backward()
     trained = [n for n, p in net.named_parameters() if p.requires_grad]
     assert trained and all(n.startswith("hnet.generator.") for n in trained)
@@ -139,7 +139,7 @@ def test_hyper_context_generates_only_the_target_and_describes_itself():
 def test_actor_critic_continuous_actions_are_rescaled():
     space = gym.spaces.Box(-2.0, 2.0, (1,))
     agent = rl.ActorCritic(rl.contextual("none", 3, 2, 1), rl.contextual("none", 3, 2, 1), space)
-    a, logp, ent, v = agent.act(torch.randn(6, 3), torch.zeros(6, 2))
+    a, logp, ent, v = agent.act(torch.randn(6, 3), context=torch.zeros(6, 2))
     assert a.shape == (6, 1) and logp.shape == ent.shape == v.shape == (6,)
     env_a = agent.env_action(torch.tensor([[-3.0], [0.5], [3.0]]))
     assert env_a.tolist() == [[-2.0], [1.0], [2.0]]
@@ -173,9 +173,9 @@ def test_ppo_loss_at_the_old_policy():
         rl.contextual("concat", 4, 1, 2), rl.contextual("concat", 4, 1, 1), gym.spaces.Discrete(2)
     )
     o, c = torch.randn(32, 4), torch.randn(32, 1)
-    a, logp, ent, v = agent.act(o, c)
+    a, logp, ent, v = agent.act(o, context=c)
     adv, ret = torch.randn(32), torch.randn(32)
-    loss, stats = rl.ppo_loss(agent, o, c, a, logp.detach(), adv, ret, ent_coef=0.1)
+    loss, stats = rl.ppo_loss(agent, o, a, logp.detach(), adv, ret, context=c, ent_coef=0.1)
     # ratio 1: the surrogate is minus the mean normalised advantage, i.e. zero
     assert stats["clipfrac"] == 0.0 and abs(stats["approx_kl"]) < 1e-6
     assert stats["policy_loss"] == pytest.approx(0.0, abs=1e-6)

@@ -6,6 +6,8 @@ hyperloom describe CHECKPOINT             the five criteria, spec and sizes of a
 hyperloom export CHECKPOINT --task N --out FILE
 hyperloom list                            generators, conditioners, recipes
 hyperloom reproduce RECIPE [--seeds 0,1 | --smoke]   rerun a recorded result beside the record
+hyperloom sweep RECIPE --grid KEY=V1,V2 --select PATH [--key=value ...]
+                                          one run per grid value, selected on a validation figure
 
 ``python -m hyperloom`` is the same command. Options are checked before any work: an invalid
 value exits with status 2 and a message naming the option; a failing command prints one line.
@@ -115,9 +117,9 @@ def cmd_list(args: argparse.Namespace, rest: Sequence[str]) -> int:
         cls = get_generator(name)
         print(f"  {name:<12}{cls.__name__:<22}{cls.strategy} ({cls.architecture})")
     print("conditioners:")
-    for name, cls in CONDITIONERS.items():
-        kind = cls.kind if isinstance(cls.kind, str) else ""  # Concat's depends on its parts
-        print(f"  {name:<12}{cls.__name__:<22}{kind or 'mixture'}")
+    for name, cond in CONDITIONERS.items():
+        kind = cond.kind if isinstance(cond.kind, str) else ""  # Concat's depends on its parts
+        print(f"  {name:<12}{cond.__name__:<22}{kind or 'mixture'}")
     print("recipes:")
     for name in sorted(RECIPES):
         print(f"  {name:<14}hyperloom train {name} --help")
@@ -138,6 +140,12 @@ def cmd_reproduce(args: argparse.Namespace, rest: Sequence[str]) -> int:
     from .recipes.reproduce import main as reproduce_main
 
     return reproduce_main(rest)
+
+
+def cmd_sweep(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from .recipes.sweep import main as sweep_main
+
+    return sweep_main(rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="rerun a recorded result: --help", add_help=False)
     p.set_defaults(func=cmd_reproduce, passthrough=True)
+
+    p = sub.add_parser("sweep", help="a grid of a recipe's options: --help", add_help=False)
+    p.set_defaults(func=cmd_sweep, passthrough=True)
     return parser
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -134,12 +134,13 @@ class LoRATarget(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the model with this module's factors (or those :func:`hyperloom.call` swaps in)."""
-        pairs = [(f.A, f.B) for f in self.factors]
+        factors = cast("list[_Factors]", list(self.factors))  # the ModuleList built above
+        pairs = [(f.A, f.B) for f in factors]
         with self._hooked(pairs, per_row=False):
             return self.model(*args, **kwargs)
 
     @contextmanager
-    def _hooked(self, pairs: list[tuple[Tensor, Tensor]], *, per_row: bool) -> Iterator[None]:
+    def _hooked(self, pairs: Sequence[tuple[Tensor, Tensor]], *, per_row: bool) -> Iterator[None]:
         modules = dict(self.model.named_modules())
         scale = self.scale
         handles = []

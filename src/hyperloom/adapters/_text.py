@@ -73,6 +73,14 @@ def load_encoder(path: str | os.PathLike | None = None) -> tuple[nn.Module, Any]
     return model.eval(), tokenizer
 
 
+def _input_embeddings(model: nn.Module) -> nn.Embedding:
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    if not isinstance(emb, nn.Embedding):
+        raise TypeError(f"{type(model).__name__} has no input embedding table to check against")
+    return emb
+
+
 def check_tokenizer(tokenizer: Any, model: nn.Module) -> None:
     """Raise unless every id ``tokenizer`` can produce has a row in ``model``'s embeddings.
 
@@ -89,10 +97,7 @@ def check_tokenizer(tokenizer: Any, model: nn.Module) -> None:
         >>> model, tok = load_encoder()  # doctest: +SKIP
         >>> check_tokenizer(tok, model)  # doctest: +SKIP
     """
-    get = getattr(model, "get_input_embeddings", None)
-    emb = get() if callable(get) else None
-    if not isinstance(emb, nn.Embedding):
-        raise TypeError(f"{type(model).__name__} has no input embedding table to check against")
+    emb = _input_embeddings(model)
     size = len(tokenizer)
     if size > emb.num_embeddings:
         raise ValueError(
@@ -133,7 +138,7 @@ def tokenize(
         list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
     )
     ids = out["input_ids"]
-    rows = model.get_input_embeddings().num_embeddings
+    rows = _input_embeddings(model).num_embeddings
     if int(ids.max()) >= rows:
         raise ValueError(
             f"tokenizer/model mismatch: token id {int(ids.max())} has no row in the "

@@ -17,7 +17,8 @@ Example:
     >>> ray = pareto.dirichlet_rays(1, 2, generator=torch.Generator().manual_seed(0))[0]
     >>> losses = ((hnet(x, ray=ray) - y) ** 2).mean(0)  # (2,): one MSE per objective
     >>> pareto.linear_scalarization(losses, ray).backward()
-    >>> pareto.front(hnet, pareto.ray_grid(5), x, y, lambda o, y: ((o - y) ** 2).mean(1)).shape
+    >>> mse = lambda o, y: ((o - y) ** 2).mean(1)  # (R, 2)
+    >>> pareto.front(hnet, x, y, mse, ray=pareto.ray_grid(5)).shape
     torch.Size([5, 2])
 """
 

@@ -158,9 +158,11 @@ def regression_toy(
         x = torch.rand(n, 1, generator=g) * 2 - 1  # (n, 1)
         y = toy_functions(x) + noise * torch.randn(n, 2, generator=g)  # (n, 2)
         splits += [x, y]
+    x_train, y_train, x_test, y_test = splits
     return MultiObjectiveData(
-        "regression", *splits, objectives=("sin 3x", "cos 3x"), kind="regression"
-    )
+        "regression", x_train, y_train, x_test, y_test,
+        objectives=("sin 3x", "cos 3x"), kind="regression",
+    )  # fmt: skip
 
 
 def _pairs(

@@ -50,22 +50,24 @@ def evaluate(
         raise ValueError(f"x and y must hold the same number (> 0) of rows, got {len(x)}, {len(y)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    total = None
+    total: Tensor | None = None
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
         values = metrics(outputs_of(xb), yb) * len(xb)  # (R, q)
         total = values if total is None else total + values
-    return total / len(x)  # type: ignore[operator]
+    if total is None:  # unreachable: x has rows (checked above)
+        raise ValueError("x has no rows")
+    return total / len(x)
 
 
 @torch.no_grad()
 def front(
     hnet: HyperNetwork,
-    rays: Tensor,
     x: Tensor,
     y: Tensor,
     metrics: Metrics,
     *,
+    ray: Tensor,
     batch_size: int = 1000,
 ) -> Tensor:
     """Sweep a preference-conditioned hypernetwork over rays and return each ray's metrics.
@@ -75,9 +77,10 @@ def front(
 
     Args:
         hnet: a hypernetwork whose conditioner is :class:`Preference`.
-        rays: ``(R, m)`` preference rays (e.g. :func:`ray_grid`).
         x: ``(N, ...)`` inputs; ``y``: ``(N, ...)`` targets.
         metrics: as for :func:`evaluate`; its first m columns are usually the objectives.
+        ray: ``(R, m)`` preference rays (e.g. :func:`ray_grid`), by the conditioner's keyword
+            as in ``hnet(x, ray=...)``.
         batch_size: samples per slice.
 
     Returns:
@@ -94,7 +97,7 @@ def front(
         >>> hnet = hl.HyperNetwork(nn.Linear(3, 2), Preference(2), gen)
         >>> x, y = torch.randn(10, 3), torch.randn(10, 2)
         >>> mse = lambda out, y: ((out - y) ** 2).mean(1)  # (R, 2)
-        >>> front(hnet, hl.pareto.ray_grid(5), x, y, mse).shape
+        >>> front(hnet, x, y, mse, ray=hl.pareto.ray_grid(5)).shape
         torch.Size([5, 2])
     """
     pref = hnet.conditioner
@@ -103,11 +106,9 @@ def front(
             f"front() needs a preference-conditioned hypernetwork (hl.pareto.Preference), got a "
             f"{type(pref).__name__} conditioner"
         )
-    rays = check_preference(rays, pref.num_objectives)
+    rays = check_preference(ray, pref.num_objectives)
     if rays.dim() != 2:
-        raise ValueError(
-            f"rays must have shape (R, {pref.num_objectives}), got {tuple(rays.shape)}"
-        )
+        raise ValueError(f"ray must have shape (R, {pref.num_objectives}), got {tuple(rays.shape)}")
     weights = hnet.generate(ray=rays)  # {name: (R, *shape)}
     r = len(rays)
 
@@ -173,7 +174,7 @@ def hypervolume(points: Tensor | np.ndarray | Sequence, ref: Sequence[float]) ->
     if not np.isfinite(pts).all():
         raise ValueError("points must be finite; got NaN or infinite objective values")
     try:
-        from pymoo.indicators.hv import HV
+        from pymoo.indicators.hv import HV  # type: ignore[import-untyped]  # pymoo ships no stubs
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(
             "hypervolume needs pymoo: pip install 'hyperloom[pareto]' (or pymoo>=0.6)"

@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +45,12 @@ from ..conditioning import SampleEncoder, TaskEmbedding
 from ..functional import call
 from ..generators import ComponentGenerator
 from ..hypernet import HyperNetwork
+from .config import out_field, quiet_field, seed_field
 from .reproduce import Recorded
-from .runs import format_table, make_run_dir, write_csv, write_json
+from .runs import (
+    make_run_dir,
+    write_results,
+)
 
 METHODS = ("hnet", "lora-per-task", "lora-shared", "frozen-linear")
 
@@ -100,9 +105,9 @@ class Config:
     init_scale: float = field(default=20.0, metadata={"help": "initial cosine-logit scale"})
     methods: tuple[str, ...] = field(default=METHODS, metadata={"help": "methods to run"})
     valid: bool = field(default=False, metadata={"help": "evaluate on the validation split"})
-    seed: int = field(default=0, metadata={"help": "random seed (data split, init, batches)"})
-    out: str = field(default="runs", metadata={"help": "folder for the run folder"})
-    quiet: bool = field(default=False, metadata={"help": "print less"})
+    seed: int = seed_field("random seed (data split, init, batches)")
+    out: str = out_field()
+    quiet: bool = quiet_field("print less")
 
 
 # The packaged MiniLM on a tiny budget: 3 training and 2 held-out categories, a few fortunes each,
@@ -264,7 +269,10 @@ def run(config: Config) -> dict:
 
     # Data: categories, tasks (index pairs into `cats`), tokenised fortunes, frozen embeddings.
     names = (*config.train_categories, *config.heldout_categories)
-    cats = ad.load_categories(names, per_split=tuple(config.per_split), seed=config.seed)
+    if len(config.per_split) != 3:
+        raise ValueError(f"per_split must be three counts (train,val,test), got {config.per_split}")
+    per_split = (config.per_split[0], config.per_split[1], config.per_split[2])
+    cats = ad.load_categories(names, per_split=per_split, seed=config.seed)
     n_train = len(config.train_categories)
     if config.train_pairs == "all":
         train_tasks = [(a, b) for a in range(n_train) for b in range(a + 1, n_train)]
@@ -300,7 +308,7 @@ def run(config: Config) -> dict:
         idx = offsets[split][cat] + (torch.rand(len(cat), generator=gen) * n).long()
         return _rows(tokens[split], idx), pairs, labels
 
-    def logits(pooled: Tensor, pairs: Tensor, scale: Tensor) -> Tensor:
+    def logits(pooled: Tensor, pairs: Tensor, scale: Tensor | float) -> Tensor:
         return scale * torch.einsum("nh,nkh->nk", pooled, class_emb[pairs])  # (N, 2)
 
     def pooled(out, batch: dict[str, Tensor]) -> Tensor:
@@ -317,6 +325,7 @@ def run(config: Config) -> dict:
         )
         for group in groups:
             scale = nn.Parameter(torch.tensor(config.init_scale))
+            net: nn.Module
             if method == "hnet":
                 conditioner = (
                     SampleEncoder(nn.Identity(), task_emb.shape[1], key="description")
@@ -345,7 +354,7 @@ def run(config: Config) -> dict:
                     copy.deepcopy(model),
                     LoraConfig(
                         r=config.rank,
-                        lora_alpha=config.alpha,
+                        lora_alpha=config.alpha,  # type: ignore[arg-type]  # peft says int; alpha/r
                         lora_dropout=0.0,
                         target_modules=list(lora.layers),
                     ),
@@ -385,7 +394,7 @@ def run(config: Config) -> dict:
 
     # Evaluation: every fortune of the evaluated split of every task, in a fixed order.
     tasks = train_tasks + heldout_tasks
-    rows = []
+    rows: list[dict[str, Any]] = []
     with torch.no_grad():
         for t, (a, b) in enumerate(tasks):
             seen = t < len(train_tasks)
@@ -406,13 +415,13 @@ def run(config: Config) -> dict:
                 if (method == "lora-per-task" or config.conditioning == "task") and not seen:
                     continue  # no adapter exists for a task never trained
                 if method == "hnet":  # one generated adapter for the whole task
-                    net, scale = trained[method]["net"], trained[method]["scale"][0]
+                    hnet, scale = trained[method]["net"], trained[method]["scale"][0]
                     ctx = (
                         {"description": task_emb[t]}
                         if config.conditioning == "description"
                         else {"task": torch.tensor(t)}
                     )
-                    out = call(lora, net.generate(**ctx), **batch)
+                    out = call(lora, hnet.generate(**ctx), **batch)
                 else:
                     k = t if method == "lora-per-task" else 0
                     net, scale = trained[method]["nets"][k], trained[method]["scale"][k]
@@ -435,7 +444,7 @@ def run(config: Config) -> dict:
             accs = [
                 r["accuracy"] for r in rows if r["setting"] == setting and r["method"] == method
             ]
-            params = (
+            n_params = (
                 trained[method]["params"]
                 if method in trained
                 else (
@@ -450,7 +459,7 @@ def run(config: Config) -> dict:
                     "method": method,
                     "accuracy": sum(accs) / len(accs),
                     "tasks": len(accs),
-                    "trainable_params": params,
+                    "trainable_params": n_params,
                     "train_seconds": trained[method]["seconds"] if method in trained else 0.0,
                 }
             )
@@ -459,9 +468,8 @@ def run(config: Config) -> dict:
         factors = trained["hnet"]["net"].generate(description=task_emb[t])
         ad.export_peft(lora, factors, run_dir / "peft_adapter", task_type="FEATURE_EXTRACTION")
     seconds = time.perf_counter() - start
-    write_csv(run_dir / "results.csv", rows)
-    write_json(
-        run_dir / "results.json",
+    write_results(
+        run_dir,
         {
             "config": asdict(config),
             "split": evaluated,
@@ -471,9 +479,11 @@ def run(config: Config) -> dict:
             "heldout_tasks": [task_text[t] for t in range(len(train_tasks), len(tasks))],
             "seconds": seconds,
         },
+        rows,
+        plot=lambda path: _plot(summary, path, config.seed),
+        plot_name="accuracy.png",
+        table=summary if not config.quiet else (),
     )
-    _plot(summary, run_dir / "accuracy.png", config.seed)
-    say(format_table(summary))
     say(f"{seconds:.0f}s")
     print(run_dir)
     return {"summary": summary, "per_task": rows, "run_dir": str(run_dir), "seconds": seconds}

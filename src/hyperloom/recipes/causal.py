@@ -53,6 +53,7 @@ from ..causal import (
     stratified_split,
 )
 from ..generators import ChunkedGenerator, FlatGenerator, GeneratorFactory, HeadsGenerator
+from .config import out_field, quiet_field, seed_field
 from .reproduce import Recorded
 from .runs import (
     Stopwatch,
@@ -60,8 +61,7 @@ from .runs import (
     format_table,
     make_run_dir,
     progress,
-    write_csv,
-    write_json,
+    write_results,
 )
 
 BASELINES = ("xlearner", "causal_forest")
@@ -136,7 +136,7 @@ class Config:
     weight_decay: float = field(default=1e-4, metadata={"help": "Adam weight decay"})
     forest_trees: int = field(default=200, metadata={"help": "causal forest: number of trees"})
     repeats: int = field(default=1, metadata={"help": "seeds seed, seed+1, ... (mean ± std)"})
-    seed: int = field(default=0, metadata={"help": "random seed (splits and initialisation)"})
+    seed: int = seed_field("random seed (splits and initialisation)")
     from_runs: tuple[str, ...] = field(
         default=(),
         metadata={
@@ -144,8 +144,8 @@ class Config:
             "run per seed), which must share every option but the seed"
         },
     )
-    out: str = field(default="runs", metadata={"help": "folder for the run folder"})
-    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+    out: str = out_field()
+    quiet: bool = quiet_field()
 
 
 # ``hyperloom reproduce causal --smoke``: every learner (plain and HyperITE) and both econml
@@ -276,9 +276,13 @@ def fit_baseline(name: str, x: Tensor, t: Tensor, y: Tensor, seed: int, trees: i
     Both use scikit-learn's ``HistGradientBoostingRegressor`` for the outcomes and
     ``HistGradientBoostingClassifier`` for the propensity (default settings).
     """
-    from econml.dml import CausalForestDML
-    from econml.metalearners import XLearner
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    # econml and scikit-learn ship no type stubs
+    from econml.dml import CausalForestDML  # type: ignore[import-untyped]
+    from econml.metalearners import XLearner  # type: ignore[import-untyped]
+    from sklearn.ensemble import (  # type: ignore[import-untyped]
+        HistGradientBoostingClassifier,
+        HistGradientBoostingRegressor,
+    )
 
     xn, tn, yn = x.numpy(), t.numpy(), y.numpy()
     reg = HistGradientBoostingRegressor(random_state=seed)
@@ -491,14 +495,17 @@ def run(config: Config) -> dict:
         "summary": summary,
         "minutes": minutes,
     }
-    write_json(run_dir / "results.json", results)
-    write_csv(run_dir / "results.csv", rows)
-    plot_pehe(rows, methods, instances, run_dir / "pehe.png")
-
     n = len(instances)
     print(f"\nACIC 2016, {n} instance(s), seeds {seeds}: sqrt(PEHE) and |ATE error|, mean over")
     print("instances; mean ± std over seeds")
-    print(format_table(summary["table"]))
+    write_results(
+        run_dir,
+        results,
+        rows,
+        plot=lambda path: plot_pehe(rows, methods, instances, path),
+        plot_name="pehe.png",
+        table=summary["table"],
+    )
     if summary["pairs"]:
         print(format_table(summary["pairs"]))
     print(f"{minutes:.1f} min\n{run_dir}")
@@ -527,16 +534,18 @@ def summarise(rows: list[dict], methods: list[str], seeds: list[int]) -> dict:
     """Per method: the mean over instances per seed, then mean ± std over seeds; per learner:
     the HyperITE version against the plain one (mean difference and wins per instance and seed).
     """
-    table, means = [], {}
+    table: list[dict] = []
+    means: dict[str, dict[str, float | list[float]]] = {}
+    pehe_out: dict[str, float] = {}  # per method, the mean over seeds
     for m in methods:
-        mine = [r for r in rows if r["method"] == m]
+        rows_m = [r for r in rows if r["method"] == m]
         per_seed = {
-            key: [statistics.fmean(r[key] for r in mine if r["seed"] == s) for s in seeds]
+            key: [statistics.fmean(r[key] for r in rows_m if r["seed"] == s) for s in seeds]
             for key in ("pehe_in", "pehe_out", "ate_in", "ate_out")
         }
-        means[m] = {k: statistics.fmean(v) for k, v in per_seed.items()} | {
-            f"{k}_seeds": v for k, v in per_seed.items()
-        }
+        means[m] = {k: statistics.fmean(v) for k, v in per_seed.items()}
+        means[m] |= {f"{k}_seeds": v for k, v in per_seed.items()}
+        pehe_out[m] = statistics.fmean(per_seed["pehe_out"])
         table.append(
             {
                 "method": m,
@@ -559,7 +568,7 @@ def summarise(rows: list[dict], methods: list[str], seeds: list[int]) -> dict:
                 "learner": plain,
                 "hyper - plain, out": f"{statistics.fmean(diffs):+.3f}",
                 "hyper lower": f"{sum(d < 0 for d in diffs)} of {len(diffs)}",
-                "relative": f"{means[m]['pehe_out'] / means[plain]['pehe_out'] - 1:+.1%}",
+                "relative": f"{pehe_out[m] / pehe_out[plain] - 1:+.1%}",
             }
         )
     return {"table": table, "pairs": pairs, "means": means}

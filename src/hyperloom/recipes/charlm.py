@@ -23,14 +23,16 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..architectures import HyperLSTM
+from .config import out_field, quiet_field, seed_field
 from .reproduce import Recorded
-from .runs import count_trainable, format_table, make_run_dir, progress, write_csv, write_json
+from .runs import count_trainable, make_run_dir, progress, write_results
 
 FORTUNES = Path("/usr/share/games/fortunes")
 MODELS = ("hyperlstm", "lstm")
@@ -103,9 +105,9 @@ class Config:
     max_chars: int | None = field(
         default=None, metadata={"help": "use at most this many characters (none: all)"}
     )
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    out: str = field(default="runs", metadata={"help": "folder for the run folder"})
-    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+    seed: int = seed_field()
+    out: str = out_field()
+    quiet: bool = quiet_field()
 
 
 def read_corpus(text: str) -> list[str]:
@@ -267,7 +269,7 @@ def run(config: Config) -> dict:
                     }
                 )
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in names:
         rows.append(
             {
@@ -287,8 +289,6 @@ def run(config: Config) -> dict:
     prompt = "The "
     samples = {n: sample(models[n], chars, prompt, config.sample_chars, config.seed) for n in names}
     (run_dir / "samples.txt").write_text("".join(f"==== {n}\n{s}\n\n" for n, s in samples.items()))
-    write_csv(run_dir / "curves.csv", curves)
-    _plot(curves, names, run_dir / "curves.png")
     result = {
         "config": asdict(config),
         "results": rows,
@@ -301,8 +301,15 @@ def run(config: Config) -> dict:
         "wall_seconds": time.perf_counter() - t_start,
         "threads": torch.get_num_threads(),
     }
-    write_json(run_dir / "results.json", result)
-    print(format_table(rows))
+    write_results(
+        run_dir,
+        result,
+        curves,
+        csv_name="curves.csv",
+        plot=lambda path: _plot(curves, names, path),
+        plot_name="curves.png",
+        table=rows,
+    )
     if ratio is not None:
         print(f"HyperLSTM step time / LSTM step time (medians): {ratio:.2f}")
     print(run_dir)

@@ -120,8 +120,8 @@ def _numeric_base(tp: Any) -> type | None:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _numeric_base(args[0]) if len(args) == 1 else None
     if origin is tuple:
-        args = typing.get_args(tp)
-        return _numeric_base(args[0]) if args else None
+        items = typing.get_args(tp)
+        return _numeric_base(items[0]) if items else None
     if tp in (int, float):
         return tp
     return None
@@ -232,9 +232,9 @@ def _parser_for(tp: Any) -> tuple[Callable[[str], Any], str]:
             parse, meta = _parser_for(args[0])
             return _optional(parse), meta + "|none"
     if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis and args[0] in (int, float, str):
-            return _tuple_of(args[0], args[0].__name__), f"{args[0].__name__.upper()},..."
+        items = typing.get_args(tp)
+        if len(items) == 2 and items[1] is Ellipsis and items[0] in (int, float, str):
+            return _tuple_of(items[0], items[0].__name__), f"{items[0].__name__.upper()},..."
     if tp is bool:
         return _parse_bool, "BOOL"
     if tp in (int, float, str):
@@ -248,7 +248,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
     for f in dataclasses.fields(config_cls):
         parse, metavar = _parser_for(hints[f.name])
         parse = _in_range(parse, field_range(f, hints[f.name]))
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            raise TypeError(f"config field {f.name!r} of {config_cls.__name__} has no default")
         flags = [f"--{f.name}"]
         if "_" in f.name:
             flags.append(f"--{f.name.replace('_', '-')}")
@@ -292,6 +297,26 @@ def data_dir_field() -> Any:
     return dataclasses.field(
         default=None, metadata={"help": "folder of the 4 IDX files (default: Debian's)"}
     )
+
+
+def seed_field(help: str = "random seed") -> Any:
+    """The ``seed`` option (default 0); ``help`` says what it seeds."""
+    return dataclasses.field(default=0, metadata={"help": help})
+
+
+def seeds_field(default: tuple[int, ...] = (0,), help: str = "seeds, one run each") -> Any:
+    """The ``seeds`` option of recipes that run once per seed."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def out_field() -> Any:
+    """The ``out`` option: the folder that run folders are created under."""
+    return dataclasses.field(default="runs", metadata={"help": "folder for the run folder"})
+
+
+def quiet_field(help: str = "no progress bars") -> Any:
+    """The ``quiet`` option (default false)."""
+    return dataclasses.field(default=False, metadata={"help": help})
 
 
 def parse_config(config_cls: type, argv: Sequence[str], prog: str = "") -> Any:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -28,17 +30,9 @@ from ..conditioning import TaskEmbedding
 from ..data import load_dataset
 from ..generators import ConvGenerator
 from ..hypernet import HyperNetwork
-from .config import data_dir_field, dataset_field
+from .config import data_dir_field, dataset_field, out_field, quiet_field, seed_field, seeds_field
 from .reproduce import Recorded
-from .runs import (
-    Stopwatch,
-    count_trainable,
-    format_table,
-    make_run_dir,
-    progress,
-    write_csv,
-    write_json,
-)
+from .runs import Stopwatch, count_correct, count_trainable, make_run_dir, progress, write_results
 
 BUDGET = 4240  # Ha et al.'s hypernetwork size for this layer
 
@@ -80,17 +74,17 @@ class Config:
     cond_dim: int = field(default=1, metadata={"help": "task embedding size"})
     embedding_dim: int = field(default=2, metadata={"help": "slice embedding size (N_z)"})
     projection_dim: int = field(default=4, metadata={"help": "two-step projection size (d)"})
-    seeds: tuple[int, ...] = field(default=(0,), metadata={"help": "seeds, one run each"})
+    seeds: tuple[int, ...] = seeds_field()
     tolerance: float = field(default=0.5, metadata={"help": "allowed error gap in points"})
     max_train: int | None = field(
         default=None, metadata={"help": "use at most this many training images (none: all)"}
     )
-    out: str = field(default="runs", metadata={"help": "folder for the run folder"})
-    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
-    seed: int = field(default=0, metadata={"help": "data subset seed (runs use --seeds)"})
+    out: str = out_field()
+    quiet: bool = quiet_field()
+    seed: int = seed_field("data subset seed (runs use --seeds)")
 
 
-def make_cnn(in_shape: tuple[int, ...], channels: int, kernel: int, classes: int) -> nn.Module:
+def make_cnn(in_shape: tuple[int, ...], channels: int, kernel: int, classes: int) -> nn.Sequential:
     """Ha et al.'s MNIST CNN: two ``kernel x kernel`` convs with max-pooling, then a linear layer.
 
     The second convolution's weight is ``"3.weight"``.
@@ -109,13 +103,9 @@ def make_cnn(in_shape: tuple[int, ...], channels: int, kernel: int, classes: int
     )
 
 
-@torch.no_grad()
-def test_error(forward, x: Tensor, y: Tensor) -> float:
-    """Test error in percent."""
-    wrong = 0
-    for i in range(0, len(x), 1000):
-        wrong += (forward(x[i : i + 1000]).argmax(-1) != y[i : i + 1000]).sum().item()
-    return 100.0 * wrong / len(x)
+def test_error(forward: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> float:
+    """Test error in percent (chunks of 1,000 images)."""
+    return 100.0 * (len(x) - count_correct(forward, x, y, batch_size=1000)) / len(x)
 
 
 def run(config: Config) -> dict:
@@ -137,6 +127,8 @@ def run(config: Config) -> dict:
         for name in ("direct", "generated"):
             torch.manual_seed(seed)
             target = make_cnn(in_shape, config.channels, config.kernel, data.num_classes)
+            model: nn.Module
+            forward: Callable[[Tensor], Tensor]
             if name == "direct":
                 model, forward = target, target
             else:
@@ -149,7 +141,7 @@ def run(config: Config) -> dict:
                 model = HyperNetwork(
                     target, TaskEmbedding(1, config.cond_dim), gen, generate="3.weight"
                 )
-                forward = lambda x, m=model: m(x, task=0)  # noqa: E731
+                forward = partial(model, task=0)
                 hnet_sizes = {
                     "generator": count_trainable(model.generator),
                     "task_embedding": count_trainable(model.conditioner),
@@ -179,7 +171,7 @@ def run(config: Config) -> dict:
                     "layer2_params": (
                         sum(hnet_sizes.values())
                         if name == "generated"
-                        else target[3].weight.numel()
+                        else target[3].get_parameter("weight").numel()
                     ),
                     "minutes": sw.seconds / 60,
                 }
@@ -201,13 +193,13 @@ def run(config: Config) -> dict:
         "within_budget": hnet_params <= BUDGET,
         "claim_holds": gap <= config.tolerance and hnet_params <= BUDGET,
     }
-    write_csv(run_dir / "results.csv", rows)
-    write_json(
-        run_dir / "results.json",
+    write_results(
+        run_dir,
         {"config": asdict(config), "results": rows, "summary": summary, "curves": curves},
+        rows,
+        plot=lambda path: _plot(curves, path),
+        plot_name="curves.png",
     )
-    _plot(curves, run_dir / "curves.png")
-    print(format_table(rows))
     print(
         f"hypernetwork: {hnet_params:,} parameters ({hnet_sizes}) generating "
         f"{summary['generated_weights']:,} weights; test error {mean['generated']:.2f}% vs "

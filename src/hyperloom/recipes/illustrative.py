@@ -18,6 +18,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -30,16 +32,16 @@ from ..data.datasets import fashion_mnist_available
 from ..generators import get_generator
 from ..hypernet import HyperNetwork
 from ..networks import build_target
-from .config import check_ranges, data_dir_field, dataset_field
+from .config import check_ranges, data_dir_field, dataset_field, out_field, quiet_field, seed_field
 from .reproduce import Recorded
 from .runs import (
     Stopwatch,
+    batched_accuracy,
     count_trainable,
     format_table,
     make_run_dir,
     progress,
-    write_csv,
-    write_json,
+    write_results,
 )
 
 GENERATORS = ("once", "heads", "chunked", "component")
@@ -125,7 +127,7 @@ class Config:
     max_train: int | None = field(
         default=None, metadata={"help": "use at most this many training images (none: all)"}
     )
-    seed: int = field(default=0, metadata={"help": "random seed"})
+    seed: int = seed_field()
     threads: int = field(
         default=1,
         metadata={
@@ -133,8 +135,8 @@ class Config:
             "fastest on one, with no thread synchronisation"
         },
     )
-    out: str = field(default="runs", metadata={"help": "folder for the run folder"})
-    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+    out: str = out_field()
+    quiet: bool = quiet_field()
 
 
 def _generator(name: str, config: Config):
@@ -144,12 +146,19 @@ def _generator(name: str, config: Config):
     return get_generator(name).factory(**options)
 
 
-@torch.no_grad()
-def _accuracy(forward: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> float:
-    correct = 0
-    for i in range(0, len(x), 2000):
-        correct += (forward(x[i : i + 2000]).argmax(-1) == y[i : i + 2000]).sum().item()
-    return 100.0 * correct / len(x)
+def _by_task(hnet: HyperNetwork) -> Callable[[Tensor, int], Tensor]:
+    """``(x, t) -> hnet(x, task=t)``."""
+    return lambda x, t: hnet(x, task=t)
+
+
+def _ignoring_task(net: nn.Module) -> Callable[[Tensor, int], Tensor]:
+    """``(x, t) -> net(x)``: a plain network in the loop's ``forward(x, t)`` form."""
+    return lambda x, t: net(x)
+
+
+def _at_task(forward: Callable[[Tensor, int], Tensor], task: int) -> Callable[[Tensor], Tensor]:
+    """``x -> forward(x, task)``."""
+    return lambda x: forward(x, task)
 
 
 def run(config: Config) -> dict:
@@ -202,7 +211,8 @@ def run(config: Config) -> dict:
                     steps, quiet=config.quiet, desc=f"{name} {epoch + 1}/{epochs}"
                 ):
                     opt.zero_grad(set_to_none=True)
-                    loss = sum(F.cross_entropy(forward(x, t), y) for x, y, t in step) / len(step)
+                    total = sum(F.cross_entropy(forward(x, t), y) for x, y, t in step)
+                    loss = cast(Tensor, total) / len(step)  # a sum of tensors is one
                     loss.backward()
                     opt.step()
                     taken += 1
@@ -231,7 +241,7 @@ def run(config: Config) -> dict:
             TaskEmbedding(1, config.cond_dim),
             _generator(gname, config),
         )
-        contenders[f"HyperDNN ({gname})"] = (hnet, lambda x, t, h=hnet: h(x, task=t))
+        contenders[f"HyperDNN ({gname})"] = (hnet, _by_task(hnet))
         criteria[f"HyperDNN ({gname})"] = hnet.describe().to_dict()
     for name, (model, forward) in contenders.items():
         lr = config.lr if name == "plain DNN" else config.hnet_lr
@@ -241,7 +251,7 @@ def run(config: Config) -> dict:
             lr,
             epoch_of(data.x_train, data.y_train, 0),
             forward,
-            lambda f=forward: _accuracy(lambda x: f(x, 0), data.x_test, data.y_test),
+            partial(batched_accuracy, _at_task(forward, 0), data.x_test, data.y_test),
             epochs,
         )
         n = count_trainable(model)
@@ -271,8 +281,8 @@ def run(config: Config) -> dict:
             list(net.parameters()),
             config.lr,
             epoch_of(t.x_train, t.y_train, t.id),
-            lambda x, _, n=net: n(x),
-            lambda n=net, t=t: _accuracy(n, t.x_test, t.y_test),
+            _ignoring_task(net),
+            partial(batched_accuracy, net, t.x_test, t.y_test),
             shared_epochs,
         )
         separate_acc.append(result["curve"][-1])
@@ -294,7 +304,7 @@ def run(config: Config) -> dict:
         return [[b[i % len(b)][0] for b in per_task] for i in range(longest)]
 
     def shared_eval() -> float:
-        accs = [_accuracy(lambda x, i=t.id: shared(x, task=i), t.x_test, t.y_test) for t in tasks]
+        accs = [batched_accuracy(partial(shared, task=t.id), t.x_test, t.y_test) for t in tasks]
         shared_eval.per_task = accs  # type: ignore[attr-defined]
         return sum(accs) / len(accs)
 
@@ -341,8 +351,8 @@ def run(config: Config) -> dict:
         print(f"  {name}")
         for key, value in c.items():
             print(f"    {key.replace('_', ' '):<20}{value}")
-    write_json(
-        run_dir / "results.json",
+    write_results(
+        run_dir,
         {
             "config": asdict(config),
             "dataset": data.name,
@@ -356,9 +366,11 @@ def run(config: Config) -> dict:
             "separate_curves_per_task": separate_curves,
             "total_seconds": time.perf_counter() - t_start,
         },
+        single + sharing,
+        plot=lambda path: _plot(curves, path, data),
+        plot_name="curves.png",
+        table=(),  # printed above, in two parts
     )
-    write_csv(run_dir / "results.csv", single + sharing)
-    _plot(curves, run_dir / "curves.png", data)
     checkpoint.save(
         shared,
         run_dir / "shared_hypernetwork.safetensors",

@@ -35,9 +35,10 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict, cast
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +61,14 @@ from ..pareto import (
     scalarize,
     toy_functions,
 )
-from .config import data_dir_field
+from .config import data_dir_field, out_field, quiet_field
 from .reproduce import Recorded
-from .runs import Stopwatch, format_table, make_run_dir, progress, write_csv, write_json
+from .runs import (
+    Stopwatch,
+    make_run_dir,
+    progress,
+    write_results,
+)
 
 METHODS = ("phn", "per-ray", "multitask")
 
@@ -196,8 +202,8 @@ class Config:
         default=None, metadata={"help": _preset("hypervolume reference point (losses)")}
     )
     data_dir: str | None = data_dir_field()
-    out: str = field(default="runs", metadata={"help": "folder for the run folder"})
-    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+    out: str = out_field()
+    quiet: bool = quiet_field()
 
 
 # A few seconds on the synthetic regression toy (no files needed), one seed, the tiny sizes of
@@ -378,7 +384,9 @@ def resolve(config: Config) -> Config:
     if not config.seeds:
         raise ValueError("seeds must name at least one seed")
     preset = PRESETS[config.dataset]
-    out = replace(config, **{k: v for k, v in preset.items() if getattr(config, k) is None})
+    filled: dict[str, Any] = {k: v for k, v in preset.items() if getattr(config, k) is None}
+    out = replace(config, **filled)
+    s = settings(out)
     for name in (
         "n_train",
         "n_test",
@@ -391,27 +399,40 @@ def resolve(config: Config) -> Config:
     ):
         if getattr(out, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(out, name)}")
-    if out.valid < 0 or out.valid >= out.n_train:
-        raise ValueError(f"valid must be in [0, n_train={out.n_train}), got {out.valid}")
-    if not 0 <= out.shared_layers <= len(out.target_hidden):
+    if out.valid < 0 or out.valid >= s["n_train"]:
+        raise ValueError(f"valid must be in [0, n_train={s['n_train']}), got {out.valid}")
+    if not 0 <= out.shared_layers <= len(s["target_hidden"]):
         raise ValueError(
-            f"shared_layers must be in [0, {len(out.target_hidden)}] (the target has "
-            f"{len(out.target_hidden) + 1} linear layers, the last is always generated), "
+            f"shared_layers must be in [0, {len(s['target_hidden'])}] (the target has "
+            f"{len(s['target_hidden']) + 1} linear layers, the last is always generated), "
             f"got {out.shared_layers}"
         )
     if not 0 <= out.margin < 0.5:
         raise ValueError(f"margin must be in [0, 0.5), got {out.margin}")
-    if len(out.ref) != 2:
-        raise ValueError(f"ref must have one value per objective (2), got {out.ref}")
+    if len(s["ref"]) != 2:
+        raise ValueError(f"ref must have one value per objective (2), got {s['ref']}")
     return out
+
+
+def settings(config: Config) -> Preset:
+    """The options a preset fills, as ``config`` (from :func:`resolve`) sets them.
+
+    Raises:
+        ValueError: an option is still ``none`` (``config`` did not go through :func:`resolve`).
+    """
+    values = {k: getattr(config, k) for k in Preset.__annotations__}
+    unset = sorted(k for k, v in values.items() if v is None)
+    if unset:
+        raise ValueError(f"options {unset} are unset: pass the config through resolve() first")
+    return cast(Preset, values)
 
 
 def load_data(config: Config) -> MultiObjectiveData:
     """The dataset, with the last ``valid`` training pairs as the evaluation split if asked."""
     data = load_multi(
         config.dataset,
-        n_train=config.n_train,
-        n_test=config.n_test,
+        n_train=settings(config)["n_train"],
+        n_test=settings(config)["n_test"],
         seed=config.data_seed,
         data_dir=config.data_dir,
     )
@@ -438,10 +459,10 @@ def objective_metrics(data: MultiObjectiveData):
 
     if data.kind == "regression":
 
-        def metrics(out: Tensor, y: Tensor) -> Tensor:
+        def squared_errors(out: Tensor, y: Tensor) -> Tensor:
             return ((out - y) ** 2).mean(-2)  # (R, B, 1) vs (B, m) -> (R, m)
 
-        return metrics
+        return squared_errors
 
     def metrics(out: Tensor, y: Tensor) -> Tensor:
         logits = out.unflatten(-1, (m, c))  # (R, B, m, C)
@@ -456,6 +477,7 @@ def objective_metrics(data: MultiObjectiveData):
 
 def run(config: Config) -> dict:
     config = resolve(config)
+    s = settings(config)  # the preset's options, filled
     t_start = time.perf_counter()
     data = load_data(config)
     m = data.num_objectives
@@ -469,14 +491,14 @@ def run(config: Config) -> dict:
     print(
         f"{data.name}: {len(data.x_train):,} training / {len(data.x_test):,} "
         f"{'validation' if config.valid else 'test'} pairs, objectives {data.objectives}, "
-        f"loss {config.loss}, {config.epochs} epochs per model, seeds {list(config.seeds)}"
+        f"loss {config.loss}, {s['epochs']} epochs per model, seeds {list(config.seeds)}"
     )
 
     def make_net() -> nn.Module:
         return build_target(
             "mlp",
             in_features=in_features,
-            hidden=list(config.target_hidden),
+            hidden=list(s["target_hidden"]),
             out_features=out_features,
         )
 
@@ -503,7 +525,7 @@ def run(config: Config) -> dict:
                     generator: GeneratorFactory = HeadsGenerator.factory(hidden=config.hnet_hidden)
                 else:
                     generator = ChunkedGenerator.factory(
-                        chunk_size=min(config.chunk_size, numel),
+                        chunk_size=min(s["chunk_size"], numel),
                         chunk_dim=config.chunk_dim,
                         hidden=config.hnet_hidden,
                     )
@@ -513,36 +535,45 @@ def run(config: Config) -> dict:
                     target, Preference(m, dim=config.pref_dim), generator, generate=generated
                 )
                 models: list[nn.Module] = [hnet]
-                model_rays = [None]
-                lr = config.hnet_lr
+                model_rays = [equal]  # unused: PHN draws a new ray every step
+                lr, epochs = s["hnet_lr"], s["phn_epochs"]
+
+                def step_ray(fixed: Tensor) -> Tensor:  # a new preference for every step
+                    g = draws  # noqa: B023  (called within this iteration only)
+                    return dirichlet_rays(1, m, alpha=config.alpha, generator=g)[0]
+
+                def forward(model: nn.Module, x: Tensor, r: Tensor) -> Tensor:
+                    return model(x, ray=r)
             else:
                 model_rays = list(rays) if method == "per-ray" else [equal]
                 models = [make_net() for _ in model_rays]
-                lr = config.lr
+                lr, epochs = s["lr"], s["epochs"]
+
+                def step_ray(fixed: Tensor) -> Tensor:  # each network keeps its own ray
+                    return fixed
+
+                def forward(model: nn.Module, x: Tensor, r: Tensor) -> Tensor:
+                    return model(x)
+
+            scalar = "ls" if method == "multitask" else config.loss
 
             # ---- training: every model sees the same epochs of minibatches -------------------
             steps = 0
             with Stopwatch() as sw:
                 for model, ray in zip(models, model_rays, strict=True):
                     named = list(model.named_parameters())  # PHN: shared target layers at lr
-                    groups = [
+                    groups: list[dict[str, Any]] = [
                         {"params": [p for n, p in named if not n.startswith("target.")], "lr": lr},
                         {"params": [p for n, p in named if n.startswith("target.")]},
                     ]
-                    opt = torch.optim.Adam([g for g in groups if g["params"]], lr=config.lr)
-                    epochs = config.phn_epochs if method == "phn" else config.epochs
+                    opt = torch.optim.Adam([g for g in groups if g["params"]], lr=s["lr"])
                     for _ in progress(range(epochs), quiet=config.quiet, desc=method):
                         order = torch.randperm(len(data.x_train), generator=batches)
-                        for i in range(0, len(order), config.batch_size):
-                            idx = order[i : i + config.batch_size]
+                        for i in range(0, len(order), s["batch_size"]):
+                            idx = order[i : i + s["batch_size"]]
                             x, y = data.x_train[idx], data.y_train[idx]
-                            if method == "phn":  # a new preference for every step
-                                r = dirichlet_rays(1, m, alpha=config.alpha, generator=draws)[0]
-                                out = model(x, ray=r)
-                            else:
-                                r, out = ray, model(x)
-                            scalar = "ls" if method == "multitask" else config.loss
-                            loss = scalarize(scalar, losses_of(out, y), r)
+                            r = step_ray(ray)
+                            loss = scalarize(scalar, losses_of(forward(model, x, r), y), r)
                             opt.zero_grad(set_to_none=True)
                             loss.backward()
                             opt.step()
@@ -552,25 +583,23 @@ def run(config: Config) -> dict:
             # ---- evaluation: every model's losses (and errors) on the evaluation split -------
             with torch.no_grad():
                 if method == "phn":
-                    points = front(hnet, rays, data.x_test, data.y_test, metrics)  # (K, q)
-                    dense = front(hnet, sweep, data.x_test, data.y_test, metrics)  # (E, q)
+                    points = front(hnet, data.x_test, data.y_test, metrics, ray=rays)  # (K, q)
+                    dense = front(hnet, data.x_test, data.y_test, metrics, ray=sweep)  # (E, q)
                     extra = {
                         "sweep_points": dense.tolist(),
-                        "hv_sweep": hypervolume(dense[:, :m], config.ref),
+                        "hv_sweep": hypervolume(dense[:, :m], s["ref"]),
                     }
                 else:
                     points = torch.cat(
                         [
-                            evaluate(
-                                lambda xb, net=net: net(xb)[None], data.x_test, data.y_test, metrics
-                            )
+                            evaluate(_outputs_of(net), data.x_test, data.y_test, metrics)
                             for net in models
                         ]
                     )  # (K or 1, q)
                     extra = {}
             params = sum(p.numel() for model in models for p in model.parameters())
             res[method] = {
-                "hv": hypervolume(points[:, :m], config.ref),
+                "hv": hypervolume(points[:, :m], s["ref"]),
                 "points": points.tolist(),
                 "rays": torch.stack(model_rays).tolist() if method != "phn" else rays.tolist(),
                 "trainable_params": params,
@@ -583,8 +612,8 @@ def run(config: Config) -> dict:
             ideal = metrics((rays @ truth).unsqueeze(-1), data.y_test)  # (K, m)
             ideal_sweep = metrics((sweep @ truth).unsqueeze(-1), data.y_test)  # (E, m)
             res["optimum"] = {
-                "hv": hypervolume(ideal, config.ref),
-                "hv_sweep": hypervolume(ideal_sweep, config.ref),
+                "hv": hypervolume(ideal, s["ref"]),
+                "hv_sweep": hypervolume(ideal_sweep, s["ref"]),
                 "points": ideal.tolist(),
                 "sweep_points": ideal_sweep.tolist(),
             }
@@ -595,11 +624,10 @@ def run(config: Config) -> dict:
     rows = [{"method": k, **v} for k, v in summary.items()]
     print(
         f"\n{data.name}, loss {config.loss}, seeds {list(config.seeds)}: hypervolume of the "
-        f"losses (ref {config.ref}; mean ± std over seeds), trainable parameters, seconds"
+        f"losses (ref {s['ref']}; mean ± std over seeds), trainable parameters, seconds"
     )
-    print(format_table(rows, floats="{:.4f}"))
-    write_json(
-        run_dir / "results.json",
+    write_results(
+        run_dir,
         {
             "config": asdict(config),
             "objectives": data.objectives,
@@ -607,9 +635,11 @@ def run(config: Config) -> dict:
             "seeds": per_seed,
             "total_seconds": time.perf_counter() - t_start,
         },
+        rows,
+        plot=lambda path: plot_front(per_seed[0]["results"], path, data, config),
+        plot_name="front.png",
+        floats="{:.4f}",
     )
-    write_csv(run_dir / "results.csv", rows)
-    plot_front(per_seed[0]["results"], run_dir / "front.png", data, config)
     print(f"\ntotal time {time.perf_counter() - t_start:.0f} s")
     print(f"run folder: {run_dir}")
     return {
@@ -626,6 +656,11 @@ def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4f}"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def _outputs_of(net: nn.Module) -> Callable[[Tensor], Tensor]:
+    """``x (B, ...) -> net(x)[None] (1, B, ...)``: one model as :func:`evaluate` takes it."""
+    return lambda xb: net(xb)[None]
 
 
 def _summarise(per_seed: list[dict], config: Config) -> dict[str, dict]:

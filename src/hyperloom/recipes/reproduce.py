@@ -176,6 +176,7 @@ def reproduce(
         raise ValueError(f"recipe {name!r} records no result {unknown}; recorded: {names}")
     if smoke:
         first = recorded[0] if recorded else Recorded("smoke", {}, {})
+        plans: list[tuple[Recorded, int | None, dict[str, Any]]]
         plans = [(first, None, {**first.overrides, **smoke_overrides, "out": out})]
         print(f"smoke run of {name} ({first.name} with {smoke_overrides})")
     else:
@@ -191,7 +192,7 @@ def reproduce(
     for entry, seed, overrides in plans:
         config = _config(module, overrides, entry.seed_field, seed)
         result = module.run(config)
-        figures = entry.values.get(seed, {}) if seed is not None else {}
+        figures: Mapping[str, float] = entry.values.get(seed, {}) if seed is not None else {}
         for metric, path in entry.metrics.items():
             new = float(lookup(result, path))
             old = figures.get(metric)

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import asdict, dataclass, field, replace
-from typing import TypedDict
+from typing import Any, TypedDict, cast
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -43,8 +44,15 @@ from ..rl import (
     sample_contexts,
     split_observation,
 )
+from .config import out_field, quiet_field, seeds_field
 from .reproduce import Recorded
-from .runs import Stopwatch, count_trainable, format_table, make_run_dir, write_csv, write_json
+from .runs import (
+    Stopwatch,
+    count_trainable,
+    format_table,
+    make_run_dir,
+    write_results,
+)
 
 SETS = ("train", "inside", "outside")
 
@@ -120,7 +128,7 @@ class Config:
     methods: tuple[str, ...] = field(
         default=METHODS, metadata={"help": f"methods to run, any of {','.join(METHODS)}"}
     )
-    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "random seeds"})
+    seeds: tuple[int, ...] = seeds_field((0, 1, 2), "random seeds")
     params: tuple[str, ...] | None = field(
         default=None, metadata={"help": _preset("physical parameters the context varies")}
     )
@@ -172,8 +180,8 @@ class Config:
             "settings) instead of the test contexts"
         },
     )
-    out: str = field(default="runs", metadata={"help": "folder for the run folder"})
-    quiet: bool = field(default=False, metadata={"help": "print only the summary"})
+    out: str = out_field()
+    quiet: bool = quiet_field("print only the summary")
 
 
 # ``hyperloom reproduce rl --smoke``: every method on one seed of CartPole with the tiny sizes of
@@ -286,22 +294,52 @@ def resolve(config: Config) -> Config:
     if not config.seeds:
         raise ValueError("seeds must not be empty")
     preset = PRESETS[config.env]
-    filled = {k: v for k, v in preset.items() if k != "env_id" and getattr(config, k) is None}
+    filled: dict[str, Any] = {
+        k: v for k, v in preset.items() if k != "env_id" and getattr(config, k) is None
+    }
     out = replace(config, **filled)
-    for name in ("steps", "num_envs", "num_steps", "minibatch", "epochs", "n_train_contexts"):
-        if getattr(out, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(out, name)}")
+    p = settings(out)
+    counts = {
+        "steps": p["steps"],
+        "num_envs": p["num_envs"],
+        "num_steps": p["num_steps"],
+        "minibatch": p["minibatch"],
+        "epochs": p["epochs"],
+        "n_train_contexts": out.n_train_contexts,
+    }
+    for name, count in counts.items():
+        if count < 1:
+            raise ValueError(f"{name} must be >= 1, got {count}")
     if out.n_eval_contexts < 1 or out.eval_every < 0:
         raise ValueError(
             f"n_eval_contexts must be >= 1 and eval_every >= 0, got {out.n_eval_contexts}, "
             f"{out.eval_every}"
         )
-    if (out.num_envs * out.num_steps) % out.minibatch:
+    if (p["num_envs"] * p["num_steps"]) % p["minibatch"]:
         raise ValueError(
-            f"minibatch={out.minibatch} must divide num_envs*num_steps="
-            f"{out.num_envs * out.num_steps}"
+            f"minibatch={p['minibatch']} must divide num_envs*num_steps="
+            f"{p['num_envs'] * p['num_steps']}"
         )
     return out
+
+
+def settings(config: Config) -> Preset:
+    """The options a preset fills, as ``config`` (from :func:`resolve`) sets them.
+
+    Raises:
+        ValueError: an option is still ``none`` (``config`` did not go through :func:`resolve`).
+    """
+    values = {k: getattr(config, k) for k in Preset.__annotations__ if k != "env_id"}
+    unset = sorted(k for k, v in values.items() if v is None)
+    if unset:
+        raise ValueError(f"options {unset} are unset: pass the config through resolve() first")
+    return cast(Preset, {"env_id": PRESETS[config.env]["env_id"], **values})
+
+
+def _pair(values: tuple[float, ...], name: str) -> tuple[float, float]:
+    if len(values) != 2:
+        raise ValueError(f"{name} must be two numbers (low,high), got {values}")
+    return values[0], values[1]
 
 
 def draw_contexts(config: Config, seed: int) -> dict[str, np.ndarray]:
@@ -311,8 +349,8 @@ def draw_contexts(config: Config, seed: int) -> dict[str, np.ndarray]:
     (``valid=True`` draws them from a third, so that settings chosen on them never saw the
     test contexts).
     """
-    dim = len(config.params)
-    inside = tuple(config.train_range)
+    dim = len(settings(config)["params"])
+    inside = _pair(config.train_range, "train_range")
     rng = np.random.default_rng([seed, 0])
     train = sample_contexts(config.n_train_contexts, dim, inside=inside, rng=rng)
     held = np.random.default_rng([seed, 2 if config.valid else 1])
@@ -321,7 +359,7 @@ def draw_contexts(config: Config, seed: int) -> dict[str, np.ndarray]:
         "train": train,
         "inside": sample_contexts(n, dim, inside=inside, rng=held),
         "outside": sample_contexts(
-            n, dim, inside=inside, outside=tuple(config.outside_range), rng=held
+            n, dim, inside=inside, outside=_pair(config.outside_range, "outside_range"), rng=held
         ),
     }
 
@@ -339,19 +377,28 @@ def train(config: Config, method: str, contexts: dict[str, np.ndarray], seed: in
         ``{"final": {set: returns}, "curve": [...], "train_seconds", "env_steps_per_second",
         "train_episodes", "eval_episodes_per_second", "params"}``.
     """
-    env_id = PRESETS[config.env]["env_id"]
-    dim = len(config.params)
+    s = settings(config)
+    env_id = s["env_id"]
+    dim = len(s["params"])
     torch.manual_seed(seed)
     vec = make_vector_env(
-        env_id, config.params, contexts["train"], num_envs=config.num_envs, seed=1000 * seed
+        env_id, s["params"], contexts["train"], num_envs=s["num_envs"], seed=1000 * seed
     )
     evals = {
-        name: make_vector_env(env_id, config.params, c, fixed=True, seed=0)
+        name: make_vector_env(env_id, s["params"], c, fixed=True, seed=0)
         for name, c in contexts.items()
     }
-    obs_dim = vec.single_observation_space.shape[0] - dim
-    act_space = vec.single_action_space
-    out_dim = int(act_space.n) if not act_space.shape else int(act_space.shape[0])
+    obs_space, act_space = vec.single_observation_space, vec.single_action_space
+    if not isinstance(obs_space, gym.spaces.Box):
+        raise TypeError(f"{env_id}: expected a Box observation space, got {obs_space}")
+    obs_dim = obs_space.shape[0] - dim
+    act_shape: tuple[int, ...] = ()  # of one action: () for a discrete one
+    if isinstance(act_space, gym.spaces.Discrete):
+        out_dim = int(act_space.n)
+    elif isinstance(act_space, gym.spaces.Box):
+        out_dim, act_shape = int(act_space.shape[0]), act_space.shape
+    else:
+        raise TypeError(f"{env_id}: unsupported action space {act_space}; Discrete or Box")
 
     def net(out: int) -> torch.nn.Module:
         return contextual(
@@ -361,18 +408,16 @@ def train(config: Config, method: str, contexts: dict[str, np.ndarray], seed: in
     agent = ActorCritic(net(out_dim), net(1), act_space)
     hyper = [p for n, p in agent.named_parameters() if ".hnet." in n]
     rest = [p for n, p in agent.named_parameters() if ".hnet." not in n]
-    groups = [{"params": rest, "base_lr": config.lr}]
+    groups = [{"params": rest, "base_lr": s["lr"]}]
     if hyper:
-        groups.append({"params": hyper, "base_lr": config.hnet_lr})
-    opt = torch.optim.Adam(groups, lr=config.lr, eps=1e-5)
+        groups.append({"params": hyper, "base_lr": s["hnet_lr"]})
+    opt = torch.optim.Adam(groups, lr=s["lr"], eps=1e-5)
 
-    T, N = config.num_steps, config.num_envs
-    updates = max(1, config.steps // (T * N))
+    T, N = s["num_steps"], s["num_envs"]
+    updates = max(1, s["steps"] // (T * N))
     states = torch.zeros(T, N, obs_dim)
     ctxs = torch.zeros(T, N, dim)
-    actions = torch.zeros(
-        (T, N, *act_space.shape), dtype=torch.float32 if act_space.shape else torch.long
-    )
+    actions = torch.zeros((T, N, *act_shape), dtype=torch.float32 if act_shape else torch.long)
     logps, rewards, dones, values = (torch.zeros(T, N) for _ in range(4))
 
     curve: list[dict] = []
@@ -390,19 +435,20 @@ def train(config: Config, method: str, contexts: dict[str, np.ndarray], seed: in
             for t in range(T):
                 state, ctx = split_observation(obs, dim)
                 with torch.no_grad():
-                    action, logp, _, value = agent.act(state, ctx)
+                    action, logp, _, value = agent.act(state, context=ctx)
                 obs, raw, term, trunc, info = vec.step(agent.env_action(action))
                 episode_return += raw
                 for i in np.flatnonzero(term | trunc):  # the training episodes' own returns
                     train_returns.append((step + N, float(episode_return[i])))
                     episode_return[i] = 0.0
-                reward = raw * config.reward_scale
+                reward = raw * s["reward_scale"]
                 cut = trunc & ~term
                 if cut.any():  # time limit, not a terminal state: bootstrap from the last state
                     final = np.stack([info["final_obs"][i] for i in np.flatnonzero(cut)])
                     with torch.no_grad():
-                        v_final = agent.value(*split_observation(final, dim)).numpy()
-                    reward[cut] += config.gamma * v_final
+                        s_final, c_final = split_observation(final, dim)
+                        v_final = agent.value(s_final, context=c_final).numpy()
+                    reward[cut] += s["gamma"] * v_final
                 states[t], ctxs[t], actions[t], logps[t], values[t] = (
                     state,
                     ctx,
@@ -414,19 +460,20 @@ def train(config: Config, method: str, contexts: dict[str, np.ndarray], seed: in
                 dones[t] = torch.as_tensor(term | trunc, dtype=torch.float32)
                 step += N
             with torch.no_grad():
-                last_value = agent.value(*split_observation(obs, dim))
-            adv, ret = gae(rewards, values, dones, last_value, gamma=config.gamma, lam=config.lam)
+                s_last, c_last = split_observation(obs, dim)
+                last_value = agent.value(s_last, context=c_last)
+            adv, ret = gae(rewards, values, dones, last_value, gamma=s["gamma"], lam=s["lam"])
 
             # Update: epochs of shuffled minibatches over the flattened rollout.
             b_state, b_ctx = states.reshape(T * N, obs_dim), ctxs.reshape(T * N, dim)
-            b_act = actions.reshape(T * N, *act_space.shape)
+            b_act = actions.reshape(T * N, *act_shape)
             b_logp, b_adv, b_ret = logps.reshape(-1), adv.reshape(-1), ret.reshape(-1)
-            for _ in range(config.epochs):
-                for idx in torch.randperm(T * N).split(config.minibatch):
+            for _ in range(s["epochs"]):
+                for idx in torch.randperm(T * N).split(s["minibatch"]):
                     loss, stats = ppo_loss(
-                        agent, b_state[idx], b_ctx[idx], b_act[idx], b_logp[idx],
-                        b_adv[idx], b_ret[idx],
-                        clip=config.clip, vf_coef=config.vf_coef, ent_coef=config.ent_coef,
+                        agent, b_state[idx], b_act[idx], b_logp[idx], b_adv[idx], b_ret[idx],
+                        context=b_ctx[idx], clip=config.clip, vf_coef=config.vf_coef,
+                        ent_coef=s["ent_coef"],
                     )  # fmt: skip
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -478,7 +525,7 @@ def run(config: Config) -> dict:
     run_dir = make_run_dir(config.out, "rl")
     print(
         f"rl: {PRESETS[config.env]['env_id']}, context = log2 scale of {config.params}, "
-        f"methods {config.methods}, seeds {config.seeds}, {config.steps:,} steps each"
+        f"methods {config.methods}, seeds {config.seeds}, {settings(config)['steps']:,} steps each"
     )
     rows: list[dict] = []
     runs: dict[str, dict] = {}
@@ -497,11 +544,10 @@ def run(config: Config) -> dict:
             if not config.quiet:
                 print(format_table([row]))
     summary = summarise(rows, config.methods)
-    print(format_table(summary))
-    write_csv(run_dir / "results.csv", rows)
+    env_id = PRESETS[config.env]["env_id"]
     results = {
         "config": asdict(config),
-        "env_id": PRESETS[config.env]["env_id"],
+        "env_id": env_id,
         "summary": summary,
         "rows": rows,
         "runs": runs,
@@ -510,8 +556,14 @@ def run(config: Config) -> dict:
             for s in config.seeds
         },
     }
-    write_json(run_dir / "results.json", results)
-    plot_curves(runs, config.methods, run_dir / "curves.png", title=results["env_id"])
+    write_results(
+        run_dir,
+        results,
+        rows,
+        plot=lambda path: plot_curves(runs, config.methods, path, title=env_id),
+        plot_name="curves.png",
+        table=summary,
+    )
     print(run_dir)
     return {**results, "run_dir": str(run_dir)}
 

@@ -32,22 +32,19 @@ Two problems share the one training loop (one minibatch of each per step):
 
 The last ``val_size`` training images (5,000 on Fashion-MNIST) are held out as a validation
 set: every model trains on the rest, and its validation accuracy, NLL and ECE are reported
-next to the test figures. Hyperparameters are chosen on validation NLL only: with
-``diversity_grid`` (the hypernetwork's diversity weight), ``kl_grid`` (the variational one's KL
-weight) and/or ``dropout_grid`` (the MC dropout rate) the recipe runs in selection mode,
-training one model per value side by side in the same loop on the same minibatches, and reports
-validation figures only (no test set, no OOD, no regression toy) with the value of lowest mean
-validation NLL over the seeds. The defaults ``diversity=3`` and ``dropout=0.2`` are the values
-that ``docs/results/uncertainty.md`` selected so (seed 0; ``kl_weight=1``, the ELBO, untuned)::
+next to the test figures. Hyperparameters are chosen on validation NLL only, by
+``hyperloom sweep`` (one run per value, :mod:`hyperloom.recipes.sweep`). The defaults
+``diversity=3`` and ``dropout=0.2`` are the values that ``docs/results/uncertainty.md`` selected
+so (seed 0; ``kl_weight=1``, the ELBO, untuned), e.g.::
 
-    hyperloom train uncertainty --methods=dropout,hypernet \\
-        --diversity_grid=0,0.1,0.3,1,3 --dropout_grid=0.05,0.1,0.2,0.3,0.5
+    hyperloom sweep uncertainty --grid diversity=0,0.1,0.3,1,3 \
+        --select summary.method=hypernet.val_nll --methods=hypernet --reg_steps=0
 
 and ``train_samples=10`` (z draws per training step) won against 5 on validation NLL there too.
 
-Outputs under ``runs/<timestamp>-uncertainty/``: results.json, results.csv, reliability.png,
-regression.png (selection mode: results.json and results.csv). With ``repeats=3`` the table
-shows mean ± std over seeds seed..seed+2.
+Outputs under ``runs/<timestamp>-uncertainty/``: results.json, results.csv, reliability.png
+and regression.png (with ``reg_steps=0`` the toy's networks stay untrained: its figures mean
+nothing then). With ``repeats=3`` the table shows mean ± std over seeds seed..seed+2.
 """
 
 from __future__ import annotations
@@ -55,6 +52,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -87,9 +85,9 @@ from ..uncertainty import (
     summarize_classification,
     summarize_regression,
 )
-from .config import data_dir_field, dataset_field
+from .config import data_dir_field, dataset_field, out_field, quiet_field, seed_field
 from .reproduce import Recorded
-from .runs import count_trainable, format_table, make_run_dir, progress, write_csv, write_json
+from .runs import count_trainable, make_run_dir, progress, write_json, write_results
 
 METHODS = ("single", "dropout", "ensemble", "hypernet", "variational")
 """Method keys: single net, MC dropout, deep ensemble, implicit and variational hypernetwork."""
@@ -257,27 +255,6 @@ class Config:
     dropout: float = field(
         default=0.2, metadata={"help": "MC dropout rate (0.2: chosen on validation NLL)"}
     )
-    diversity_grid: tuple[float, ...] = field(
-        default=(),
-        metadata={
-            "help": "selection mode: train one hypernet per diversity weight, report validation "
-            "figures only and the weight of lowest validation NLL"
-        },
-    )
-    dropout_grid: tuple[float, ...] = field(
-        default=(),
-        metadata={
-            "help": "selection mode: train one MC dropout net per rate, report validation "
-            "figures only and the rate of lowest validation NLL"
-        },
-    )
-    kl_grid: tuple[float, ...] = field(
-        default=(),
-        metadata={
-            "help": "selection mode: train one variational hypernet per KL weight, report "
-            "validation figures only and the weight of lowest validation NLL"
-        },
-    )
     ensemble: int = field(default=5, metadata={"help": "deep ensemble size"})
     reg_points: int = field(default=160, metadata={"help": "regression toy training points"})
     reg_noise: float = field(default=0.1, metadata={"help": "regression toy noise std"})
@@ -288,16 +265,10 @@ class Config:
         default=4000, metadata={"help": "full-batch regression steps (within the same loop)"}
     )
     repeats: int = field(default=1, metadata={"help": "seeds seed, seed+1, ... (mean ± std)"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    out: str = field(default="runs", metadata={"help": "folder for the run folder"})
-    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+    seed: int = seed_field()
+    out: str = out_field()
+    quiet: bool = quiet_field()
 
-
-GRIDS = {"hypernet": "diversity", "dropout": "dropout", "variational": "kl_weight"}
-"""Selection mode: the method each grid is for -> the hyperparameter it selects."""
-
-LABELS = {"hypernet": "diversity", "dropout": "p", "variational": "kl"}
-"""How a variant of a grid is named: ``hypernet (diversity=1)``, ``mc dropout (p=0.2)``, ..."""
 
 GAP = (-1.5, 1.5)
 """The regression toy's inputs are in [-4, -1.5] and [1.5, 4]: nothing in the gap."""
@@ -443,25 +414,6 @@ def split_validation(data: Dataset, val_size: int) -> tuple[Dataset, Tensor, Ten
     return rest, data.x_train[keep:], data.y_train[keep:]
 
 
-def select_lowest(scores: dict[float, list[float]]) -> float:
-    """The candidate whose scores have the lowest mean (the first one listed on a tie).
-
-    Args:
-        scores: ``{candidate value: [score per seed]}``, e.g. validation NLLs.
-
-    Returns:
-        The candidate value.
-
-    Example:
-        >>> select_lowest({0.0: [0.32, 0.31], 0.3: [0.30, 0.31], 1.0: [0.33]})
-        0.3
-    """
-    empty = [v for v, s in scores.items() if not s]
-    if not scores or empty:
-        raise ValueError(f"every candidate needs at least one score, got {scores}")
-    return min(scores, key=lambda v: sum(scores[v]) / len(scores[v]))
-
-
 def load_problem(config: Config) -> tuple[Dataset, tuple[Tensor, Tensor], Tensor, str]:
     """The dataset, validation ``(x, y)`` and OOD images (all normalised), and the OOD's name.
 
@@ -576,262 +528,175 @@ def plot_regression(curves: dict[str, dict], x: Tensor, y: Tensor, path: Path) -
     plt.close(fig)
 
 
-def run(config: Config) -> dict:
-    if config.repeats < 1 or config.ensemble < 2 or config.train_samples < 2:
-        raise ValueError(
-            f"need repeats >= 1, ensemble >= 2 and train_samples >= 2, got {config.repeats}, "
-            f"{config.ensemble}, {config.train_samples}"
+@dataclass
+class Model:
+    """One method's model as the loop sees it.
+
+    Attributes:
+        params: what Adam trains.
+        loss: ``(x, y) -> scalar``, the training loss on one batch.
+        predict: ``(x, K) -> (K, B, out)``, the outputs of K members (draws, passes, nets).
+        count: trainable parameters (reported).
+    """
+
+    params: list[nn.Parameter]
+    loss: Callable[[Tensor, Tensor], Tensor]
+    predict: Callable[[Tensor, int], Tensor]
+    count: int
+
+
+def build_model(
+    key: str, config: Config, *, seed: int, in_features: int, n_out: int, n_data: int, reg: bool
+) -> Model:
+    """The model of method ``key`` (one of :data:`METHODS`) for classification or the toy.
+
+    Each method's initialisation comes from its own seed, ``1000 seed + 10 index + reg``,
+    whatever else runs. ``n_data`` (training examples) scales the variational KL term.
+    """
+
+    def make(dropout: float = 0.0) -> nn.Sequential:
+        if reg:
+            return mlp(1, config.reg_hidden, 1, dropout)
+        return mlp(in_features, config.hidden, n_out, dropout)
+
+    def data_loss(out: Tensor, y: Tensor) -> Tensor:
+        # out: (K, B, n_out); the mean over members of each member's loss
+        if reg:
+            return F.mse_loss(out, y.expand_as(out))
+        return F.cross_entropy(out.flatten(0, 1), y.repeat(out.shape[0]))
+
+    torch.manual_seed(1000 * seed + 10 * METHODS.index(key) + int(reg))
+    if key == "single":
+        single = make()
+        return Model(
+            list(single.parameters()),
+            lambda x, y: data_loss(single(x)[None], y),
+            lambda x, k: single.eval()(x)[None],
+            count_trainable(single),
         )
-    if config.eval_samples < 2:
-        raise ValueError(f"eval_samples must be >= 2, got {config.eval_samples}")
-    unknown = [m for m in config.methods if m not in METHODS]
-    if unknown or not config.methods:
-        raise ValueError(f"methods {list(config.methods)}: choose among {', '.join(METHODS)}")
-    grids = {
-        "hypernet": config.diversity_grid,
-        "dropout": config.dropout_grid,
-        "variational": config.kl_grid,
+    if key == "dropout":
+        net = make(config.dropout)
+
+        def mc_predict(x: Tensor, k: int) -> Tensor:
+            net.train()  # dropout on: k passes as one batch of k copies
+            return net(x.repeat(k, *([1] * (x.dim() - 1)))).view(k, len(x), -1)
+
+        return Model(
+            list(net.parameters()),
+            lambda x, y: data_loss(net.train()(x)[None], y),
+            mc_predict,
+            count_trainable(net),
+        )
+    if key == "ensemble":
+        members = [make() for _ in range(config.ensemble)]
+        stacked = {k: nn.Parameter(v) for k, v in stack_module_state(members)[0].items()}
+        base = make()  # {name: (M, *shape)} applied to it
+        return Model(
+            list(stacked.values()),
+            # summed member losses: each member gets its own, unscaled gradient
+            lambda x, y: config.ensemble * data_loss(sample_outputs(base, stacked, x), y),
+            lambda x, k: sample_outputs(base, stacked, x),
+            sum(p.numel() for p in stacked.values()),
+        )
+    # "hypernet" or "variational": weights drawn from G(z)
+    hnets = noise_hypernets(make(), config)
+    post = GaussianPosterior(config.z_dim * len(hnets)) if key == "variational" else None
+
+    def hnet_loss(x: Tensor, y: Tensor) -> Tensor:
+        k = config.train_samples
+        z = post.rsample(k) if post is not None else None
+        ws = draw_weights(hnets, k, z=z)  # {name: (K, *shape)}
+        out = sample_outputs(hnets[0].target, ws, x)  # (K, B, n_out)
+        fit = mixture_nll(out, y) if config.fit == "mixture" and not reg else data_loss(out, y)
+        if post is not None:
+            return elbo_loss(fit, post.kl(), n_data, kl_weight=config.kl_weight)
+        spread = (
+            flatten_weights(ws)
+            if config.diversity_space == "weights"
+            else (out if reg else out.log_softmax(-1)).flatten(1)
+        )
+        return implicit_loss(fit, spread, diversity=config.diversity, term=config.diversity_term)
+
+    def hnet_predict(x: Tensor, k: int) -> Tensor:
+        g = torch.Generator().manual_seed(10_000 + seed)  # the same k nets each call
+        z = None if post is None else post.mean + post.std * torch.randn(k, post.dim, generator=g)
+        return sample_outputs(hnets[0].target, draw_weights(hnets, k, z=z, generator=g), x)
+
+    params = hypernet_parameters(hnets) + (list(post.parameters()) if post else [])
+    return Model(params, hnet_loss, hnet_predict, sum(p.numel() for p in params if p.requires_grad))
+
+
+def member_count(name: str, config: Config) -> int:
+    """K, the members a method predicts with: 1, the ensemble's size, or ``eval_samples``."""
+    if name == "single":
+        return 1
+    return config.ensemble if name == "deep ensemble" else config.eval_samples
+
+
+def evaluate_classification(
+    m: Model, k: int, data: Dataset, val: tuple[Tensor, Tensor], x_ood: Tensor
+) -> tuple[dict[str, float | None], dict]:
+    """Validation and test figures of one model, and its test reliability diagram.
+
+    Returns:
+        ``(figures, diagram)``: val_acc, val_nll, val_ece (when there is a validation set),
+        acc, nll, brier, ece, auroc, auroc_mi (``None`` for one member); percentages in %.
+    """
+    x_val, y_val = val
+    row: dict[str, float | None] = {}
+    if len(y_val):  # validation: what hyperparameters are chosen on
+        probs = summarize_classification(batched_logits(lambda x: m.predict(x, k), x_val)).probs
+        row["val_acc"] = 100 * accuracy(probs, y_val)
+        row["val_nll"] = nll(probs, y_val)
+        row["val_ece"] = 100 * expected_calibration_error(probs, y_val, bins=15)
+    pred_in = summarize_classification(batched_logits(lambda x: m.predict(x, k), data.x_test))
+    pred_out = summarize_classification(batched_logits(lambda x: m.predict(x, k), x_ood))
+    probs, y = pred_in.probs, data.y_test
+    ece = 100 * expected_calibration_error(probs, y, bins=15)
+    row |= {
+        "acc": 100 * accuracy(probs, y),
+        "nll": nll(probs, y),
+        "brier": brier_score(probs, y),
+        "ece": ece,
+        "auroc": 100 * ood_auroc(pred_in.entropy, pred_out.entropy),
+        "auroc_mi": (
+            100 * ood_auroc(pred_in.mutual_information, pred_out.mutual_information)
+            if k > 1
+            else None
+        ),
     }
-    for key, grid in grids.items():
-        if grid and key not in config.methods:
-            raise ValueError(f"a grid for {key} needs {key} in methods, got {config.methods}")
-        if len(set(grid)) != len(grid) or any(v < 0 for v in grid):
-            raise ValueError(f"grid {grid} for {key}: values must be distinct and >= 0")
-    if any(p >= 1 for p in config.dropout_grid):
-        raise ValueError(f"dropout_grid {config.dropout_grid}: rates must be < 1")
-    selecting = any(grids.values())
-    if not 0 <= config.shared_layers <= min(len(config.hidden), len(config.reg_hidden)):
-        raise ValueError(
-            f"shared_layers must leave at least one linear layer to generate, got "
-            f"{config.shared_layers} (hidden={config.hidden}, reg_hidden={config.reg_hidden})"
-        )
-    data, (x_val, y_val), x_ood, ood_what = load_problem(config)
-    if selecting and not len(y_val):
-        raise ValueError("the grids select on validation NLL: they need val_size > 0")
-    n_train = len(data.y_train)
-    print(
-        f"data: {data.name}, {n_train:,} train / {len(y_val):,} validation / "
-        f"{len(data.y_test):,} test images, {data.num_classes} classes; OOD: {ood_what}"
-    )
-    if selecting:
-        print("selection mode: validation figures only (no test set, no OOD, no regression toy)")
-    reg_steps = 0 if selecting else config.reg_steps
-    run_dir = make_run_dir(config.out, "uncertainty")
-    in_features = data.x_train[0].numel()
-    per_seed: list[dict] = []
-    diagrams: dict[str, dict] = {}
-    reg_curves: dict[str, dict] = {}
-    reg_data: tuple[Tensor, Tensor] | None = None
-    variant_of: dict[str, tuple[str, float]] = {}  # selection mode: name -> (method, value)
+    diagram: dict = reliability_diagram(probs, y, bins=15)
+    diagram["ece"] = ece / 100
+    return row, diagram
 
-    for seed in range(config.seed, config.seed + config.repeats):
-        torch.manual_seed(seed)
-        g_data = torch.Generator().manual_seed(seed)
-        x_reg, y_reg = regression_toy(config.reg_points, config.reg_noise, g_data)
 
-        # ---- The models: each is its parameters and a loss on a (x, y) batch ----------------
-        def make(out_features: int, regression: bool, dropout: float = 0.0) -> nn.Module:
-            if regression:
-                return mlp(1, config.reg_hidden, 1, dropout)
-            return mlp(in_features, config.hidden, out_features, dropout)
+@torch.no_grad()
+def evaluate_regression(
+    m: Model, k: int, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor]
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Test NLL and gap/data std ratio of one model on the toy, and its curve on a grid.
 
-        models: dict[tuple[str, str], dict] = {}
-        for task in ("cls",) if selecting else ("cls", "reg"):
-            reg = task == "reg"
-            n_out, n_data = (1, config.reg_points) if reg else (data.num_classes, n_train)
+    The noise variance is the model's training residual variance.
+    """
+    x_grid = torch.linspace(-6, 6, 241)[:, None]  # (241, 1)
+    fit = m.predict(train[0], k)  # (K, n, 1)
+    noise_var = (fit.mean(0) - train[1]).pow(2).mean()  # residual variance
+    on_test = summarize_regression(m.predict(test[0], k), noise_var)
+    grid = summarize_regression(m.predict(x_grid, k), noise_var)
+    xs = x_grid.squeeze(1)
+    in_gap = (xs > GAP[0]) & (xs < GAP[1])
+    on_data = (xs.abs() >= GAP[1]) & (xs.abs() <= 4)
+    std = grid.variance.sqrt().squeeze(1)
+    figures = {
+        "reg_nll": gaussian_nll(on_test.mean, on_test.variance, test[1]),
+        "gap_std_ratio": (std[in_gap].mean() / std[on_data].mean()).item(),
+    }
+    curve = {"x": xs.tolist(), "mean": grid.mean.squeeze(1).tolist(), "std": std.tolist()}
+    return figures, curve
 
-            def data_loss(out: Tensor, y: Tensor, reg: bool = reg) -> Tensor:
-                # out: (K, B, n_out); the mean over members of each member's loss
-                if reg:
-                    return F.mse_loss(out, y.expand_as(out))
-                return F.cross_entropy(out.flatten(0, 1), y.repeat(out.shape[0]))
 
-            # one model per method, or per value of its grid (selection mode)
-            variants = [(key, v) for key in config.methods for v in grids.get(key) or (None,)]
-            for key, value in variants:
-                # each method's initialisation comes from its own seed, whatever else runs (the
-                # variants of a grid start from the same initialisation)
-                torch.manual_seed(1000 * seed + 10 * METHODS.index(key) + int(reg))
-                name = NAMES[key]
-                if value is not None:
-                    name += f" ({LABELS[key]}={value:g})"
-                    variant_of[name] = (key, value)
-                diversity = config.diversity if value is None else value
-                kl_weight = config.kl_weight if value is None else value
-                if key == "single":
-                    single = make(n_out, reg)
-                    models[task, name] = {
-                        "params": list(single.parameters()),
-                        "loss": lambda x, y, m=single, dl=data_loss: dl(m(x)[None], y),
-                        "predict": lambda x, k, m=single: m.eval()(x)[None],
-                        "count": count_trainable(single),
-                    }
-                elif key == "dropout":
-                    dropout_net = make(n_out, reg, config.dropout if value is None else value)
-
-                    def mc_predict(x: Tensor, k: int, m: nn.Module = dropout_net) -> Tensor:
-                        m.train()  # dropout on: k passes as one batch of k copies
-                        return m(x.repeat(k, *([1] * (x.dim() - 1)))).view(k, len(x), -1)
-
-                    models[task, name] = {
-                        "params": list(dropout_net.parameters()),
-                        "loss": lambda x, y, m=dropout_net, dl=data_loss: dl(m.train()(x)[None], y),
-                        "predict": mc_predict,
-                        "count": count_trainable(dropout_net),
-                    }
-                elif key == "ensemble":
-                    members = [make(n_out, reg) for _ in range(config.ensemble)]
-                    stacked, _ = stack_module_state(members)  # {name: (M, *shape)}
-                    stacked = {k: nn.Parameter(v) for k, v in stacked.items()}
-                    base = make(n_out, reg)
-                    models[task, name] = {
-                        "params": list(stacked.values()),
-                        # summed member losses: each member gets its own, unscaled gradient
-                        "loss": lambda x, y, b=base, w=stacked, dl=data_loss: (
-                            config.ensemble * dl(sample_outputs(b, w, x), y)
-                        ),
-                        "predict": lambda x, k, b=base, w=stacked: sample_outputs(b, w, x),
-                        "count": sum(p.numel() for p in stacked.values()),
-                    }
-                else:  # "hypernet" or "variational"
-                    hnets = noise_hypernets(make(n_out, reg), config)
-                    z_size = config.z_dim * len(hnets)
-                    post = GaussianPosterior(z_size) if key == "variational" else None
-
-                    def hnet_loss(
-                        x, y, h=hnets, q=post, dl=data_loss, n=n_data, reg=reg, div=diversity,
-                        kw=kl_weight,
-                    ):  # fmt: skip
-                        k = config.train_samples
-                        z = q.rsample(k) if q is not None else None
-                        ws = draw_weights(h, k, z=z)  # {name: (K, *shape)}
-                        out = sample_outputs(h[0].target, ws, x)  # (K, B, n_out)
-                        mixture = config.fit == "mixture" and not reg
-                        fit = mixture_nll(out, y) if mixture else dl(out, y)
-                        if q is not None:
-                            return elbo_loss(fit, q.kl(), n, kl_weight=kw)
-                        spread = (
-                            flatten_weights(ws)
-                            if config.diversity_space == "weights"
-                            else (out if reg else out.log_softmax(-1)).flatten(1)
-                        )
-                        return implicit_loss(fit, spread, diversity=div, term=config.diversity_term)
-
-                    def hnet_predict(x, k, h=hnets, q=post, s=seed) -> Tensor:
-                        g = torch.Generator().manual_seed(10_000 + s)  # the same k nets each call
-                        z = (
-                            None
-                            if q is None
-                            else q.mean + q.std * torch.randn(k, q.dim, generator=g)
-                        )
-                        return sample_outputs(h[0].target, draw_weights(h, k, z=z, generator=g), x)
-
-                    params = hypernet_parameters(hnets) + (list(post.parameters()) if post else [])
-                    models[task, name] = {
-                        "params": params,
-                        "loss": hnet_loss,
-                        "predict": hnet_predict,
-                        "count": sum(p.numel() for p in params if p.requires_grad),
-                    }
-        torch.manual_seed(seed)
-        for m in models.values():
-            m["opt"] = torch.optim.Adam(m["params"], lr=config.lr)
-            m["seconds"] = 0.0
-
-        # ---- The one training loop: one classification batch and one regression step -------
-        batches_per_epoch = math.ceil(n_train / config.batch_size)
-        steps = max(config.epochs * batches_per_epoch, reg_steps)
-        order = torch.empty(0, dtype=torch.long)
-        for step in progress(range(steps), quiet=config.quiet, desc=f"seed {seed}"):
-            batch = {}
-            if step < config.epochs * batches_per_epoch:
-                i = step % batches_per_epoch
-                if i == 0:
-                    order = torch.randperm(n_train, generator=g_data)
-                idx = order[i * config.batch_size : (i + 1) * config.batch_size]
-                batch["cls"] = (data.x_train[idx], data.y_train[idx])
-            if step < reg_steps:
-                batch["reg"] = (x_reg, y_reg)
-            for (task, _), m in models.items():
-                if task not in batch:
-                    continue
-                t0 = time.perf_counter()
-                loss = m["loss"](*batch[task])
-                m["opt"].zero_grad(set_to_none=True)
-                loss.backward()
-                m["opt"].step()
-                m["seconds"] += time.perf_counter() - t0
-
-        # ---- Evaluation: the same metrics for every method ----------------------------------
-        rows = []
-        g_eval = torch.Generator().manual_seed(20_000 + seed)
-        x_grid = torch.linspace(-6, 6, 241)[:, None]  # (241, 1)
-        x_test_reg, y_test_reg = regression_toy(1000, config.reg_noise, g_eval)
-        for (task, name), m in models.items():
-            k = config.ensemble if name == "deep ensemble" else config.eval_samples
-            k = 1 if name == "single" else k
-            if task == "cls":
-                row = {"seed": seed, "method": name, "params": m["count"]}
-                if name in variant_of:
-                    row["value"] = variant_of[name][1]
-                if len(y_val):  # validation: what hyperparameters are chosen on
-                    probs = summarize_classification(
-                        batched_logits(lambda x, m=m, k=k: m["predict"](x, k), x_val)
-                    ).probs
-                    row["val_acc"] = 100 * accuracy(probs, y_val)
-                    row["val_nll"] = nll(probs, y_val)
-                    row["val_ece"] = 100 * expected_calibration_error(probs, y_val, bins=15)
-                if selecting:  # selection mode never looks at the test set
-                    row["train_s"] = m["seconds"]
-                    rows.append(row)
-                    continue
-                pred_in = summarize_classification(
-                    batched_logits(lambda x, m=m, k=k: m["predict"](x, k), data.x_test)
-                )
-                pred_out = summarize_classification(
-                    batched_logits(lambda x, m=m, k=k: m["predict"](x, k), x_ood)
-                )
-                probs, y = pred_in.probs, data.y_test
-                row |= {
-                    "acc": 100 * accuracy(probs, y),
-                    "nll": nll(probs, y),
-                    "brier": brier_score(probs, y),
-                    "ece": 100 * expected_calibration_error(probs, y, bins=15),
-                    "auroc": 100 * ood_auroc(pred_in.entropy, pred_out.entropy),
-                    "auroc_mi": (
-                        100 * ood_auroc(pred_in.mutual_information, pred_out.mutual_information)
-                        if k > 1
-                        else None
-                    ),
-                    "train_s": m["seconds"],
-                }
-                if seed == config.seed:
-                    diagrams[name] = reliability_diagram(probs, y, bins=15)
-                    diagrams[name]["ece"] = row["ece"] / 100
-                rows.append(row)
-            else:
-                with torch.no_grad():
-                    fit = m["predict"](x_reg, k)  # (K, n, 1)
-                    noise_var = (fit.mean(0) - y_reg).pow(2).mean()  # residual variance
-                    test = summarize_regression(m["predict"](x_test_reg, k), noise_var)
-                    grid = summarize_regression(m["predict"](x_grid, k), noise_var)
-                in_gap = (x_grid.squeeze(1) > GAP[0]) & (x_grid.squeeze(1) < GAP[1])
-                on_data = (x_grid.squeeze(1).abs() >= GAP[1]) & (x_grid.squeeze(1).abs() <= 4)
-                std = grid.variance.sqrt().squeeze(1)
-                row = next(r for r in rows if r["method"] == name)
-                row["reg_nll"] = gaussian_nll(test.mean, test.variance, y_test_reg)
-                row["gap_std_ratio"] = (std[in_gap].mean() / std[on_data].mean()).item()
-                if seed == config.seed:
-                    reg_curves[name] = {
-                        "x": x_grid.squeeze(1).tolist(),
-                        "mean": grid.mean.squeeze(1).tolist(),
-                        "std": std.tolist(),
-                    }
-                    reg_data = (x_reg, y_reg)
-        per_seed += rows
-        write_json(run_dir / "results.json", {"config": asdict(config), "per_seed": per_seed})
-
-    # ---- Report: mean ± std over seeds ------------------------------------------------------
+def summarize(per_seed: list[dict], validation: bool) -> tuple[list[dict], list[dict]]:
+    """Mean and std over seeds per method, and the printed table (``mean ± std`` strings)."""
     val_metrics = ["val_acc", "val_nll", "val_ece"]
     metrics = ["acc", "nll", "brier", "ece", "auroc", "auroc_mi", "reg_nll", "gap_std_ratio"]
     summary = []
@@ -844,37 +709,123 @@ def run(config: Config) -> dict:
                 entry[key] = vals.mean().item()
                 entry[f"{key}_std"] = vals.std().item() if len(vals) > 1 else 0.0
         summary.append(entry)
-    if selecting:
-        metrics = val_metrics
-    elif len(y_val):
+    if validation:
         metrics.insert(metrics.index("auroc"), "val_nll")  # next to the test figures
+    percent = ("acc", "ece", "auroc", "auroc_mi", "val_acc", "val_ece", "train_s")
     table = []
     for e in summary:
         row = {"method": e["method"], "params": e["params"]}
         for key in [*metrics, "train_s"]:
             if key in e:
-                percent = ("acc", "ece", "auroc", "auroc_mi", "val_acc", "val_ece", "train_s")
                 digits = 1 if key in percent else 4 if key == "val_nll" else 3
                 row[key] = f"{e[key]:.{digits}f} ± {e[key + '_std']:.{digits}f}"
         table.append(row)
-    # ---- Selection mode: per grid, the value of lowest mean validation NLL -----------------
-    selection: dict[str, dict] = {}
-    for key, grid in grids.items():
-        if not grid:
-            continue
-        scores = {
-            v: [r["val_nll"] for r in per_seed if variant_of.get(r["method"]) == (key, v)]
-            for v in grid
-        }
-        selection[GRIDS[key]] = {
-            "method": NAMES[key],
-            "val_nll": {str(v): s for v, s in scores.items()},
-            "selected": select_lowest(scores),
-        }
+    return summary, table
+
+
+def check_config(config: Config) -> None:
+    """Raise ``ValueError`` naming the options that cannot run together."""
+    if config.repeats < 1 or config.ensemble < 2 or config.train_samples < 2:
+        raise ValueError(
+            f"need repeats >= 1, ensemble >= 2 and train_samples >= 2, got {config.repeats}, "
+            f"{config.ensemble}, {config.train_samples}"
+        )
+    if config.eval_samples < 2:
+        raise ValueError(f"eval_samples must be >= 2, got {config.eval_samples}")
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown or not config.methods:
+        raise ValueError(f"methods {list(config.methods)}: choose among {', '.join(METHODS)}")
+    if not 0 <= config.shared_layers <= min(len(config.hidden), len(config.reg_hidden)):
+        raise ValueError(
+            f"shared_layers must leave at least one linear layer to generate, got "
+            f"{config.shared_layers} (hidden={config.hidden}, reg_hidden={config.reg_hidden})"
+        )
+
+
+def run(config: Config) -> dict:
+    check_config(config)
+    data, (x_val, y_val), x_ood, ood_what = load_problem(config)
+    n_train, in_features = len(data.y_train), data.x_train[0].numel()
+    print(
+        f"data: {data.name}, {n_train:,} train / {len(y_val):,} validation / "
+        f"{len(data.y_test):,} test images, {data.num_classes} classes; OOD: {ood_what}"
+    )
+    run_dir = make_run_dir(config.out, "uncertainty")
+    per_seed: list[dict] = []
+    diagrams: dict[str, dict] = {}
+    reg_curves: dict[str, dict] = {}
+    reg_data: tuple[Tensor, Tensor] | None = None
+
+    for seed in range(config.seed, config.seed + config.repeats):
+        torch.manual_seed(seed)
+        g_data = torch.Generator().manual_seed(seed)
+        x_reg, y_reg = regression_toy(config.reg_points, config.reg_noise, g_data)
+
+        # ---- The models, one per method and problem; Adam for each ---------------------------
+        models: dict[tuple[str, str], Model] = {}
+        for task, n_out, n_data in (
+            ("cls", data.num_classes, n_train),
+            ("reg", 1, config.reg_points),
+        ):
+            for key in config.methods:
+                models[task, NAMES[key]] = build_model(
+                    key, config, seed=seed, in_features=in_features, n_out=n_out,
+                    n_data=n_data, reg=task == "reg",
+                )  # fmt: skip
+        torch.manual_seed(seed)
+        opts = {which: torch.optim.Adam(m.params, lr=config.lr) for which, m in models.items()}
+        seconds = dict.fromkeys(models, 0.0)
+
+        # ---- The one training loop: one classification batch and one regression step -------
+        batches_per_epoch = math.ceil(n_train / config.batch_size)
+        cls_steps = config.epochs * batches_per_epoch
+        order = torch.empty(0, dtype=torch.long)
+        for step in progress(
+            range(max(cls_steps, config.reg_steps)), quiet=config.quiet, desc=f"seed {seed}"
+        ):
+            batch = {}
+            if step < cls_steps:
+                i = step % batches_per_epoch
+                if i == 0:
+                    order = torch.randperm(n_train, generator=g_data)
+                idx = order[i * config.batch_size : (i + 1) * config.batch_size]
+                batch["cls"] = (data.x_train[idx], data.y_train[idx])
+            if step < config.reg_steps:
+                batch["reg"] = (x_reg, y_reg)
+            for which, m in models.items():
+                if which[0] not in batch:
+                    continue
+                t0 = time.perf_counter()
+                loss = m.loss(*batch[which[0]])
+                opts[which].zero_grad(set_to_none=True)
+                loss.backward()
+                opts[which].step()
+                seconds[which] += time.perf_counter() - t0
+
+        # ---- Evaluation: the same metrics for every method ----------------------------------
+        rows: dict[str, dict] = {}
+        g_eval = torch.Generator().manual_seed(20_000 + seed)
+        test_reg = regression_toy(1000, config.reg_noise, g_eval)
+        for (task, name), m in models.items():
+            k = member_count(name, config)
+            if task == "cls":
+                scores, diagram = evaluate_classification(m, k, data, (x_val, y_val), x_ood)
+                rows[name] = {"seed": seed, "method": name, "params": m.count, **scores}
+                rows[name]["train_s"] = seconds[task, name]
+                if seed == config.seed:
+                    diagrams[name] = diagram
+            else:
+                figures, curve = evaluate_regression(m, k, (x_reg, y_reg), test_reg)
+                rows[name] |= figures
+                if seed == config.seed:
+                    reg_curves[name], reg_data = curve, (x_reg, y_reg)
+        per_seed += rows.values()
+        write_json(run_dir / "results.json", {"config": asdict(config), "per_seed": per_seed})
+
+    # ---- Report: mean ± std over seeds ------------------------------------------------------
+    summary, table = summarize(per_seed, validation=len(y_val) > 0)
     if reg_data is not None:
         plot_regression(reg_curves, *reg_data, run_dir / "regression.png")
-    if diagrams:
-        plot_reliability(diagrams, run_dir / "reliability.png")
     results = {
         "config": asdict(config),
         "data": {
@@ -888,28 +839,23 @@ def run(config: Config) -> dict:
         "per_seed": per_seed,
         "reliability": diagrams,
         "regression": reg_curves,
-        "selection": selection,
     }
-    write_json(run_dir / "results.json", results)
-    write_csv(run_dir / "results.csv", per_seed)
     seeds = f"seed {config.seed}" if config.repeats == 1 else (
         f"seeds {config.seed}..{config.seed + config.repeats - 1}, mean ± std"
     )  # fmt: skip
-    if selecting:
-        print(f"\n{data.name}, {config.epochs} epochs, {seeds}; validation only, acc and ece in %")
-    else:
-        print(
-            f"\n{data.name}, {config.epochs} epochs, {seeds}; acc, ece, auroc in %; OOD: "
-            f"{ood_what}; K = {config.eval_samples} draws (deep ensemble: {config.ensemble} "
-            "members)"
-        )
-    print(format_table(table))
-    for what, sel in selection.items():
-        best = sel["val_nll"][str(sel["selected"])]
-        print(
-            f"selected {what} = {sel['selected']:g} for {sel['method']}: lowest mean validation "
-            f"NLL, {sum(best) / len(best):.4f} over {len(best)} seed(s)"
-        )
+    print(
+        f"\n{data.name}, {config.epochs} epochs, {seeds}; acc, ece, auroc in %; OOD: "
+        f"{ood_what}; K = {config.eval_samples} draws (deep ensemble: {config.ensemble} "
+        "members)"
+    )
+    write_results(
+        run_dir,
+        results,
+        per_seed,
+        plot=lambda path: plot_reliability(diagrams, path),
+        plot_name="reliability.png",
+        table=table,
+    )
     print(f"\n{run_dir}")
     results["run_dir"] = str(run_dir)
     return results

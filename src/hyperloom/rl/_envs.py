@@ -118,8 +118,10 @@ class ContextualEnv(gym.Wrapper):
             raise ValueError(f"contexts must be (K, {len(self.params)}), got {self.contexts.shape}")
         self._rng = np.random.default_rng(seed)
         self.context = np.zeros(len(self.params))
-        low = self.env.observation_space.low
-        high = self.env.observation_space.high
+        space = self.env.observation_space
+        if not isinstance(space, gym.spaces.Box):
+            raise TypeError(f"{env_id}: expected a Box observation space, got {space}")
+        low, high = space.low, space.high
         inf = np.full(len(self.params), np.inf, dtype=low.dtype)
         self.observation_space = gym.spaces.Box(
             np.concatenate([low, -inf]), np.concatenate([high, inf]), dtype=low.dtype

@@ -1,7 +1,8 @@
 """Context-conditioned networks and the actor-critic that holds them.
 
 Three ways for a network to use the context ``c`` of its environment, all called as
-``net(obs, c)`` with ``obs`` of shape ``(B, obs_dim)`` and ``c`` of shape ``(B, context_dim)``:
+``net(obs, context=c)`` (the context by keyword, as everywhere) with ``obs`` of shape
+``(B, obs_dim)`` and ``c`` of shape ``(B, context_dim)``:
 
 * :class:`HyperContext`: a hypernetwork maps ``c`` to the weights of the target, which then
   reads ``obs`` alone (Rezaei-Shoshtari et al., 2023; Sarafian et al., 2021). Every
@@ -138,7 +139,7 @@ class HyperContext(nn.Module):
 
     Example:
         >>> net = HyperContext(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)), 3)
-        >>> net(torch.randn(6, 4), torch.randn(6, 3)).shape
+        >>> net(torch.randn(6, 4), context=torch.randn(6, 3)).shape
         torch.Size([6, 2])
     """
 
@@ -159,7 +160,7 @@ class HyperContext(nn.Module):
         for p in target.parameters():
             p.requires_grad_(False)
 
-    def forward(self, obs: Tensor, context: Tensor) -> Tensor:
+    def forward(self, obs: Tensor, *, context: Tensor) -> Tensor:
         check_context_tensor(context, self.context_dim, obs.shape[0])
         distinct, index = group_rows(context.to(obs.dtype))  # (M, d), (B,)
         weights = self.hnet.generate(context=distinct)  # {name: (M, *shape)}
@@ -186,7 +187,7 @@ class ConcatContext(nn.Module):
 
     Example:
         >>> net = ConcatContext(nn.Linear(7, 2), 3)
-        >>> net(torch.randn(6, 4), torch.randn(6, 3)).shape
+        >>> net(torch.randn(6, 4), context=torch.randn(6, 3)).shape
         torch.Size([6, 2])
     """
 
@@ -195,7 +196,7 @@ class ConcatContext(nn.Module):
         self.target = target
         self.context_dim = int(context_dim)
 
-    def forward(self, obs: Tensor, context: Tensor) -> Tensor:
+    def forward(self, obs: Tensor, *, context: Tensor) -> Tensor:
         check_context_tensor(context, self.context_dim, obs.shape[0])
         return self.target(torch.cat([obs, context.to(obs.dtype)], dim=-1))
 
@@ -204,7 +205,7 @@ class NoContext(nn.Module):
     """``target(obs)``: the context is checked and then ignored (the no-context baseline).
 
     Example:
-        >>> NoContext(nn.Linear(4, 2), 3)(torch.randn(6, 4), torch.zeros(6, 3)).shape
+        >>> NoContext(nn.Linear(4, 2), 3)(torch.randn(6, 4), context=torch.zeros(6, 3)).shape
         torch.Size([6, 2])
     """
 
@@ -213,7 +214,7 @@ class NoContext(nn.Module):
         self.target = target
         self.context_dim = int(context_dim)
 
-    def forward(self, obs: Tensor, context: Tensor) -> Tensor:
+    def forward(self, obs: Tensor, *, context: Tensor) -> Tensor:
         check_context_tensor(context, self.context_dim, obs.shape[0])
         return self.target(obs)
 
@@ -253,11 +254,11 @@ def contextual(
         hnet_hidden: trunk of the hypernetwork's ``FlatGenerator`` (``hyper`` only).
 
     Returns:
-        A module called as ``net(obs, context)``.
+        A module called as ``net(obs, context=c)``.
 
     Example:
         >>> net = contextual("hyper", 4, 3, 2)
-        >>> net(torch.randn(5, 4), torch.zeros(5, 3)).shape
+        >>> net(torch.randn(5, 4), context=torch.zeros(5, 3)).shape
         torch.Size([5, 2])
     """
     if method == "hyper":
@@ -271,7 +272,7 @@ def contextual(
 
 
 class ActorCritic(nn.Module):
-    """A policy and a value function, both ``net(obs, context)`` modules.
+    """A policy and a value function, both ``net(obs, context=c)`` modules.
 
     Discrete action spaces get a categorical policy over the actor's logits; ``Box`` spaces a
     diagonal Gaussian with the actor's output as mean and a learned, state-independent log
@@ -279,15 +280,15 @@ class ActorCritic(nn.Module):
     space's half-range and are rescaled by :meth:`env_action`.
 
     Args:
-        actor: ``(obs, context) -> logits | mean``.
-        critic: ``(obs, context) -> (B, 1)``.
+        actor: ``(obs, context=c) -> logits | mean``.
+        critic: ``(obs, context=c) -> (B, 1)``.
         action_space: the single environment's action space.
         log_std_init: initial log standard deviation (``Box`` only).
 
     Example:
         >>> space = gym.spaces.Discrete(2)
         >>> agent = ActorCritic(contextual("none", 4, 1, 2), contextual("none", 4, 1, 1), space)
-        >>> action, logp, entropy, value = agent.act(torch.randn(3, 4), torch.zeros(3, 1))
+        >>> action, logp, entropy, value = agent.act(torch.randn(3, 4), context=torch.zeros(3, 1))
         >>> action.shape, value.shape
         (torch.Size([3]), torch.Size([3]))
     """
@@ -311,34 +312,36 @@ class ActorCritic(nn.Module):
             self.log_std = nn.Parameter(torch.full((n,), float(log_std_init)))
             low = torch.as_tensor(action_space.low, dtype=torch.float32)
             high = torch.as_tensor(action_space.high, dtype=torch.float32)
+            self.action_center: Tensor
+            self.action_scale: Tensor
             self.register_buffer("action_center", (high + low) / 2, persistent=False)
             self.register_buffer("action_scale", (high - low) / 2, persistent=False)
         else:
             raise TypeError(f"unsupported action space {action_space}; Discrete or 1-d Box")
 
-    def value(self, obs: Tensor, context: Tensor) -> Tensor:
+    def value(self, obs: Tensor, *, context: Tensor) -> Tensor:
         """``V(obs; context)``, shape ``(B,)``."""
-        return self.critic(obs, context).squeeze(-1)
+        return self.critic(obs, context=context).squeeze(-1)
 
-    def distribution(self, obs: Tensor, context: Tensor) -> Distribution:
+    def distribution(self, obs: Tensor, *, context: Tensor) -> Distribution:
         """The policy's action distribution for each row."""
-        out = self.actor(obs, context)
+        out = self.actor(obs, context=context)
         if not self.continuous:
             return Categorical(logits=out)
         return Independent(Normal(out, self.log_std.exp().expand_as(out)), 1)
 
     def act(
-        self, obs: Tensor, context: Tensor, action: Tensor | None = None
+        self, obs: Tensor, *, context: Tensor, action: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Sample (or score given) actions: ``(action, log_prob, entropy, value)``, rows ``B``."""
-        dist = self.distribution(obs, context)
+        dist = self.distribution(obs, context=context)
         if action is None:
             action = dist.sample()
-        return action, dist.log_prob(action), dist.entropy(), self.value(obs, context)
+        return action, dist.log_prob(action), dist.entropy(), self.value(obs, context=context)
 
-    def greedy(self, obs: Tensor, context: Tensor) -> Tensor:
+    def greedy(self, obs: Tensor, *, context: Tensor) -> Tensor:
         """The deterministic action: the most likely class, or the Gaussian's mean."""
-        out = self.actor(obs, context)
+        out = self.actor(obs, context=context)
         return out if self.continuous else out.argmax(-1)
 
     def env_action(self, action: Tensor) -> np.ndarray:

@@ -76,12 +76,12 @@ def gae(
 def ppo_loss(
     agent: ActorCritic,
     obs: Tensor,
-    context: Tensor,
     actions: Tensor,
     old_logp: Tensor,
     advantages: Tensor,
     returns: Tensor,
     *,
+    context: Tensor,
     clip: float = 0.2,
     vf_coef: float = 0.5,
     ent_coef: float = 0.0,
@@ -94,9 +94,10 @@ def ppo_loss(
 
     Args:
         agent: the actor-critic.
-        obs: ``(B, obs_dim)``; context: ``(B, context_dim)``; actions: ``(B, ...)``.
+        obs: ``(B, obs_dim)``; actions: ``(B, ...)``.
         old_logp: ``(B,)`` log-probabilities under the rollout's policy.
         advantages: ``(B,)``; returns: ``(B,)`` value targets.
+        context: ``(B, context_dim)``, keyword-only as everywhere a context is passed.
         clip: the clipping range epsilon.
         vf_coef: weight of the value loss.
         ent_coef: weight of the entropy bonus.
@@ -111,12 +112,13 @@ def ppo_loss(
         >>> agent = ActorCritic(contextual("none", 4, 1, 2), contextual("none", 4, 1, 1),
         ...                     gym.spaces.Discrete(2))
         >>> o, c = torch.randn(8, 4), torch.zeros(8, 1)
-        >>> a, logp, _, _ = agent.act(o, c)
-        >>> loss, stats = ppo_loss(agent, o, c, a, logp.detach(), torch.randn(8), torch.randn(8))
+        >>> a, logp, _, _ = agent.act(o, context=c)
+        >>> loss, stats = ppo_loss(agent, o, a, logp.detach(), torch.randn(8), torch.randn(8),
+        ...                        context=c)
         >>> stats["clipfrac"]
         0.0
     """
-    _, logp, entropy, value = agent.act(obs, context, actions)
+    _, logp, entropy, value = agent.act(obs, context=context, action=actions)
     log_ratio = logp - old_logp
     ratio = log_ratio.exp()
     adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
@@ -184,9 +186,9 @@ def evaluate(
     while running.any():
         state, context = split_observation(obs, context_dim)
         if greedy:
-            action = agent.greedy(state, context)
+            action = agent.greedy(state, context=context)
         else:
-            action = agent.distribution(state, context).sample()
+            action = agent.distribution(state, context=context).sample()
         obs, reward, terminated, truncated, _ = vec.step(agent.env_action(action))
         returns += np.where(running, reward, 0.0)
         running &= ~(terminated | truncated)

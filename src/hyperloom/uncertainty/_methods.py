@@ -313,6 +313,7 @@ def kernel_repulsion(samples: Tensor, bandwidth: float | None = None) -> Tensor:
     d2 = _pairwise_sq_dists(samples)
     k = samples.shape[0]
     off = ~torch.eye(k, dtype=torch.bool, device=samples.device)
+    h: Tensor | float
     if bandwidth is None:
         med = d2.detach()[off].median()
         h = med / math.log(k) + _EPS
