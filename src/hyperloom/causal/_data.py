@@ -183,7 +183,7 @@ def load_acic16(instance: int = 1) -> CausalData:
     if isinstance(instance, bool) or instance not in ACIC16_INSTANCES:
         raise ValueError(f"ACIC 2016 instance must be one of 1..10, got {instance!r}")
     try:
-        from causallib.datasets import load_acic16 as _load  # type: ignore[import-untyped]
+        from causallib.datasets import load_acic16 as _load
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("ACIC 2016 needs causallib: pip install 'hyperloom[causal]'") from e
     b = _load(instance=instance)

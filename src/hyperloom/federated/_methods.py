@@ -557,7 +557,7 @@ def pfedhn_step(
     if idle not in IDLE_EMBEDDINGS:
         raise ValueError(f"idle must be one of {IDLE_EMBEDDINGS}, got {idle!r}")
     ids = [client] if clients is None else list(clients)
-    replies = [returned] if clients is None else list(returned)  # type: ignore[arg-type]
+    replies = [returned] if clients is None else list(returned)
     if len(replies) != len(ids) or not ids:
         raise ValueError(f"got {len(replies)} replies for clients {ids}")
     params = [p for group in optimizer.param_groups for p in group["params"]]

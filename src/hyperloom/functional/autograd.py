@@ -46,7 +46,7 @@ class BatchedLinear(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:  # type: ignore[override]
+    def forward(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         wt = w.transpose(1, 2)  # (N, in, out), a view
         if b is None:
             return torch.bmm(x, wt)
@@ -60,7 +60,7 @@ class BatchedLinear(torch.autograd.Function):
         ctx.amp = _autocast_state(x.device.type)
 
     @staticmethod
-    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
         x, w = ctx.saved_tensors
         gx = gw = gb = None
         with _autocast_as(ctx.amp):
@@ -112,7 +112,7 @@ class ReadoutLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, h: Tensor, R: Tensor, r: Tensor | None) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, h: Tensor, R: Tensor, r: Tensor | None) -> Tensor:
         b, d_in = x.shape
         k = h.shape[1]
         r3 = R.view(-1, d_in, k)  # (out, in, K)
@@ -126,7 +126,7 @@ class ReadoutLinear(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
         with _autocast_as(ctx.amp):
             return ReadoutLinear._backward(ctx, gy)
 

@@ -138,7 +138,7 @@ class _ReadoutParts(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, h: Tensor, w: Tensor, b: Tensor | None, sizes: list[int]) -> Any:  # type: ignore[override]
+    def forward(ctx: Any, h: Tensor, w: Tensor, b: Tensor | None, sizes: list[int]) -> Any:
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(h, w)
         ctx.sizes = sizes
@@ -146,7 +146,7 @@ class _ReadoutParts(torch.autograd.Function):
         return F.linear(h, w, b).split(sizes, dim=1)  # views of one (M, numel) output
 
     @staticmethod
-    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         h, w = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         need_b = need_b and ctx.has_bias

@@ -174,7 +174,7 @@ def hypervolume(points: Tensor | np.ndarray | Sequence, ref: Sequence[float]) ->
     if not np.isfinite(pts).all():
         raise ValueError("points must be finite; got NaN or infinite objective values")
     try:
-        from pymoo.indicators.hv import HV  # type: ignore[import-untyped]  # pymoo ships no stubs
+        from pymoo.indicators.hv import HV
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(
             "hypervolume needs pymoo: pip install 'hyperloom[pareto]' (or pymoo>=0.6)"

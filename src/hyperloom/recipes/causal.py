@@ -277,9 +277,9 @@ def fit_baseline(name: str, x: Tensor, t: Tensor, y: Tensor, seed: int, trees: i
     ``HistGradientBoostingClassifier`` for the propensity (default settings).
     """
     # econml and scikit-learn ship no type stubs
-    from econml.dml import CausalForestDML  # type: ignore[import-untyped]
-    from econml.metalearners import XLearner  # type: ignore[import-untyped]
-    from sklearn.ensemble import (  # type: ignore[import-untyped]
+    from econml.dml import CausalForestDML
+    from econml.metalearners import XLearner
+    from sklearn.ensemble import (
         HistGradientBoostingClassifier,
         HistGradientBoostingRegressor,
     )

@@ -98,7 +98,7 @@ def progress(iterable: Iterable[T], *, quiet: bool = False, **tqdm_kwargs: Any) 
     if quiet:
         yield from iterable
         return
-    from tqdm.auto import tqdm  # type: ignore[import-untyped]  # no stubs installed (types-tqdm)
+    from tqdm.auto import tqdm
 
     tqdm_kwargs.setdefault("disable", None)  # None: only on a terminal
     yield from tqdm(iterable, dynamic_ncols=True, leave=False, **tqdm_kwargs)
