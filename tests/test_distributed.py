@@ -201,3 +201,22 @@ def test_compiled_hypernetwork_static_path_is_one_graph_and_matches_eager():
     torch.testing.assert_close(y, hnet(x, task=1))
     y.square().mean().backward()
     assert all(p.grad is not None for p in hnet.generator.parameters())
+
+
+def test_launch_reruns_the_command_under_torchrun_without_nproc(monkeypatch):
+    calls: list[list[str]] = []
+    monkeypatch.setattr(D.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    assert D.launch(2, ["train", "hyperconv", "--nproc=2", "--epochs=1", "--nproc", "2"]) == 0
+    assert calls[0][1:] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "hyperloom",
+        "train",
+        "hyperconv",
+        "--epochs=1",
+    ]
+    with pytest.raises(ValueError, match="nproc must be >= 1, got 0"):
+        D.launch(0, [])

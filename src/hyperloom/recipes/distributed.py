@@ -398,6 +398,16 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     """
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
+    # The processes need no --nproc (they see WORLD_SIZE), and torchrun's own parser would
+    # take ``--nproc=N`` for an abbreviation of its ``--nproc-per-node``.
+    args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--nproc", "--nproc="):
+            skip = a == "--nproc"
+        elif not a.startswith("--nproc="):
+            args.append(a)
     cmd = [
         sys.executable,
         "-m",
@@ -406,6 +416,6 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         f"--nproc_per_node={nproc}",
         "-m",
         "hyperloom",
-        *argv,
+        *args,
     ]
     return subprocess.call(cmd)
