@@ -1401,13 +1401,13 @@ def main() -> None:
                 )
             elif section == "ddp":
                 kinds = ["1e4", "1e5"] if q else DDP_KINDS
-                text, s = bench_ddp(kinds, 2 if q else 6, 1 if q else 2)
+                text, s = bench_ddp(kinds, 2 if q else 5, 1)
                 title = (
                     "## Scaling over processes: data-parallel training on gloo (static task, "
                     "Adam; MLP 256-w-w-10 global batch 64, ResNet-18 on 32x32 global batch 8)"
                 )
             elif section == "compiled":
-                text, s = bench_compiled(3 if q else 9, 20 if q else 200, 64 if q else 256)
+                text, s = bench_compiled(3 if q else 7, 20 if q else 100, 64 if q else 256)
                 title = (
                     "## torch.compile: the static step and the per-sample step, eager against "
                     "compiled"
