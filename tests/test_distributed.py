@@ -91,8 +91,9 @@ def _worker(rank: int, port: int, mode: str, out: str) -> None:
     rt = D.start(device="cpu", amp="none")
     try:
         state = _train(rt, mode)
+        mean_rank = rt.average(float(rank))  # what a logged loss goes through
         if rt.is_main:
-            torch.save(state, out)
+            torch.save({"state": state, "mean_rank": mean_rank}, out)
     finally:
         D.stop(rt)
 
@@ -107,7 +108,9 @@ def _free_port() -> int:
 def test_two_gloo_processes_equal_one_process_on_the_whole_batches(tmp_path, mode):
     out = str(tmp_path / "rank0.pt")
     mp.start_processes(_worker, args=(_free_port(), mode, out), nprocs=2, start_method="fork")
-    two = torch.load(out)
+    saved = torch.load(out)
+    two = saved["state"]
+    assert saved["mean_rank"] == 0.5
     one = _train(D.Runtime(torch.device("cpu")), "single")
     before = _hnet().state_dict()
     # Tolerance: the two runs differ only in how each gradient's sum over the 8 samples is

@@ -502,7 +502,7 @@ def _run(config: Config, rt: Runtime) -> dict:
                         for n, p in params.items():
                             if p.grad is not None:
                                 path[n] -= p.grad * (p.detach() - before[n])
-                    losses.append(float(loss.detach()))
+                    losses.append(rt.average(float(loss.detach())))
 
                 # ---- end of task t: what the method keeps for the next tasks ----------------
                 if method == "hnet":  # lookahead: whole weight sets; else factored (cheaper)

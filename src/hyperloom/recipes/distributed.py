@@ -264,6 +264,19 @@ class Runtime:
                 else:
                     p.grad.copy_(part)
 
+    def average(self, value: float) -> float:
+        """The mean of ``value`` over the processes (a logged loss: every slice's, not rank 0's).
+
+        Example:
+            >>> Runtime(torch.device("cpu")).average(0.25)
+            0.25
+        """
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.item() / self.world_size
+
     def move(self, obj: T) -> T:
         """``obj`` with its tensors on :attr:`device`: a tensor, a dataclass (such as a
         ``Dataset``), a list, tuple or dict of these; anything else is returned as it is.
