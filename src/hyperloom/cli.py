@@ -49,6 +49,11 @@ def _run_recipe(name: str, argv: Sequence[str], prog: str) -> int:
         config = config_from_args(module.Config, args)
     except ValueError as e:
         parser.error(str(e))
+    nproc = getattr(config, "nproc", 1)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # --nproc N: rerun under torchrun
+        from .recipes.distributed import launch
+
+        return launch(nproc, ["train", name, *argv])
     out = getattr(config, "out", None)
     if out is not None:
         problem = _unwritable(Path(out))

@@ -66,6 +66,7 @@ from ..generators import ChunkedGenerator
 from ..hypernet import HyperNetwork
 from ..networks import build_target
 from .config import data_dir_field
+from .distributed import Runtime, amp_field, device_field, nproc_field, runtime
 from .reproduce import Recorded
 from .runs import Stopwatch, format_table, make_run_dir, progress, write_csv, write_json
 
@@ -234,6 +235,9 @@ class Config:
     seed: int = field(default=0, metadata={"help": "random seed (data order, init, permutations)"})
     out: str = field(default="runs", metadata={"help": "folder for the run folder"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+    device: str = device_field()
+    amp: str = amp_field()
+    nproc: int = nproc_field()
 
 
 # ``hyperloom reproduce continual --smoke``: every method on two digit tasks, a few steps each.
@@ -356,11 +360,15 @@ def load_tasks(config: Config) -> list[Task]:
 
 def run(config: Config) -> dict:
     config = resolve(config)
+    with runtime(device=config.device, amp=config.amp) as rt:
+        return _run(config, rt)
+
+
+def _run(config: Config, rt: Runtime) -> dict:
     t_start = time.perf_counter()
-    tasks = load_tasks(config)
+    tasks = rt.move(load_tasks(config))
     n_tasks, k = len(tasks), tasks[0].num_classes  # every task has k outputs
     in_features = tasks[0].x_train[0].numel()
-    run_dir = make_run_dir(config.out, "continual")
     print(
         f"{config.scenario}: {n_tasks} tasks of {k} classes, "
         f"{sum(len(t.y_train) for t in tasks):,} train / {sum(len(t.y_test) for t in tasks):,} "
@@ -373,7 +381,7 @@ def run(config: Config) -> dict:
             in_features=in_features,
             hidden=list(config.target_hidden),
             out_features=out_features,
-        )
+        ).to(rt.device)
 
     torch.optim.Adam([nn.Parameter(torch.zeros(1))])  # imports torch's compiler stack untimed
     results: dict[str, dict] = {}
@@ -391,7 +399,7 @@ def run(config: Config) -> dict:
                     hidden=config.hnet_hidden,
                     activation=config.hnet_activation,
                 ),
-            )
+            ).to(rt.device)
             hnet_for_checkpoint = hnet
             shared_params = list(hnet.generator.parameters())
             snapshot: dict[str, Tensor] = {}
@@ -441,10 +449,12 @@ def run(config: Config) -> dict:
                     range(config.iters), quiet=config.quiet, desc=f"{method} task {t}"
                 ):
                     idx = torch.randint(len(task.y_train), (config.batch_size,), generator=batches)
+                    idx = rt.part(idx)  # data-parallel: this process's slice
                     x, y = task.x_train[idx], task.y_train[idx]
                     opt.zero_grad(set_to_none=True)
                     if method == "hnet":
-                        loss = F.cross_entropy(hnet(x, task=t), y)
+                        with rt.autocast():
+                            loss = F.cross_entropy(hnet(x, task=t), y)
                         if t > 0 and not config.lookahead:  # every earlier task, none generated
                             loss = loss + factored_output_regularizer(
                                 hnet,
@@ -469,10 +479,12 @@ def run(config: Config) -> dict:
                                 generator=batches,
                             ).backward()
                     elif method == "separate":
-                        loss = F.cross_entropy(nets[t](x), y)
+                        with rt.autocast():
+                            loss = F.cross_entropy(nets[t](x), y)
                         loss.backward()
                     else:
-                        loss = F.cross_entropy(net(x)[:, t * k : (t + 1) * k], y)
+                        with rt.autocast():
+                            loss = F.cross_entropy(net(x)[:, t * k : (t + 1) * k], y)
                         if t > 0 and method == "ewc":
                             loss = loss + config.ewc_lambda / 2 * quadratic_penalty(
                                 params, anchor, importance
@@ -484,12 +496,13 @@ def run(config: Config) -> dict:
                         loss.backward()
                         if method == "si":
                             before = {n: p.detach().clone() for n, p in params.items()}
+                    rt.sync_grads(opt)  # data-parallel: the mean over the processes
                     opt.step()
                     if method == "si":  # path integral: -gradient . step
                         for n, p in params.items():
                             if p.grad is not None:
                                 path[n] -= p.grad * (p.detach() - before[n])
-                    losses.append(float(loss.detach()))
+                    losses.append(rt.average(float(loss.detach())))
 
                 # ---- end of task t: what the method keeps for the next tasks ----------------
                 if method == "hnet":  # lookahead: whole weight sets; else factored (cheaper)
@@ -541,6 +554,9 @@ def run(config: Config) -> dict:
         }
 
     # ---- Report ----------------------------------------------------------------------------
+    if not rt.is_main:  # rank 0 alone prints, writes the run folder and saves the checkpoint
+        return {"config": asdict(config), "results": results}
+    run_dir = make_run_dir(config.out, "continual")
     rows = [
         {
             "method": m,

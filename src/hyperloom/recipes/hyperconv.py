@@ -31,6 +31,7 @@ from ..data import load_dataset
 from ..generators import ConvGenerator
 from ..hypernet import HyperNetwork
 from .config import data_dir_field, dataset_field, out_field, quiet_field, seed_field, seeds_field
+from .distributed import Runtime, amp_field, device_field, nproc_field, runtime
 from .reproduce import Recorded
 from .runs import Stopwatch, count_correct, count_trainable, make_run_dir, progress, write_results
 
@@ -82,6 +83,9 @@ class Config:
     out: str = out_field()
     quiet: bool = quiet_field()
     seed: int = seed_field("data subset seed (runs use --seeds)")
+    device: str = device_field()
+    amp: str = amp_field()
+    nproc: int = nproc_field()
 
 
 def make_cnn(in_shape: tuple[int, ...], channels: int, kernel: int, classes: int) -> nn.Sequential:
@@ -111,12 +115,17 @@ def test_error(forward: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> flo
 def run(config: Config) -> dict:
     if config.epochs < 1 or not config.seeds:
         raise ValueError("epochs must be >= 1 and seeds non-empty")
+    with runtime(device=config.device, amp=config.amp) as rt:
+        return _run(config, rt)
+
+
+def _run(config: Config, rt: Runtime) -> dict:
     data = load_dataset(config.dataset, config.data_dir)
     if config.max_train is not None and config.max_train < len(data.x_train):
         data = data.subset(n_train=config.max_train, seed=config.seed)
+    data = rt.move(data)
     in_shape = tuple(data.x_train.shape[1:])
     print(f"data: {data.name}, {len(data.x_train):,} train / {len(data.x_test):,} test images")
-    run_dir = make_run_dir(config.out, "hyperconv")
     steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
 
@@ -129,6 +138,7 @@ def run(config: Config) -> dict:
             target = make_cnn(in_shape, config.channels, config.kernel, data.num_classes)
             model: nn.Module
             forward: Callable[[Tensor], Tensor]
+            target.to(rt.device)
             if name == "direct":
                 model, forward = target, target
             else:
@@ -140,7 +150,7 @@ def run(config: Config) -> dict:
                 )
                 model = HyperNetwork(
                     target, TaskEmbedding(1, config.cond_dim), gen, generate="3.weight"
-                )
+                ).to(rt.device)
                 forward = partial(model, task=0)
                 hnet_sizes = {
                     "generator": count_trainable(model.generator),
@@ -152,12 +162,14 @@ def run(config: Config) -> dict:
             with Stopwatch() as sw:
                 for epoch in range(1, config.epochs + 1):
                     order = torch.randperm(len(data.x_train), generator=g)
-                    batches = order.split(config.batch_size)
+                    batches = list(rt.shard(order.split(config.batch_size)))
                     desc = f"{name} seed {seed} epoch {epoch}/{config.epochs}"
                     for idx in progress(batches, quiet=config.quiet, desc=desc):
-                        loss = F.cross_entropy(forward(data.x_train[idx]), data.y_train[idx])
+                        with rt.autocast():
+                            loss = F.cross_entropy(forward(data.x_train[idx]), data.y_train[idx])
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
+                        rt.sync_grads(model.parameters())  # data-parallel: mean over processes
                         opt.step()
                         sched.step()
                     err = test_error(forward, data.x_test, data.y_test)
@@ -193,6 +205,9 @@ def run(config: Config) -> dict:
         "within_budget": hnet_params <= BUDGET,
         "claim_holds": gap <= config.tolerance and hnet_params <= BUDGET,
     }
+    if not rt.is_main:  # rank 0 alone writes the run folder and prints
+        return {"results": rows, "summary": summary}
+    run_dir = make_run_dir(config.out, "hyperconv")
     write_results(
         run_dir,
         {"config": asdict(config), "results": rows, "summary": summary, "curves": curves},

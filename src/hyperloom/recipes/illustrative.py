@@ -33,6 +33,7 @@ from ..generators import get_generator
 from ..hypernet import HyperNetwork
 from ..networks import build_target
 from .config import check_ranges, data_dir_field, dataset_field, out_field, quiet_field, seed_field
+from .distributed import Runtime, amp_field, device_field, nproc_field, runtime
 from .reproduce import Recorded
 from .runs import (
     Stopwatch,
@@ -137,6 +138,9 @@ class Config:
     )
     out: str = out_field()
     quiet: bool = quiet_field()
+    device: str = device_field()
+    amp: str = amp_field()
+    nproc: int = nproc_field()
 
 
 def _generator(name: str, config: Config):
@@ -163,6 +167,11 @@ def _at_task(forward: Callable[[Tensor, int], Tensor], task: int) -> Callable[[T
 
 def run(config: Config) -> dict:
     check_ranges(config)
+    with runtime(device=config.device, amp=config.amp) as rt:
+        return _run(config, rt)
+
+
+def _run(config: Config, rt: Runtime) -> dict:
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -172,6 +181,7 @@ def run(config: Config) -> dict:
         print("Fashion-MNIST files not found: using scikit-learn's digits instead")
     if config.max_train is not None and config.max_train < len(data.x_train):
         data = data.subset(n_train=config.max_train, seed=config.seed)
+    data = rt.move(data)
     print(f"data: {data.name}, {len(data.x_train):,} train / {len(data.x_test):,} test images")
     default_epochs, default_shared = BUDGETS.get(data.name, BUDGETS["fashion-mnist"])
     epochs = config.epochs if config.epochs is not None else default_epochs
@@ -183,12 +193,11 @@ def run(config: Config) -> dict:
         + (f" ({data.name}'s preset)" if config.epochs is None else "")
     )
     in_features = data.x_train[0].numel()
-    run_dir = make_run_dir(config.out, "illustrative")
 
     def make_target(num_classes: int) -> nn.Module:
         return build_target(
             "mlp", in_features=in_features, hidden=list(config.hidden), out_features=num_classes
-        )
+        ).to(rt.device)
 
     def fit(
         name: str,
@@ -211,9 +220,11 @@ def run(config: Config) -> dict:
                     steps, quiet=config.quiet, desc=f"{name} {epoch + 1}/{epochs}"
                 ):
                     opt.zero_grad(set_to_none=True)
-                    total = sum(F.cross_entropy(forward(x, t), y) for x, y, t in step)
-                    loss = cast(Tensor, total) / len(step)  # a sum of tensors is one
+                    with rt.autocast():
+                        total = sum(F.cross_entropy(forward(x, t), y) for x, y, t in step)
+                        loss = cast(Tensor, total) / len(step)  # a sum of tensors is one
                     loss.backward()
+                    rt.sync_grads(params)  # data-parallel: the mean over every process's slice
                     opt.step()
                     taken += 1
                 curve.append(evaluate())
@@ -223,7 +234,7 @@ def run(config: Config) -> dict:
     def epoch_of(x: Tensor, y: Tensor, task: int) -> Callable[[torch.Generator], list]:
         def batches(g: torch.Generator) -> list[list[tuple[Tensor, Tensor, int]]]:
             order = torch.randperm(len(x), generator=g)
-            return [[(x[idx], y[idx], task)] for idx in order.split(config.batch_size)]
+            return [[(x[idx], y[idx], task)] for idx in rt.shard(order.split(config.batch_size))]
 
         return batches
 
@@ -240,7 +251,7 @@ def run(config: Config) -> dict:
             make_target(data.num_classes),
             TaskEmbedding(1, config.cond_dim),
             _generator(gname, config),
-        )
+        ).to(rt.device)
         contenders[f"HyperDNN ({gname})"] = (hnet, _by_task(hnet))
         criteria[f"HyperDNN ({gname})"] = hnet.describe().to_dict()
     for name, (model, forward) in contenders.items():
@@ -294,7 +305,7 @@ def run(config: Config) -> dict:
         make_target(per_task_classes),
         TaskEmbedding(len(tasks), config.cond_dim),
         _generator("chunked", config),
-    )
+    ).to(rt.device)
     criteria["shared HyperDNN (chunked)"] = shared.describe().to_dict()
 
     def shared_batches(g: torch.Generator) -> list[list[tuple[Tensor, Tensor, int]]]:
@@ -342,6 +353,9 @@ def run(config: Config) -> dict:
     ]
 
     # ---- Report ------------------------------------------------------------------------------
+    if not rt.is_main:  # rank 0 alone prints, writes the run folder and saves the checkpoint
+        return {"single_task": single, "soft_weight_sharing": sharing}
+    run_dir = make_run_dir(config.out, "illustrative")
     print(f"\nSingle task ({data.name}, {epochs} epochs): test accuracy in %")
     print(format_table(single, floats="{:.2f}"))
     print(f"\nSoft weight sharing ({len(tasks)} tasks: {', '.join(task_names)}):")
