@@ -1056,7 +1056,9 @@ def bench_compiled(rounds: int, steps: int, batch: int) -> tuple[str, dict]:
 
     def hnet_loss(norm: bool) -> tuple[hl.HyperNetwork, Callable[[Tensor, Tensor, int], Tensor]]:
         hnet = hl.HyperNetwork(
-            _mlp(sizes), hl.TaskEmbedding(tasks, emb), hl.FlatGenerator(hidden=(hidden,), norm=norm)
+            _mlp(sizes),
+            hl.TaskEmbedding(tasks, emb),
+            hl.FlatGenerator.factory(hidden=(hidden,), norm=norm),
         )
         return hnet, lambda x, y, t: F.cross_entropy(hnet(x, task=t), y)
 
@@ -1102,7 +1104,7 @@ def bench_compiled(rounds: int, steps: int, batch: int) -> tuple[str, dict]:
         return hl.HyperNetwork(
             _mlp(ps_sizes),
             hl.SampleEncoder(nn.Linear(ps_sizes[0], cond), cond),
-            hl.FlatGenerator(hidden=(hidden,)),
+            hl.FlatGenerator.factory(hidden=(hidden,)),
         )
 
     ps_e, ps_c = per_sample_net(), per_sample_net()

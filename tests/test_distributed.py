@@ -37,7 +37,7 @@ TASKS = 4  # the batches use tasks 0..2: task 3's embedding never gets a gradien
 def _hnet() -> hl.HyperNetwork:
     torch.manual_seed(0)
     target = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
-    gen = hl.ChunkedGenerator(chunk_size=16, chunk_dim=4, hidden=(8,))
+    gen = hl.ChunkedGenerator.factory(chunk_size=16, chunk_dim=4, hidden=(8,))
     return hl.HyperNetwork(target, hl.TaskEmbedding(TASKS, 5), gen).double()
 
 
