@@ -288,9 +288,9 @@ def _narrow(
         out = period[i] if graph.nodes[i].op in _TILED_OPS else in_period[i]
         if out is not None and p.shape and out[0] == rows:
             rows = out[1]
-        src = in_period[i]
-        if len(p.shape) > 1 and graph.nodes[i].op in _TILED_OPS and src is not None:
-            c, b = src
+        feed = in_period[i]
+        if len(p.shape) > 1 and graph.nodes[i].op in _TILED_OPS and feed is not None:
+            c, b = feed
             k = p.shape[1] // c
             if k * c == p.shape[1] and (k == 1 or len(p.shape) == 2):  # channel-major flatten
                 cols = b * k
@@ -313,12 +313,12 @@ def _narrow(
     ]
     for i, node in enumerate(nodes):
         out_n, in_n, kh, kw = node.shape
-        src = in_period[i]
+        feed = in_period[i]
         if node.op in _TILED_OPS and node.params:
             rows, cols = periods.get(node.params[0], (out_n, in_n))
             nodes[i] = replace(node, shape=(rows, cols, kh, kw))
-        elif src is not None and out_n == src[0]:  # normalisation
-            nodes[i] = replace(node, shape=(src[1], in_n, kh, kw))
+        elif feed is not None and out_n == feed[0]:  # normalisation
+            nodes[i] = replace(node, shape=(feed[1], in_n, kh, kw))
     narrow_graph = replace(graph, nodes=tuple(nodes))
     return narrow_graph, TargetSpec(tuple(narrow_params)), periods
 

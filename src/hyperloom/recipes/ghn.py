@@ -495,7 +495,9 @@ def run(config: Config) -> dict:
     # fine-tuning from a random initialisation, on the same minibatches.
     ghn = averaged.eval()
     checkpoints = sorted({0, 1, min(10, config.finetune_steps), config.finetune_steps})
-    rows, curves = [], []
+    rows: list[dict] = []
+    curves: list[dict] = []
+    held: list[dict[str, float]] = []  # the held-out architectures' accuracies
     evaluated = [
         (replace(a, batchnorm=config.batchnorm), group)
         for group, archs in (("held-out", HELD_OUT), ("in family", IN_FAMILY))
@@ -506,7 +508,7 @@ def run(config: Config) -> dict:
         torch.manual_seed(config.seed + 1)
         random_net = arch.build(in_shape, classes)
         predicted_net = ghn.export(random_net)
-        row = {"architecture": arch.name, "group": group, "params": count_trainable(random_net)}
+        accs: dict[str, float] = {}  # "predicted_0", ..., "random_100"
         for init, net in (("predicted", predicted_net), ("random", random_net)):
             ft = torch.optim.Adam(net.parameters(), lr=config.finetune_lr)
             gb = torch.Generator().manual_seed(config.seed + 2)  # the same batches for both
@@ -518,7 +520,7 @@ def run(config: Config) -> dict:
                         {"architecture": arch.name, "init": init, "step": step, "acc": acc}
                     )
                     if step in (0, 1, config.finetune_steps):
-                        row[f"{init}_{step}"] = acc
+                        accs[f"{init}_{step}"] = acc
                 if step == config.finetune_steps:
                     break
                 idx = torch.randint(len(x_train), (config.batch_size,), generator=gb)
@@ -526,7 +528,16 @@ def run(config: Config) -> dict:
                 ft.zero_grad(set_to_none=True)
                 loss.backward()
                 ft.step()
-        rows.append(row)
+        rows.append(
+            {
+                "architecture": arch.name,
+                "group": group,
+                "params": count_trainable(random_net),
+                **accs,
+            }
+        )
+        if group == "held-out":
+            held.append(accs)
 
     # The sweep: predicted weights with no training step, one axis at a time, as trained and
     # with width tiling (which changes nothing within the family's widths: those are copied).
@@ -553,7 +564,6 @@ def run(config: Config) -> dict:
                 }
             )
 
-    held = [r for r in rows if r["group"] == "held-out"]
     n = config.finetune_steps
     summary = {
         "held_out_zero_shot_mean": statistics.fmean(r["predicted_0"] for r in held),

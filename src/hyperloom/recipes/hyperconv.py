@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -90,7 +91,7 @@ class Config:
     seed: int = field(default=0, metadata={"help": "data subset seed (runs use --seeds)"})
 
 
-def make_cnn(in_shape: tuple[int, ...], channels: int, kernel: int, classes: int) -> nn.Module:
+def make_cnn(in_shape: tuple[int, ...], channels: int, kernel: int, classes: int) -> nn.Sequential:
     """Ha et al.'s MNIST CNN: two ``kernel x kernel`` convs with max-pooling, then a linear layer.
 
     The second convolution's weight is ``"3.weight"``.
@@ -137,6 +138,7 @@ def run(config: Config) -> dict:
         for name in ("direct", "generated"):
             torch.manual_seed(seed)
             target = make_cnn(in_shape, config.channels, config.kernel, data.num_classes)
+            forward: Callable[[Tensor], Tensor]
             if name == "direct":
                 model, forward = target, target
             else:
