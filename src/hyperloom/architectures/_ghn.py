@@ -28,7 +28,7 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,22 @@ from ..target import TargetSpec, select
 from ._graph import FEATURES, ModuleGraph, trace_graph
 
 _CACHE_SIZE = 256
+
+
+class _Options(TypedDict):
+    """The constructor options of a :class:`GraphHyperNetwork`."""
+
+    hidden: int
+    rounds: int
+    tile: tuple[int, ...]
+    decoder_hidden: tuple[int, ...]
+    frequencies: int
+    integrated: bool
+    standardize: bool
+    offsets: str
+    max_width: dict[str, int] | None
+    gain: float
+    method: str
 
 
 class GraphHyperNetwork(nn.Module):
@@ -107,7 +123,7 @@ class GraphHyperNetwork(nn.Module):
             raise ValueError(
                 f"max_width maps ops {_TILED_OPS} to widths >= 1, got {bad} in {widths}"
             )
-        self.options = {
+        self.options: _Options = {
             "hidden": int(hidden),
             "rounds": int(rounds),
             "tile": tuple(int(t) for t in tile),

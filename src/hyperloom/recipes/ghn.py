@@ -22,9 +22,15 @@ the predicted weights with no training step at all, and after 1 and 100 fine-tun
 initialisation on the same minibatches. Architectures of the training family are evaluated
 too, for reference.
 
+``--sweep`` also scores the predicted weights, with no training step, on architectures one
+axis at a time away from the family (:data:`SWEEP`: CNN width, depth and kernel size, MLP
+width and depth), as trained and with width-aware tiling (``GraphHyperNetwork(max_width=
+FAMILY_WIDTHS)``, which needs no training of its own); ``--ghn=RUN_FOLDER`` evaluates a GHN
+an earlier run saved instead of training one.
+
 Outputs under ``runs/<timestamp>-ghn/``: results.json, results.csv, finetune.png (accuracy
-against fine-tuning steps, predicted against random initialisation) and ghn.safetensors with
-ghn.json (the trained GHN and its options).
+against fine-tuning steps, predicted against random initialisation), ghn.safetensors with
+ghn.json (the trained GHN and its options) and, with ``--sweep``, sweep.csv and sweep.png.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -139,6 +140,7 @@ def run(config: Config) -> dict:
             torch.manual_seed(seed)
             target = make_cnn(in_shape, config.channels, config.kernel, data.num_classes)
             forward: Callable[[Tensor], Tensor]
+            model: nn.Module
             if name == "direct":
                 model, forward = target, target
             else:
@@ -148,13 +150,13 @@ def run(config: Config) -> dict:
                     block_out=config.channels,
                     block_in=config.channels,
                 )
-                model = HyperNetwork(
+                hnet = HyperNetwork(
                     target, TaskEmbedding(1, config.cond_dim), gen, generate="3.weight"
                 )
-                forward = lambda x, m=model: m(x, task=0)  # noqa: E731
+                model, forward = hnet, partial(hnet, task=0)
                 hnet_sizes = {
-                    "generator": count_trainable(model.generator),
-                    "task_embedding": count_trainable(model.conditioner),
+                    "generator": count_trainable(hnet.generator),
+                    "task_embedding": count_trainable(hnet.conditioner),
                 }
             opt = torch.optim.Adam(model.parameters(), lr=config.lr)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
@@ -181,7 +183,7 @@ def run(config: Config) -> dict:
                     "layer2_params": (
                         sum(hnet_sizes.values())
                         if name == "generated"
-                        else target[3].weight.numel()
+                        else target.get_parameter("3.weight").numel()
                     ),
                     "minutes": sw.seconds / 60,
                 }
