@@ -28,7 +28,10 @@ def main(argv: list[str]) -> None:
                 print(f"{label}: {path.parent.name} seed {result['config']['seed']}")
     plot_sweep(runs, argv[0])
     labels = list(runs)
-    head = ["axis", "value"] + [f"{lab}{t}" for lab in labels for t in ("", ", tiled")]
+    seeds = {lab: f"{len(runs[lab])} seed" + ("s" if len(runs[lab]) > 1 else "") for lab in labels}
+    head = ["axis", "value"] + [
+        f"{lab}{t} ({seeds[lab]})" for lab in labels for t in ("", ", width tiling")
+    ]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     first = runs[labels[0]][0]
@@ -37,8 +40,10 @@ def main(argv: list[str]) -> None:
         for lab in labels:
             for key in ("untiled", "tiled"):
                 vals = [sweep[i][key] for sweep in runs[lab]]
-                std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                cells.append(f"{statistics.fmean(vals):.1f} ± {std:.1f}")
+                if len(vals) == 1:
+                    cells.append(f"{vals[0]:.1f}")
+                    continue
+                cells.append(f"{statistics.fmean(vals):.1f} ± {statistics.stdev(vals):.1f}")
         print("| " + " | ".join(cells) + " |")
 
 
