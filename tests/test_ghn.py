@@ -539,3 +539,98 @@ def test_tiled_hyperfan_with_only_matrices_or_only_vectors():
     for module, name in ((nn.Linear(30, 20, bias=False), "weight"), (nn.LayerNorm(7), "bias")):
         gen = hl.hyperfan_in_(hl.TiledGenerator(hl.select(module), 4, tile=(4, 4)))
         assert gen(torch.randn(4))[name].shape == module.get_parameter(name).shape
+
+
+# Relative kernel offsets and width-aware tiling (issue #27) ----------------------------------
+def test_relative_offsets_are_fractions_of_the_kernel_and_agree_at_3x3():
+    from hyperloom.generators.tiled import _offsets
+
+    torch.testing.assert_close(_offsets(3, "relative"), _offsets(3, "absolute"))
+    for k in (1, 5, 7, 11):
+        rel = _offsets(k, "relative")
+        torch.testing.assert_close(rel, (torch.arange(k, dtype=torch.float64) + 0.5) / k - 0.5)
+        assert rel.abs().max() < 0.5 and rel.sum().abs() < 1e-12
+    assert _offsets(7, "absolute").abs().max() == 1.0  # outside any 3x3 or 5x5 kernel's range
+    spec3, spec7 = (hl.select(nn.Conv2d(2, 5, k)) for k in (3, 7))
+    a = hl.TiledGenerator(None, 6, tile=(4, 4), hidden=(16,))
+    b = hl.TiledGenerator(None, 6, tile=(4, 4), hidden=(16,), offsets="relative")
+    b.load_state_dict(a.state_dict())  # the option adds no parameter
+    c = torch.randn(6)
+    torch.testing.assert_close(a(c, spec=spec3), b(c, spec=spec3))
+    assert not torch.allclose(a(c, spec=spec7)["weight"], b(c, spec=spec7)["weight"])
+    ghn = hl.architectures.GraphHyperNetwork(hidden=8, tile=(4, 4), offsets="relative")
+    assert ghn.config()["offsets"] == "relative" == ghn.decoder.options["offsets"]
+    with pytest.raises(ValueError, match="'centred'"):
+        hl.TiledGenerator(None, 6, offsets="centred")
+
+
+def bn_cnn(c):
+    return nn.Sequential(
+        nn.Conv2d(1, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * c, 3),
+    )  # fmt: skip
+
+
+def test_width_tiling_predicts_a_wide_net_as_a_narrow_one_with_repeated_channels():
+    torch.manual_seed(0)
+    opts = {"hidden": 8, "decoder_hidden": (8,), "tile": (4, 4), "standardize": True}
+    plain = hl.architectures.GraphHyperNetwork(**opts)
+    tiled = hl.architectures.GraphHyperNetwork(**opts, max_width={"conv": 8})
+    tiled.load_state_dict(plain.state_dict())
+    narrow, wide = bn_cnn(6), bn_cnn(12)  # 12 channels > 8: predicted as 6, each repeated
+    w6, w12 = plain(narrow), tiled(wide)
+    rep = torch.arange(12) % 6
+    torch.testing.assert_close(w12["0.weight"], w6["0.weight"][rep])
+    torch.testing.assert_close(w12["1.weight"], w6["1.weight"][rep])  # batch norm follows
+    torch.testing.assert_close(w12["4.weight"], w6["4.weight"][rep][:, rep] * 0.5**0.5)
+    cols = torch.arange(48) % 24  # the classifier reads the flattened (12, 2, 2) as 2 x (6, 2, 2)
+    torch.testing.assert_close(w12["9.weight"], w6["9.weight"][:, cols] * 0.5**0.5)
+    torch.testing.assert_close(w12["9.bias"], w6["9.bias"])
+    x = torch.randn(16, 1, 8, 8)  # in training mode batch norm removes the sqrt(2) of layer 2
+    y6, y12 = hl.call(narrow, w6, x), hl.call(wide, w12, x)
+    b = w6["9.bias"]
+    torch.testing.assert_close(y12 - b, (y6 - b) * 2**0.5, atol=1e-4, rtol=1e-4)
+    # within the widths, width tiling changes nothing; an MLP's 64 pixels are never repeated
+    for net in (bn_cnn(8), mlp(), resnet()):
+        for name, w in tiled(net).items():
+            torch.testing.assert_close(w, plain(net)[name])
+    odd = tiled(bn_cnn(9))  # 9 > 8: 5 channels, repeated to 9 (0-4, 0-3)
+    assert odd["0.weight"].shape == (9, 1, 3, 3)
+    torch.testing.assert_close(odd["0.weight"][5:], odd["0.weight"][:4])
+    torch.testing.assert_close(odd["4.weight"][:, 5:], odd["4.weight"][:, :4])
+    wide_mlp = nn.Sequential(nn.Linear(16, 20), nn.ReLU(), nn.Linear(20, 3))
+    w = hl.architectures.GraphHyperNetwork(**opts, max_width={"linear": 10})(wide_mlp)
+    torch.testing.assert_close(w["0.weight"][10:], w["0.weight"][:10])  # inputs: as they are
+    assert not torch.allclose(w["0.weight"][:, 8:], w["0.weight"][:, :8])
+    assert w["2.weight"].shape == (3, 20)
+    torch.testing.assert_close(w["2.weight"][:, 10:], w["2.weight"][:, :10])
+    for bad in ({"lstm": 8}, {"conv": 0}):
+        with pytest.raises(ValueError, match="max_width"):
+            hl.architectures.GraphHyperNetwork(max_width=bad)
+
+
+def test_recipe_sweep_and_loading_a_saved_ghn(tmp_path):
+    from hyperloom.recipes import ghn as recipe
+
+    config = recipe.Config(
+        dataset="digits", steps=5, hidden=8, decoder_hidden=(8,), tile=(8, 8), archs_per_step=1,
+        offsets="relative", finetune_steps=1, eval_images=60, out=str(tmp_path), quiet=True,
+    )  # fmt: skip
+    first = recipe.run(config)
+    run_dir = Path(first["run_dir"])
+    assert json.loads((run_dir / "ghn.json").read_text())["offsets"] == "relative"
+    again = recipe.run(replace(config, ghn=str(run_dir), steps=1000, sweep=True))
+    assert again["summary"]["architectures_seen"] == 0  # evaluated as saved, not trained
+    for a, b in zip(first["results"], again["results"], strict=True):
+        assert a["predicted_0"] == b["predicted_0"]
+    sweep = json.loads((Path(again["run_dir"]) / "results.json").read_text())["sweep"]
+    assert [(r["axis"], r["value"]) for r in sweep] == [(a, v) for a, v, _ in recipe.SWEEP]
+    for r in sweep:
+        wider = r["axis"] in ("cnn width", "mlp width") and r["value"] > (
+            32 if r["axis"] == "cnn width" else 128
+        )
+        assert 0.0 <= r["untiled"] <= 100.0 and (wider or r["tiled"] == r["untiled"])
+    assert (Path(again["run_dir"]) / "sweep.png").exists()
+    with pytest.raises(ValueError, match="holds no ghn"):
+        recipe.load_ghn(tmp_path)

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +39,22 @@ from ..target import TargetSpec, select
 from ._graph import FEATURES, ModuleGraph, trace_graph
 
 _CACHE_SIZE = 256
+
+
+class _Options(TypedDict):
+    """The constructor options of a :class:`GraphHyperNetwork`."""
+
+    hidden: int
+    rounds: int
+    tile: tuple[int, ...]
+    decoder_hidden: tuple[int, ...]
+    frequencies: int
+    integrated: bool
+    standardize: bool
+    offsets: str
+    max_width: dict[str, int] | None
+    gain: float
+    method: str
 
 
 class GraphHyperNetwork(nn.Module):
@@ -53,6 +70,20 @@ class GraphHyperNetwork(nn.Module):
             :class:`~hyperloom.TiledGenerator`).
         standardize: weight-standardise every predicted matrix and convolution (see
             :class:`~hyperloom.TiledGenerator`); its learned gain starts at ``gain``.
+        offsets: ``"absolute"`` or ``"relative"`` kernel offsets in the decoder's tile
+            descriptions (see :class:`~hyperloom.TiledGenerator`).
+        max_width: width-aware tiling, ``{op: width}`` for ops ``"conv"`` and ``"linear"``
+            (``None``: off). A layer of that op with more outputs than ``width`` is predicted
+            as a narrower layer of ``b = ceil(n / m)`` outputs, ``m = ceil(n / width)``, and
+            its outputs are repeated cyclically to ``n`` (channel ``c`` is a copy of channel
+            ``c mod b``); the layers after it read their inputs with the same period (a
+            flattened ``(C, H, W)`` input as ``C`` blocks), and normalisation layers between
+            them follow it. Weights read over repeated inputs are scaled by ``sqrt(b / n)`` so
+            they keep the fan-in variance. The graph the GHN reads has the narrower shapes, so
+            a net whose widths are multiples of in-range widths is predicted as that in-range
+            net with its channels repeated; with batch normalisation after every layer the two
+            compute the same classes. Set it to the widest layers of the training family; it
+            acts at every call, training included.
         gain: the activation gain the predicted weights start at (``sqrt(2)`` for ReLU
             targets): the decoder's readouts are scaled so that, at initialisation, weights of
             fan-in ``d`` have variance ``gain^2 / d``.
@@ -74,6 +105,8 @@ class GraphHyperNetwork(nn.Module):
         frequencies: int = 6,
         integrated: bool = False,
         standardize: bool = False,
+        offsets: str = "absolute",
+        max_width: Mapping[str, int] | None = None,
         gain: float = 2**0.5,
         method: str = "auto",
     ) -> None:
@@ -84,7 +117,13 @@ class GraphHyperNetwork(nn.Module):
             raise ValueError(f"gain must be > 0, got {gain}")
         if method not in ("auto", "fx", "module-tree"):
             raise ValueError(f"method must be 'auto', 'fx' or 'module-tree', got {method!r}")
-        self.options = {
+        widths = dict(max_width or {})
+        bad = {k: v for k, v in widths.items() if k not in _TILED_OPS or int(v) < 1}
+        if bad:
+            raise ValueError(
+                f"max_width maps ops {_TILED_OPS} to widths >= 1, got {bad} in {widths}"
+            )
+        self.options: _Options = {
             "hidden": int(hidden),
             "rounds": int(rounds),
             "tile": tuple(int(t) for t in tile),
@@ -92,6 +131,8 @@ class GraphHyperNetwork(nn.Module):
             "frequencies": int(frequencies),
             "integrated": bool(integrated),
             "standardize": bool(standardize),
+            "offsets": offsets,
+            "max_width": {k: int(v) for k, v in sorted(widths.items())} or None,
             "gain": float(gain),
             "method": method,
         }
@@ -108,6 +149,7 @@ class GraphHyperNetwork(nn.Module):
             frequencies=frequencies,
             integrated=integrated,
             standardize=standardize,
+            offsets=offsets,
         )
         if standardize:
             with torch.no_grad():
@@ -162,12 +204,28 @@ class GraphHyperNetwork(nn.Module):
     def forward(self, target: nn.Module) -> dict[str, Tensor]:
         """Predicted parameters of ``target``: ``{name: tensor}`` for :func:`~hyperloom.call`."""
         graph, spec = self.graph(target)
-        h = self.embed_nodes(graph)
-        owners = graph.params
         if not len(spec):
             return {}
-        cond = {p.name: h[owners[p.name]] for p in spec}
-        return self.decoder(cond, spec=spec)
+        owners = graph.params
+        widths = self.options["max_width"]
+        if widths is None:
+            h = self.embed_nodes(graph)
+            return self.decoder({p.name: h[owners[p.name]] for p in spec}, spec=spec)
+        narrow_graph, narrow_spec, periods = _narrow(graph, spec, widths)
+        h = self.embed_nodes(narrow_graph)
+        narrow = self.decoder({p.name: h[owners[p.name]] for p in narrow_spec}, spec=narrow_spec)
+        out = {}
+        for p in spec:
+            w = narrow[p.name]
+            rows, cols = periods[p.name]
+            if rows < p.shape[0]:
+                w = w.index_select(0, torch.arange(p.shape[0], device=w.device) % rows)
+            if cols < (p.shape[1] if len(p.shape) > 1 else 1):
+                w = w.index_select(1, torch.arange(p.shape[1], device=w.device) % cols)
+                if p.init_const is None:
+                    w = w * (cols / p.shape[1]) ** 0.5  # keep the fan-in variance
+            out[p.name] = w
+        return out
 
     @torch.no_grad()
     def export(self, target: nn.Module) -> nn.Module:
@@ -203,6 +261,82 @@ class GraphHyperNetwork(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+_TILED_OPS = ("conv", "linear")
+
+
+def _narrow(
+    graph: ModuleGraph, spec: TargetSpec, widths: Mapping[str, int]
+) -> tuple[ModuleGraph, TargetSpec, dict[str, tuple[int, int]]]:
+    """Width-aware tiling (see :class:`GraphHyperNetwork`'s ``max_width``).
+
+    Returns the graph and the spec with every tiled axis at its period, and for each parameter
+    the periods ``(rows, columns)`` of its first two axes (equal to their sizes when untiled).
+    """
+    preds: dict[int, list[int]] = {}
+    for src, dst in graph.edges:
+        preds.setdefault(dst, []).append(src)
+    # period[i]: (n, b) when node i outputs n channels that repeat with period b < n
+    period: list[tuple[int, int] | None] = []
+    in_period: list[tuple[int, int] | None] = []
+    for i, node in enumerate(graph.nodes):
+        incoming = {period[j] for j in preds.get(i, [])}
+        inherited = next(iter(incoming)) if len(incoming) == 1 else None
+        in_period.append(inherited)
+        if node.op in _TILED_OPS and node.shape[0] > 0:
+            n, limit = node.shape[0], widths.get(node.op)
+            b = n if limit is None or n <= limit else -(-n // -(-n // limit))
+            period.append((n, b) if b < n else None)
+        elif node.op in ("input", "linear", "conv", "embedding", "recurrent", "attention"):
+            period.append(None)  # a layer of another kind starts afresh
+        else:
+            period.append(inherited)  # activations, pooling, reshapes, normalisation
+
+    periods: dict[str, tuple[int, int]] = {}
+    nodes = list(graph.nodes)
+    narrow_params = []
+    owners = graph.params
+    for p in spec:
+        i = owners[p.name]
+        rows = p.shape[0] if p.shape else 1
+        cols = p.shape[1] if len(p.shape) > 1 else 1
+        out = period[i] if graph.nodes[i].op in _TILED_OPS else in_period[i]
+        if out is not None and p.shape and out[0] == rows:
+            rows = out[1]
+        feed = in_period[i]
+        if len(p.shape) > 1 and graph.nodes[i].op in _TILED_OPS and feed is not None:
+            c, b = feed
+            k = p.shape[1] // c
+            if k * c == p.shape[1] and (k == 1 or len(p.shape) == 2):  # channel-major flatten
+                cols = b * k
+        periods[p.name] = (rows, cols)
+        shape = list(p.shape)
+        if shape:
+            shape[0] = rows
+        if len(shape) > 1:
+            shape[1] = cols
+        narrow_params.append(replace(p, shape=tuple(shape)))
+    # fan-ins follow the narrowed inputs: a weight's and the bias added to it
+    ratio = {
+        owners[p.name]: periods[p.name][1] / p.shape[1]
+        for p in spec
+        if len(p.shape) > 1 and graph.nodes[owners[p.name]].op in _TILED_OPS
+    }
+    narrow_params = [
+        replace(q, fan_in=max(round(q.fan_in * ratio.get(owners[q.name], 1.0)), 1))
+        for q in narrow_params
+    ]
+    for i, node in enumerate(nodes):
+        out_n, in_n, kh, kw = node.shape
+        feed = in_period[i]
+        if node.op in _TILED_OPS and node.params:
+            rows, cols = periods.get(node.params[0], (out_n, in_n))
+            nodes[i] = replace(node, shape=(rows, cols, kh, kw))
+        elif feed is not None and out_n == feed[0]:  # normalisation
+            nodes[i] = replace(node, shape=(feed[1], in_n, kh, kw))
+    narrow_graph = replace(graph, nodes=tuple(nodes))
+    return narrow_graph, TargetSpec(tuple(narrow_params)), periods
 
 
 def _levels(depths: list[int]) -> list[Tensor]:

@@ -167,9 +167,9 @@ class ModuleGraph:
             preds.setdefault(dst, []).append(src)
         lines = [f"ModuleGraph ({self.method}, {len(self.nodes)} nodes, {len(self.edges)} edges)"]
         for i, node in enumerate(self.nodes):
-            src = ",".join(map(str, preds.get(i, []))) or "-"
+            sources = ",".join(map(str, preds.get(i, []))) or "-"
             owned = f"  [{', '.join(node.params)}]" if node.params else ""
-            lines.append(f"{i:>3}  {node.op:<10} {node.name:<24} <- {src}{owned}")
+            lines.append(f"{i:>3}  {node.op:<10} {node.name:<24} <- {sources}{owned}")
         return "\n".join(lines)
 
 

@@ -33,6 +33,7 @@ projections of all steps are one matrix product before the loop.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -135,7 +136,11 @@ class HyperLSTM(nn.Module):
         for layer in range(self.num_layers):
             for name in self._main_names(layer):
                 nn.init.uniform_(getattr(self, name), -bound, bound)
-            self.hyper[layer].reset_parameters()
+            self._cell(layer).reset_parameters()
+
+    def _cell(self, layer: int) -> _HyperCell:
+        """The auxiliary network of ``layer`` (``nn.ModuleList`` indexing is typed Module)."""
+        return cast(_HyperCell, self.hyper[layer])
 
     def _main_names(self, layer: int) -> list[str]:
         names = [f"weight_ih_l{layer}", f"weight_hh_l{layer}"]
@@ -177,7 +182,7 @@ class HyperLSTM(nn.Module):
             b = None
             if self.bias:
                 b = getattr(self, f"bias_ih_l{layer}") + getattr(self, f"bias_hh_l{layer}")
-            x, (h_n, c_n) = self.hyper[layer].run(x, w_ih, w_hh, b, h0[layer], c0[layer])
+            x, (h_n, c_n) = self._cell(layer).run(x, w_ih, w_hh, b, h0[layer], c0[layer])
             h_last.append(h_n)
             c_last.append(c_n)
         out = x.squeeze(1) if unbatched else (x.transpose(0, 1) if self.batch_first else x)

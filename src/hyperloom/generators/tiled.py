@@ -52,6 +52,7 @@ from .registry import register_generator
 from .trunk import Activation, activation_module
 
 ROLES = ("linear", "conv", "bias", "scale", "shift")
+OFFSETS = ("absolute", "relative")
 _CACHE_SIZE = 64
 
 
@@ -113,7 +114,11 @@ class _Plan:
 
 
 def _plan(
-    spec: TargetSpec, tile: tuple[int, int], frequencies: int, integrated: bool = False
+    spec: TargetSpec,
+    tile: tuple[int, int],
+    frequencies: int,
+    integrated: bool = False,
+    offsets: str = "absolute",
 ) -> _Plan:
     """Tile descriptions, owners and the assembly layout of every tensor of ``spec``."""
     n = len(spec)
@@ -144,7 +149,15 @@ def _plan(
             dtype=torch.float64,
         )
         f = _tile_features(
-            tensor_feats, out, inn if matrix else None, kh, kw, tile, frequencies, integrated
+            tensor_feats,
+            out,
+            inn if matrix else None,
+            kh,
+            kw,
+            tile,
+            frequencies,
+            integrated,
+            offsets,
         )
         feats[matrix].append(f)
         owners[matrix].append(torch.full((f.shape[0],), t, dtype=torch.long))
@@ -178,10 +191,15 @@ def _tile_features(
     tile: tuple[int, int],
     frequencies: int,
     integrated: bool = False,
+    offsets: str = "absolute",
 ) -> Tensor:
     """The descriptions of one tensor's tiles in (row, column, kh, kw) order, ``(count, F)``.
 
     ``inn`` is ``None`` for vectors, which have one column of tiles and no column position.
+    ``offsets``: a kernel element's offset from the centre in elements over 3
+    (``"absolute"``, ``(i - (k - 1) / 2) / 3``) or as a fraction of the kernel
+    (``"relative"``, ``(i + 1/2) / k - 1/2``, always within ``(-1/2, 1/2)``); both give
+    ``-1/3, 0, 1/3`` for a 3x3 kernel.
     """
     t_o, t_i = tile
     n_i = -(-out // t_o)
@@ -191,8 +209,7 @@ def _tile_features(
     else:
         n_j = -(-inn // t_i)
         cols = _positions(n_j, frequencies, integrated)  # (n_j, P)
-    u = (torch.arange(kh, dtype=torch.float64) - (kh - 1) / 2) / 3  # offsets from the centre
-    v = (torch.arange(kw, dtype=torch.float64) - (kw - 1) / 2) / 3
+    u, v = _offsets(kh, offsets), _offsets(kw, offsets)  # (kh,), (kw,) from the centre
     ii, jj, uu, vv = (
         g.flatten()
         for g in torch.meshgrid(
@@ -203,6 +220,14 @@ def _tile_features(
     return torch.cat(
         [tensor_feats.expand(count, -1), rows[ii], cols[jj], u[uu, None], v[vv, None]], dim=1
     )
+
+
+def _offsets(k: int, offsets: str) -> Tensor:
+    """``(k,)`` offsets of a kernel's elements from its centre (see :func:`_tile_features`)."""
+    i = torch.arange(k, dtype=torch.float64)
+    if offsets == "relative":
+        return (i + 0.5) / k - 0.5
+    return (i - (k - 1) / 2) / 3
 
 
 @register_generator("tiled")
@@ -230,6 +255,11 @@ class TiledGenerator(Generator):
             ``sqrt(2)``): weight standardisation (Qiao et al.) of the generated weights, so no
             predicted layer can shift or rescale its activations wholesale. Rows with a fan-in
             of 1 are left as generated.
+        offsets: how a kernel element's offset from the kernel's centre is described:
+            ``"absolute"`` (elements over 3: a 7x7 kernel's outer ring reads offsets that no
+            3x3 or 5x5 kernel has) or ``"relative"`` (a fraction of the kernel's size,
+            ``(i + 1/2) / k - 1/2``: every kernel size reads offsets within the same range,
+            as rows and columns do). A 3x3 kernel reads the same offsets under both.
         max_numel: the largest tensor (in elements) a call may ask for.
 
     Example:
@@ -256,6 +286,7 @@ class TiledGenerator(Generator):
         frequencies: int = 6,
         integrated: bool = False,
         standardize: bool = False,
+        offsets: str = "absolute",
         max_numel: int = 2**26,
     ) -> None:
         tile = tuple(int(t) for t in tile)
@@ -267,6 +298,8 @@ class TiledGenerator(Generator):
             raise ValueError(f"frequencies must be >= 0, got {frequencies}")
         if max_numel < 1:
             raise ValueError(f"max_numel must be >= 1, got {max_numel}")
+        if offsets not in OFFSETS:
+            raise ValueError(f"offsets must be one of {OFFSETS}, got {offsets!r}")
         super().__init__(
             spec,
             cond_dim,
@@ -277,6 +310,7 @@ class TiledGenerator(Generator):
                 "frequencies": int(frequencies),
                 "integrated": bool(integrated),
                 "standardize": bool(standardize),
+                "offsets": offsets,
                 "max_numel": int(max_numel),
             },
         )
@@ -408,7 +442,9 @@ class TiledGenerator(Generator):
             if len(self._plans) >= _CACHE_SIZE:
                 self._plans.clear()
             o = self.options
-            plan = self._plans[spec] = _plan(spec, o["tile"], o["frequencies"], o["integrated"])
+            plan = self._plans[spec] = _plan(
+                spec, o["tile"], o["frequencies"], o["integrated"], o["offsets"]
+            )
         return plan
 
     def num_tiles(self, spec: TargetSpec | None = None) -> int:

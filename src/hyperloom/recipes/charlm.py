@@ -285,7 +285,9 @@ def run(config: Config) -> dict:
         )
     ratio = None
     if len(names) == 2:
-        ratio = rows[0]["median_step_s"] / rows[1]["median_step_s"]
+        ratio = statistics.median(step_seconds[names[0]]) / statistics.median(
+            step_seconds[names[1]]
+        )
     prompt = "The "
     samples = {n: sample(models[n], chars, prompt, config.sample_chars, config.seed) for n in names}
     (run_dir / "samples.txt").write_text("".join(f"==== {n}\n{s}\n\n" for n, s in samples.items()))

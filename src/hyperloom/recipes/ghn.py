@@ -22,9 +22,15 @@ the predicted weights with no training step at all, and after 1 and 100 fine-tun
 initialisation on the same minibatches. Architectures of the training family are evaluated
 too, for reference.
 
+``--sweep`` also scores the predicted weights, with no training step, on architectures one
+axis at a time away from the family (:data:`SWEEP`: CNN width, depth and kernel size, MLP
+width and depth), as trained and with width-aware tiling (``GraphHyperNetwork(max_width=
+FAMILY_WIDTHS)``, which needs no training of its own); ``--ghn=RUN_FOLDER`` evaluates a GHN
+an earlier run saved instead of training one.
+
 Outputs under ``runs/<timestamp>-ghn/``: results.json, results.csv, finetune.png (accuracy
-against fine-tuning steps, predicted against random initialisation) and ghn.safetensors with
-ghn.json (the trained GHN and its options).
+against fine-tuning steps, predicted against random initialisation), ghn.safetensors with
+ghn.json (the trained GHN and its options) and, with ``--sweep``, sweep.csv and sweep.png.
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
 import statistics
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +161,19 @@ HELD_OUT = (
 IN_FAMILY = (
     Arch("mlp", widths=(128, 64)),
     Arch("cnn", channels=(16, 32), kernel=5),
+)
+# The widest layers of the training family: ``--width_tiling`` predicts wider ones as repeats of
+# layers this wide at most (GraphHyperNetwork's max_width).
+FAMILY_WIDTHS = {"conv": max(CNN_CHANNELS), "linear": max(MLP_WIDTHS)}
+# ``--sweep``: architectures scored with no training step, one axis at a time away from
+# cnn-16-16-k3 and mlp-64-64 (family values included): (axis, value, architecture).
+SWEEP: tuple[tuple[str, int, Arch], ...] = (
+    *(("cnn width", w, Arch("cnn", channels=(w, w))) for w in (8, 16, 24, 32, 33, 40, 48, 64, 96)),
+    ("cnn width", 128, Arch("cnn", channels=(128, 128))),
+    *(("cnn depth", d, Arch("cnn", channels=(16,) * d)) for d in range(1, 7)),
+    *(("cnn kernel", k, Arch("cnn", channels=(16, 16), kernel=k)) for k in (1, 3, 5, 7, 9, 11)),
+    *(("mlp width", w, Arch("mlp", widths=(w, w))) for w in (32, 64, 128, 256, 512)),
+    *(("mlp depth", d, Arch("mlp", widths=(64,) * d)) for d in (1, 2, 4, 6, 8, 10)),
 )
 
 
@@ -294,6 +315,35 @@ class Config:
         default=True,
         metadata={"help": "weight-standardise every predicted matrix and convolution"},
     )
+    offsets: str = field(
+        default="absolute",
+        metadata={
+            "help": "kernel offsets in the decoder's tile descriptions: in elements, or as a "
+            "fraction of the kernel's size (see TiledGenerator)",
+            "choices": ("absolute", "relative"),
+        },
+    )
+    width_tiling: bool = field(
+        default=False,
+        metadata={
+            "help": "predict layers wider than the family's widest (32 channels, 128 units) as "
+            "repeats of narrower ones (GraphHyperNetwork's max_width)"
+        },
+    )
+    sweep: bool = field(
+        default=False,
+        metadata={
+            "help": "also score, with no training step, a sweep of CNN widths, depths and "
+            "kernel sizes and MLP widths and depths (SWEEP), without and with width tiling"
+        },
+    )
+    ghn: str | None = field(
+        default=None,
+        metadata={
+            "help": "a run folder of this recipe whose saved GHN is evaluated instead of "
+            "training one (the GHN options and --steps are then not used)"
+        },
+    )
     batchnorm: bool = field(
         default=True,
         metadata={
@@ -379,15 +429,21 @@ def run(config: Config) -> dict:
         f"{config.eval_split} images"
     )
     run_dir = make_run_dir(config.out, "ghn")
-    ghn = GraphHyperNetwork(
-        hidden=config.hidden,
-        rounds=config.rounds,
-        tile=config.tile,
-        decoder_hidden=config.decoder_hidden,
-        frequencies=config.frequencies,
-        integrated=config.integrated,
-        standardize=config.standardize,
-    )
+    max_width = FAMILY_WIDTHS if config.width_tiling else None
+    if config.ghn is None:
+        ghn = GraphHyperNetwork(
+            hidden=config.hidden,
+            rounds=config.rounds,
+            tile=config.tile,
+            decoder_hidden=config.decoder_hidden,
+            frequencies=config.frequencies,
+            integrated=config.integrated,
+            standardize=config.standardize,
+            offsets=config.offsets,
+            max_width=max_width,
+        )
+    else:
+        ghn = load_ghn(config.ghn, max_width=max_width)
     ghn_params = count_trainable(ghn)  # counted now: the averaged copy evaluated below is frozen
     print(f"GHN: {ghn_params:,} parameters; {ghn.describe().architecture}")
     opt = torch.optim.Adam(ghn.parameters(), lr=config.lr)
@@ -406,8 +462,9 @@ def run(config: Config) -> dict:
     modules: dict[Arch, nn.Module] = {}  # one module per architecture: traced once
     log: list[dict] = []
     running_loss, running_acc = 0.0, 0.0
+    steps = config.steps if config.ghn is None else 0  # a loaded GHN is evaluated as saved
     with Stopwatch() as train_time:
-        for step in progress(range(1, config.steps + 1), quiet=config.quiet, desc="GHN"):
+        for step in progress(range(1, steps + 1), quiet=config.quiet, desc="GHN"):
             idx = torch.randint(len(x_train), (config.batch_size,), generator=g)
             x, y = x_train[idx], y_train[idx]
             loss = x.new_zeros(())
@@ -436,7 +493,7 @@ def run(config: Config) -> dict:
             if step % 100 == 0 or step == config.steps:
                 log.append({"step": step, "loss": running_loss, "train_acc": running_acc})
     print(
-        f"GHN trained {config.steps} steps in {train_time.seconds / 60:.1f} min; "
+        f"GHN trained {steps} steps in {train_time.seconds / 60:.1f} min; "
         f"{len(modules)} distinct architectures seen"
     )
 
@@ -444,7 +501,9 @@ def run(config: Config) -> dict:
     # fine-tuning from a random initialisation, on the same minibatches.
     ghn = averaged.eval()
     checkpoints = sorted({0, 1, min(10, config.finetune_steps), config.finetune_steps})
-    rows, curves = [], []
+    rows: list[dict] = []
+    curves: list[dict] = []
+    held: list[dict[str, float]] = []  # the held-out architectures' accuracies
     evaluated = [
         (replace(a, batchnorm=config.batchnorm), group)
         for group, archs in (("held-out", HELD_OUT), ("in family", IN_FAMILY))
@@ -455,7 +514,7 @@ def run(config: Config) -> dict:
         torch.manual_seed(config.seed + 1)
         random_net = arch.build(in_shape, classes)
         predicted_net = ghn.export(random_net)
-        row = {"architecture": arch.name, "group": group, "params": count_trainable(random_net)}
+        accs: dict[str, float] = {}  # "predicted_0", ..., "random_100"
         for init, net in (("predicted", predicted_net), ("random", random_net)):
             ft = torch.optim.Adam(net.parameters(), lr=config.finetune_lr)
             gb = torch.Generator().manual_seed(config.seed + 2)  # the same batches for both
@@ -467,7 +526,7 @@ def run(config: Config) -> dict:
                         {"architecture": arch.name, "init": init, "step": step, "acc": acc}
                     )
                     if step in (0, 1, config.finetune_steps):
-                        row[f"{init}_{step}"] = acc
+                        accs[f"{init}_{step}"] = acc
                 if step == config.finetune_steps:
                     break
                 idx = torch.randint(len(x_train), (config.batch_size,), generator=gb)
@@ -475,9 +534,42 @@ def run(config: Config) -> dict:
                 ft.zero_grad(set_to_none=True)
                 loss.backward()
                 ft.step()
-        rows.append(row)
+        rows.append(
+            {
+                "architecture": arch.name,
+                "group": group,
+                "params": count_trainable(random_net),
+                **accs,
+            }
+        )
+        if group == "held-out":
+            held.append(accs)
 
-    held = [r for r in rows if r["group"] == "held-out"]
+    # The sweep: predicted weights with no training step, one axis at a time, as trained and
+    # with width tiling (which changes nothing within the family's widths: those are copied).
+    sweep = []
+    if config.sweep:
+        untiled, tiled = load_ghn(ghn), load_ghn(ghn, max_width=FAMILY_WIDTHS)
+        for axis, value, base in progress(SWEEP, quiet=config.quiet, desc="sweep"):
+            arch = replace(base, batchnorm=config.batchnorm)
+            torch.manual_seed(config.seed + 1)
+            net = arch.build(in_shape, classes)
+            acc = accuracy(bn_statistics_(untiled.export(net), x_stats), x_eval, y_eval)
+            limit = FAMILY_WIDTHS["conv" if arch.kind == "cnn" else "linear"]
+            if max(arch.widths + arch.channels) > limit:
+                acc_tiled = accuracy(bn_statistics_(tiled.export(net), x_stats), x_eval, y_eval)
+            else:
+                acc_tiled = acc
+            sweep.append(
+                {
+                    "axis": axis,
+                    "value": value,
+                    "architecture": arch.name,
+                    "untiled": acc,
+                    "tiled": acc_tiled,
+                }
+            )
+
     n = config.finetune_steps
     summary = {
         "held_out_zero_shot_mean": statistics.fmean(r["predicted_0"] for r in held),
@@ -503,10 +595,15 @@ def run(config: Config) -> dict:
             "summary": summary,
             "train_log": log,
             "curves": curves,
+            "sweep": sweep,
         },
     )
     _save_ghn(ghn, run_dir)
     _plot(curves, run_dir / "finetune.png", config.eval_split)
+    if sweep:
+        write_csv(run_dir / "sweep.csv", sweep)
+        plot_sweep({"this run": [sweep]}, run_dir / "sweep.png", config.eval_split)
+        print(format_table(sweep))
     print(format_table(rows))
     print(
         f"held-out ({len(held)} architectures, {config.eval_split} split): predicted weights "
@@ -518,6 +615,32 @@ def run(config: Config) -> dict:
     )
     print(run_dir)
     return {"results": rows, "summary": summary, "run_dir": str(run_dir)}
+
+
+def load_ghn(
+    source: str | os.PathLike | GraphHyperNetwork, max_width: dict[str, int] | None = None
+) -> GraphHyperNetwork:
+    """A GHN saved by this recipe (a run folder) or a copy of ``source``, with ``max_width``.
+
+    Example:
+        >>> ghn = GraphHyperNetwork(hidden=8, tile=(4, 4))
+        >>> load_ghn(ghn, max_width={"conv": 16}).options["max_width"]
+        {'conv': 16}
+    """
+    if isinstance(source, GraphHyperNetwork):
+        options, state = source.config(), source.state_dict()
+    else:
+        from safetensors.torch import load_file
+
+        folder = Path(source)
+        if not (folder / "ghn.json").is_file() or not (folder / "ghn.safetensors").is_file():
+            raise ValueError(f"{str(source)!r} holds no ghn.json and ghn.safetensors")
+        options = json.loads((folder / "ghn.json").read_text())
+        state = load_file(folder / "ghn.safetensors")
+    options["max_width"] = max_width
+    ghn = GraphHyperNetwork(**options)
+    ghn.load_state_dict(state)
+    return ghn.eval()
 
 
 def _save_ghn(ghn: GraphHyperNetwork, run_dir) -> None:
@@ -552,4 +675,77 @@ def _plot(curves: list[dict], path, split: str) -> None:
     fig.suptitle("GHN-predicted vs random initialisation")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# The family's range on each sweep axis, shaded in the sweep plots.
+_FAMILY_RANGE = {
+    "cnn width": (min(CNN_CHANNELS), max(CNN_CHANNELS)),
+    "cnn depth": (min(CNN_DEPTHS), max(CNN_DEPTHS)),
+    "cnn kernel": (min(CNN_KERNELS), max(CNN_KERNELS)),
+    "mlp width": (min(MLP_WIDTHS), max(MLP_WIDTHS)),
+    "mlp depth": (min(MLP_DEPTHS), max(MLP_DEPTHS)),
+}
+
+
+def plot_sweep(runs: dict[str, list[list[dict]]], path, split: str = "test") -> None:
+    """Accuracy with no training step against each sweep axis, one panel per axis.
+
+    Args:
+        runs: ``{label: [sweep rows of one run, ...]}`` (the ``sweep`` entry of results.json);
+            a label's runs (seeds) are drawn as their mean with a band of one standard
+            deviation, as trained (solid) and with width tiling (dashed, where it differs).
+        path: the PNG to write.
+        split: the evaluation split, for the axis label.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes_names = list(_FAMILY_RANGE)
+    fig, axes = plt.subplots(1, len(axes_names), figsize=(3.3 * len(axes_names), 3.0))
+    for ax, axis in zip(axes, axes_names, strict=True):
+        lo, hi = _FAMILY_RANGE[axis]
+        ax.axvspan(lo, hi, color="0.9", label="training family" if ax is axes[0] else None)
+        for i, (label, seeds) in enumerate(runs.items()):
+            color = f"C{i}"
+            for key, style in (("untiled", "o-"), ("tiled", "s--")):
+                points: dict[int, list[float]] = {}
+                for sweep in seeds:
+                    for r in sweep:
+                        if r["axis"] == axis:
+                            points.setdefault(r["value"], []).append(r[key])
+                if key == "tiled" and all(
+                    r["tiled"] == r["untiled"] for sw in seeds for r in sw if r["axis"] == axis
+                ):
+                    continue  # width tiling changes nothing on this axis
+                xs = sorted(points)
+                mean = [statistics.fmean(points[x]) for x in xs]
+                std = [statistics.stdev(points[x]) if len(points[x]) > 1 else 0.0 for x in xs]
+                name = label if key == "untiled" else f"{label}, width tiling"
+                ax.plot(xs, mean, style, color=color, label=name, markersize=3)
+                if len(seeds) > 1:
+                    ax.fill_between(
+                        xs,
+                        [m - s for m, s in zip(mean, std, strict=True)],
+                        [m + s for m, s in zip(mean, std, strict=True)],
+                        color=color,
+                        alpha=0.15,
+                    )
+        if axis.endswith("width"):
+            ax.set_xscale("log", base=2)
+        ax.set_title(axis, fontsize=9)
+        ax.set_xlabel(axis.split()[1])
+        ax.set_ylabel(f"{split} accuracy, 0 steps (%)")
+        ax.grid(alpha=0.3)
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -136,8 +136,8 @@ def _run(config: Config, rt: Runtime) -> dict:
         for name in ("direct", "generated"):
             torch.manual_seed(seed)
             target = make_cnn(in_shape, config.channels, config.kernel, data.num_classes)
-            model: nn.Module
             forward: Callable[[Tensor], Tensor]
+            model: nn.Module
             target.to(rt.device)
             if name == "direct":
                 model, forward = target, target
@@ -148,13 +148,13 @@ def _run(config: Config, rt: Runtime) -> dict:
                     block_out=config.channels,
                     block_in=config.channels,
                 )
-                model = HyperNetwork(
+                hnet = HyperNetwork(
                     target, TaskEmbedding(1, config.cond_dim), gen, generate="3.weight"
                 ).to(rt.device)
-                forward = partial(model, task=0)
+                model, forward = hnet, partial(hnet, task=0)
                 hnet_sizes = {
-                    "generator": count_trainable(model.generator),
-                    "task_embedding": count_trainable(model.conditioner),
+                    "generator": count_trainable(hnet.generator),
+                    "task_embedding": count_trainable(hnet.conditioner),
                 }
             opt = torch.optim.Adam(model.parameters(), lr=config.lr)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
@@ -183,7 +183,7 @@ def _run(config: Config, rt: Runtime) -> dict:
                     "layer2_params": (
                         sum(hnet_sizes.values())
                         if name == "generated"
-                        else target[3].get_parameter("weight").numel()
+                        else target.get_parameter("3.weight").numel()
                     ),
                     "minutes": sw.seconds / 60,
                 }
