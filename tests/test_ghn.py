@@ -552,8 +552,8 @@ def test_relative_offsets_are_fractions_of_the_kernel_and_agree_at_3x3():
         assert rel.abs().max() < 0.5 and rel.sum().abs() < 1e-12
     assert _offsets(7, "absolute").abs().max() == 1.0  # outside any 3x3 or 5x5 kernel's range
     spec3, spec7 = (hl.select(nn.Conv2d(2, 5, k)) for k in (3, 7))
-    a = hl.TiledGenerator(None, 6, tile=(4, 4), hidden=(16,))
-    b = hl.TiledGenerator(None, 6, tile=(4, 4), hidden=(16,), offsets="relative")
+    a = hl.TiledGenerator(hl.TargetSpec(()), 6, tile=(4, 4), hidden=(16,))
+    b = hl.TiledGenerator(hl.TargetSpec(()), 6, tile=(4, 4), hidden=(16,), offsets="relative")
     b.load_state_dict(a.state_dict())  # the option adds no parameter
     c = torch.randn(6)
     torch.testing.assert_close(a(c, spec=spec3), b(c, spec=spec3))
@@ -561,7 +561,7 @@ def test_relative_offsets_are_fractions_of_the_kernel_and_agree_at_3x3():
     ghn = hl.architectures.GraphHyperNetwork(hidden=8, tile=(4, 4), offsets="relative")
     assert ghn.config()["offsets"] == "relative" == ghn.decoder.options["offsets"]
     with pytest.raises(ValueError, match="'centred'"):
-        hl.TiledGenerator(None, 6, offsets="centred")
+        hl.TiledGenerator(hl.TargetSpec(()), 6, offsets="centred")
 
 
 def bn_cnn(c):
