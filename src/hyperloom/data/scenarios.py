@@ -148,32 +148,34 @@ def split_by_classes(
         if value is not None and value < 1:
             raise ValueError(f"{arg_name} must be at least 1, got {value}")
 
-    if n_tasks is None and classes_per_task is None:
-        classes_per_task = 2
+    per_task: int  # classes per task
     if n_tasks is None:
-        if n_used % classes_per_task:
+        per_task = 2 if classes_per_task is None else classes_per_task
+        if n_used % per_task:
             raise ValueError(
                 f"{n_used} classes do not divide into tasks of classes_per_task="
-                f"{classes_per_task} ({n_used} % {classes_per_task} = "
-                f"{n_used % classes_per_task})"
+                f"{per_task} ({n_used} % {per_task} = "
+                f"{n_used % per_task})"
             )
-        n_tasks = n_used // classes_per_task
+        n_tasks = n_used // per_task
     elif classes_per_task is None:
         if n_used % n_tasks:
             raise ValueError(
                 f"{n_used} classes do not divide into n_tasks={n_tasks} equal tasks "
                 f"({n_used} % {n_tasks} = {n_used % n_tasks})"
             )
-        classes_per_task = n_used // n_tasks
+        per_task = n_used // n_tasks
     elif n_tasks * classes_per_task != n_used:
         raise ValueError(
             f"n_tasks={n_tasks} x classes_per_task={classes_per_task} = "
             f"{n_tasks * classes_per_task} classes, but there are {n_used} to split"
         )
+    else:
+        per_task = classes_per_task
 
     tasks = []
     for t in range(n_tasks):
-        group = tuple(order[t * classes_per_task : (t + 1) * classes_per_task])
+        group = tuple(order[t * per_task : (t + 1) * per_task])
         # Global label -> label in this task (-1 for classes outside the task).
         lookup = torch.full((n_classes,), -1, dtype=torch.int64)
         lookup[list(group)] = torch.arange(len(group)) if relabel else torch.tensor(group)
@@ -182,8 +184,20 @@ def split_by_classes(
             x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
             keep = lookup[y] >= 0  # (N,) bool
             splits += [x[keep], lookup[y[keep]]]
+        x_train, y_train, x_test, y_test = splits
         num_outputs = None if relabel else n_classes
-        tasks.append(Task(t, f"split-{t}", *splits, classes=group, num_outputs=num_outputs))
+        tasks.append(
+            Task(
+                t,
+                f"split-{t}",
+                x_train,
+                y_train,
+                x_test,
+                y_test,
+                classes=group,
+                num_outputs=num_outputs,
+            )
+        )
     return tasks
 
 
@@ -228,7 +242,18 @@ def permuted(
             x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
             flat = x.reshape(len(x), n_values)  # (N, C*H*W)
             splits += [flat[:, perm].reshape(len(x), *image_shape), y.clone()]  # (N, C, H, W)
-        tasks.append(Task(t, f"permuted-{t}", *splits, classes=tuple(range(n_classes))))
+        x_train, y_train, x_test, y_test = splits
+        tasks.append(
+            Task(
+                t,
+                f"permuted-{t}",
+                x_train,
+                y_train,
+                x_test,
+                y_test,
+                classes=tuple(range(n_classes)),
+            )
+        )
     return tasks
 
 
@@ -309,7 +334,11 @@ def rotated(dataset: Any, angles: Sequence[float]) -> list[Task]:
         for split in ("train", "test"):
             x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
             splits += [rotate_images(x, angle), y.clone()]
-        tasks.append(Task(t, f"rotated-{angle:g}", *splits, classes=tuple(range(n_classes))))
+        x_train, y_train, x_test, y_test = splits
+        name = f"rotated-{angle:g}"
+        tasks.append(
+            Task(t, name, x_train, y_train, x_test, y_test, classes=tuple(range(n_classes)))
+        )
     return tasks
 
 
