@@ -117,6 +117,31 @@ def _recorded(n: int, m: int, methods: tuple[str, ...], values: dict) -> Recorde
     )
 
 
+FEW_SHOT = {
+    "num_clients": 100,
+    "new_clients": 0,
+    "classes_per_client": 3,
+    "samples_per_client": (50, 200),
+    "inner_lr": 0.1,
+    "hn_lr": 1e-4,
+}
+"""docs/results/federated.md, section 8: the few-shot split and the presets chosen for it."""
+
+
+def _recorded_few_shot(methods: tuple[str, ...], values: dict) -> Recorded:
+    metrics = {f"{method} acc (%)": f"results.{method}.acc" for method in methods}
+    return Recorded(
+        f"fewshot-{methods[0]}",
+        {**FEW_SHOT, "methods": methods, "quiet": True},
+        metrics,
+        {
+            seed: {f"{mth} acc (%)": acc for mth, acc in accs.items()}
+            for seed, accs in values.items()
+        },
+        page="docs/results/federated.md",
+    )
+
+
 # docs/results/federated.md, sections 3 and 4 (100 rounds, the presets; one run per method
 # group, as recorded; FedAvg + fine-tuning comes from the FedAvg run).
 RECORDED: tuple[Recorded, ...] = (
@@ -199,6 +224,14 @@ RECORDED: tuple[Recorded, ...] = (
             1: {**_figures("fedavg", 56.8, 57.5), **_figures("fedavg-ft", 92.4, 99.0)},
             2: {**_figures("fedavg", 56.9, 56.9), **_figures("fedavg-ft", 96.3, 99.2)},
         },
+    ),
+    # section 8: 100 clients of 50 to 200 Fashion-MNIST images, 3 classes each
+    _recorded_few_shot(("pfedhn",), {0: {"pfedhn": 90.06}, 2: {"pfedhn": 90.88}}),
+    _recorded_few_shot(("pfedhn-pc",), {0: {"pfedhn-pc": 90.37}, 2: {"pfedhn-pc": 92.58}}),
+    _recorded_few_shot(("local",), {0: {"local": 69.76}, 2: {"local": 72.76}}),
+    _recorded_few_shot(
+        ("fedavg", "fedavg-ft"),
+        {0: {"fedavg": 67.34, "fedavg-ft": 91.65}, 2: {"fedavg": 64.04, "fedavg-ft": 90.43}},
     ),
 )
 
