@@ -347,7 +347,7 @@ def _clients(config_key: str) -> tuple[list[ClientData], int, tuple[int, ...]]:
     return load_clients(config_from_mapping(json.loads(config_key)))
 
 
-def partition_id(context: Context) -> int:
+def _partition_id(context: Context) -> int:
     """The ``partition-id`` of this node's node config, as an int."""
     value = context.node_config["partition-id"]
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -362,7 +362,7 @@ def node_data(context: Context, config: Config) -> tuple[ClientData, int, tuple[
             "this SuperNode has no 'partition-id' in its node config; start it with "
             '--node-config "partition-id=I num-partitions=N"'
         )
-    pid = partition_id(context)
+    pid = _partition_id(context)
     clients, num_classes, shape = _clients(json.dumps(asdict(config), sort_keys=True))
     if not 0 <= pid < len(clients):
         raise ValueError(f"partition-id {pid} is outside [0, {len(clients)})")
@@ -389,7 +389,7 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         config, _ = app_config(context, overrides)
         data, num_classes, shape = node_data(context, config)
-        pid = partition_id(context)
+        pid = _partition_id(context)
         rnd = int(msg.content["config"].get("server-round", 0))
         torch.manual_seed(client_seed(config, rnd, pid))
         target = lenet_target(num_classes, shape)
@@ -414,7 +414,7 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     def evaluate_(msg: Message, context: Context) -> Message:
         config, _ = app_config(context, overrides)
         data, num_classes, shape = node_data(context, config)
-        pid = partition_id(context)
+        pid = _partition_id(context)
         torch.manual_seed(client_seed(config, -1, pid))
         target = lenet_target(num_classes, shape)
         received = from_record(msg.content.array_records["arrays"])
