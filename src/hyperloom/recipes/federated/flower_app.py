@@ -347,6 +347,14 @@ def _clients(config_key: str) -> tuple[list[ClientData], int, tuple[int, ...]]:
     return load_clients(config_from_mapping(json.loads(config_key)))
 
 
+def _config_int(msg: Message, key: str) -> int:
+    """The integer ``key`` of a message's ``"config"`` record (0 when absent)."""
+    value = msg.content.config_records["config"].get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"config value {key!r} must be an integer, got {value!r}")
+    return int(value)
+
+
 def _partition_id(context: Context) -> int:
     """The ``partition-id`` of this node's node config, as an int."""
     value = context.node_config["partition-id"]
@@ -390,7 +398,7 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         config, _ = app_config(context, overrides)
         data, num_classes, shape = node_data(context, config)
         pid = _partition_id(context)
-        rnd = int(msg.content["config"].get("server-round", 0))
+        rnd = _config_int(msg, "server-round")
         torch.manual_seed(client_seed(config, rnd, pid))
         target = lenet_target(num_classes, shape)
         received = from_record(msg.content.array_records["arrays"])
@@ -421,7 +429,7 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         weights = {**received, **personal_state(context, target, received)}
         _, acc, n = evaluate(target, weights, data.x_test, data.y_test)
         metrics = MetricRecord({"num-examples": n, "accuracy": acc, "partition-id": pid})
-        steps = int(msg.content["config"].get("finetune-steps", 0))
+        steps = _config_int(msg, "finetune-steps")
         if steps > 0:
             tuned, _ = train_local(
                 target,
