@@ -233,7 +233,7 @@ def test_sized_partition_few_samples_per_client():
     """100 clients of 50-200 training examples, 3 classes each: the few-shot split."""
     from hyperloom.recipes.federated.setup import Config, client_sizes
 
-    y_train, y_test = torch.arange(10).repeat(600), torch.arange(10).repeat(1000)
+    y_train, y_test = torch.arange(10).repeat(6000), torch.arange(10).repeat(1000)  # F-MNIST
     shares = class_shares(100, 10, 3, seed=0)
     sizes = client_sizes(Config(samples_per_client=(50, 200), seed=0), 100)
     train = partition_clients(y_train, shares, seed=0, sizes=sizes)
