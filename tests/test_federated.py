@@ -97,7 +97,7 @@ def test_pfedhn_step_is_sgd_on_the_vjp():
     returned = moved_weights(hnet, 2)
     want = hand_vjp(hnet, 2, returned, params)
     opt = torch.optim.SGD(params, lr=0.05)
-    pfedhn_step(hnet, 2, returned, opt, max_grad_norm=None)
+    pfedhn_step(hnet, returned, opt, task=2, max_grad_norm=None)
     for p, b, g in zip(params, before, want, strict=True):
         torch.testing.assert_close(p.detach(), b - 0.05 * g, rtol=1e-5, atol=1e-6)
 
@@ -113,7 +113,7 @@ def test_preset_server_optimizer_is_adam_on_the_vjp():
     want = hand_vjp(hnet, 2, returned, params)
     opt = server_optimizer(cfg, hnet)
     assert isinstance(opt, torch.optim.Adam) and opt.defaults["lr"] == cfg.hn_lr
-    pfedhn_step(hnet, 2, returned, opt, max_grad_norm=None)
+    pfedhn_step(hnet, returned, opt, task=2, max_grad_norm=None)
     names = [n for n, _ in hnet.named_parameters() if not n.startswith("target.")]
     for name, p, b, g in zip(names, params, before, want, strict=True):
         if name.startswith("conditioner.rows.") and name != "conditioner.rows.2":
@@ -124,12 +124,41 @@ def test_preset_server_optimizer_is_adam_on_the_vjp():
         torch.testing.assert_close(p.detach(), b - step, rtol=1e-4, atol=1e-9, msg=name)
 
 
+def test_pfedhn_step_takes_the_client_as_task():
+    """``task=[a, b]`` averages the two clients' gradients; a positional client is refused."""
+    one, two = small_hnet(), small_hnet()
+    two.load_state_dict(one.state_dict())
+    replies = [moved_weights(one, 0), moved_weights(one, 2)]
+    params = [p for n, p in one.named_parameters() if not n.startswith("target.")]
+    opt = torch.optim.SGD(params, lr=0.1)
+    pfedhn_step(one, replies, opt, task=[0, 2], max_grad_norm=None)
+    grads = [
+        pfedhn_grads(two.generate(task=torch.tensor(c)), r, list(two.parameters()))
+        for c, r in zip([0, 2], replies, strict=True)
+    ]
+    for (name, p), *gs in zip(two.named_parameters(), *grads, strict=True):
+        if name.startswith("target."):
+            continue
+        g = sum((x for x in gs if x is not None), torch.zeros_like(p)) / 2
+        torch.testing.assert_close(dict(one.named_parameters())[name], p.detach() - 0.1 * g)
+    with pytest.raises(TypeError):
+        pfedhn_step(one, 2, replies[0], opt)  # the old positional call
+    with pytest.raises(TypeError, match=r"takes one reply .* got int"):
+        pfedhn_step(one, 2, opt, task=2)
+    with pytest.raises(TypeError, match=r"takes task= as an integer id or a list of ids, got 1\.5"):
+        pfedhn_step(one, replies[0], opt, task=1.5)
+    with pytest.raises(TypeError, match=r"takes a list of replies, one per client, got dict"):
+        pfedhn_step(one, replies[0], opt, task=[0, 2])
+    with pytest.raises(TypeError, match=r"takes one client id as task=, got \[0, 1\]"):
+        embedding_optimizer(one, task=[0, 1], lr=0.1)
+
+
 def test_new_client_moves_only_its_embedding():
     hnet = small_hnet()
     (new,) = hnet.conditioner.add(1)
     before = {n: p.detach().clone() for n, p in hnet.named_parameters()}
-    opt = embedding_optimizer(hnet, new, lr=0.1)
-    pfedhn_step(hnet, new, moved_weights(hnet, new), opt, max_grad_norm=None)
+    opt = embedding_optimizer(hnet, task=new, lr=0.1)
+    pfedhn_step(hnet, moved_weights(hnet, new), opt, task=new, max_grad_norm=None)
     for n, p in hnet.named_parameters():
         if n == f"conditioner.rows.{new}":
             assert not torch.equal(p, before[n])
@@ -200,6 +229,67 @@ def test_class_shares_two_classes_per_client():
         assert set(y[idx].tolist()) <= set(torch.nonzero(s[i]).flatten().tolist())
 
 
+def test_sized_partition_few_samples_per_client():
+    """100 clients of 50-200 training examples, 3 classes each: the few-shot split."""
+    from hyperloom.recipes.federated.setup import Config, client_sizes
+
+    y_train, y_test = torch.arange(10).repeat(6000), torch.arange(10).repeat(1000)  # F-MNIST
+    shares = class_shares(100, 10, 3, seed=0)
+    sizes = client_sizes(Config(samples_per_client=(50, 200), seed=0), 100)
+    train = partition_clients(y_train, shares, seed=0, sizes=sizes)
+    test = partition_clients(y_test, shares, seed=1)
+    assert [len(p) for p in train] == sizes.tolist()
+    assert min(sizes.tolist()) >= 50 and max(sizes.tolist()) <= 200
+    assert len(set(sizes.tolist())) > 50  # drawn, not one value
+    everything = torch.cat(train)
+    assert len(torch.unique(everything)) == len(everything)  # no example in two clients
+    for i in range(100):
+        mine = set(torch.nonzero(shares[i]).flatten().tolist())
+        assert set(y_train[train[i]].tolist()) == mine == set(y_test[test[i]].tolist())
+        # the same class proportions in train and test: each within rounding of its share
+        n_train = torch.bincount(y_train[train[i]], minlength=10).double()
+        n_test = torch.bincount(y_test[test[i]], minlength=10).double()
+        want = shares[i].double() / shares[i].sum()
+        assert ((n_train - sizes[i] * want).abs() < 1).all()
+        assert ((n_test - 1000 * shares[i].double()).abs() <= 1).all()
+    again = partition_clients(y_train, shares, seed=0, sizes=sizes)
+    assert all(torch.equal(a, b) for a, b in zip(train, again, strict=True))  # seeded
+    other = partition_clients(y_train, shares, seed=1, sizes=sizes)
+    assert not all(torch.equal(a, b) for a, b in zip(train, other, strict=True))
+    assert not torch.equal(sizes, client_sizes(Config(samples_per_client=(50, 200), seed=1), 100))
+    # without sizes, the whole shares, as before
+    whole = partition_clients(y_train, shares, seed=0)
+    assert sum(len(p) for p in whole) == len(y_train)
+
+
+def test_sized_partition_errors_name_the_values():
+    y = torch.arange(10).repeat(20)  # 20 examples per class
+    shares = class_shares(5, 10, 2, seed=0)
+    with pytest.raises(ValueError, match=r"class \d has 20 examples, but the clients' sizes"):
+        partition_clients(y, shares, sizes=[100] * 5)
+    with pytest.raises(ValueError, match="sizes has 3 entries for 5 clients"):
+        partition_clients(y, shares, sizes=[1, 2, 3])
+    with pytest.raises(ValueError, match="sizes must be >= 0, got -1"):
+        partition_clients(y, shares, sizes=[1, 2, 3, 4, -1])
+
+
+def test_recipe_few_shot_split_on_digits():
+    from hyperloom.recipes.federated.setup import Config, load_clients
+
+    config = Config(
+        dataset="digits", num_clients=20, new_clients=2, classes_per_client=3,
+        samples_per_client=(20, 40), seed=5,
+    )  # fmt: skip
+    clients, _, _ = load_clients(config)
+    assert len(clients) == 22
+    assert all(20 <= len(c.y_train) <= 40 for c in clients)
+    assert all(len(torch.unique(c.y_train)) <= 3 for c in clients)
+    for c in clients:  # tested on the classes it trains on
+        assert set(c.y_test.tolist()) <= set(c.y_train.tolist())
+    again, _, _ = load_clients(config)
+    assert all(torch.equal(a.y_train, b.y_train) for a, b in zip(clients, again, strict=True))
+
+
 def test_class_shares_fifty_clients_use_every_class_evenly():
     s = class_shares(50, 10, 2, seed=0)
     assert ((s > 0).sum(0) == 10).all()  # 100 slots over 10 classes
@@ -259,6 +349,9 @@ def test_train_local_clips_the_gradient_norm():
         ({"inner_clip": 0.0}, "inner_clip must be > 0 or none, got 0.0"),
         ({"eval_every": -1}, "eval_every must be >= 0, got -1"),
         ({"eval_every": 5, "engine": "flower"}, "eval_every needs engine=inprocess"),
+        ({"samples_per_client": (200, 50)}, "samples_per_client must be LOW,HIGH with LOW"),
+        ({"samples_per_client": (1, 2, 3)}, "samples_per_client must be LOW,HIGH"),
+        ({"samples_per_client": (0, 5)}, "samples_per_client must be >= 1, got 0"),
     ],
 )
 def test_recipe_config_errors_name_the_option(bad, message):
@@ -555,11 +648,11 @@ def test_pfedhn_step_validates_as_check_reply_does():
     ]
     for reply, reason in bad:
         with pytest.raises(ValueError, match=f"refused the .*client.* {reason}|{reason}"):
-            pfedhn_step(hnet, 1, reply, opt, max_grad_norm=None, trust_bound=None)
+            pfedhn_step(hnet, reply, opt, task=1, max_grad_norm=None, trust_bound=None)
     with pytest.raises(ValueError, match="trust bound"):
-        pfedhn_step(hnet, 1, {k: v * 100 for k, v in good.items()}, opt, trust_bound=10.0)
+        pfedhn_step(hnet, {k: v * 100 for k, v in good.items()}, opt, task=1, trust_bound=10.0)
     with pytest.raises(ValueError, match="max_grad_norm must be > 0 or None, got -1"):
-        pfedhn_step(hnet, 1, good, opt, max_grad_norm=-1)
+        pfedhn_step(hnet, good, opt, task=1, max_grad_norm=-1)
     for n, p in hnet.named_parameters():
         assert torch.equal(p, before[n]) and p.grad is None, n
 
@@ -570,7 +663,7 @@ def test_idle_embeddings_step_moves_every_row_as_pfedhns_code():
     for idle, moves in (("skip", False), ("step", True)):
         opt = torch.optim.SGD(hnet.parameters(), lr=0.1, weight_decay=0.5)
         before = rows[2].detach().clone()
-        pfedhn_step(hnet, 0, moved_weights(hnet, 0), opt, idle=idle)
+        pfedhn_step(hnet, moved_weights(hnet, 0), opt, task=0, idle=idle)
         assert (not torch.equal(rows[2], before)) is moves, idle
         if moves:  # a zero gradient: only the weight decay acts on it
             torch.testing.assert_close(rows[2].detach(), before * (1 - 0.1 * 0.5))

@@ -332,7 +332,8 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> Dataset:
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}")
     try:
-        from sklearn.datasets import load_digits as _sklearn_load_digits
+        # scikit-learn ships no type information (no py.typed marker).
+        from sklearn.datasets import load_digits as _sklearn_load_digits  # type: ignore[import-untyped]
     except ImportError as e:
         raise ImportError(
             "load_digits needs scikit-learn, which bundles the digits: "

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional import call
+from ..hypernet import HyperNetwork
 from ..target import TargetSpec
 
 LOGGER = logging.getLogger("hyperloom.federated")
@@ -108,18 +109,37 @@ def dirichlet_shares(num_clients: int, num_classes: int, alpha: float, *, seed: 
     return torch.from_numpy(draws.T.astype(np.float32)).contiguous()  # (N, C)
 
 
-def partition_clients(labels: Tensor, shares: Tensor, *, seed: int = 0) -> list[Tensor]:
-    """Split a split's example indices among clients following per-class ``shares``.
+def partition_clients(
+    labels: Tensor, shares: Tensor, *, seed: int = 0, sizes: Sequence[int] | Tensor | None = None
+) -> list[Tensor]:
+    r"""Split a split's example indices among clients following per-class ``shares``.
+
+    Without ``sizes``, column ``c`` of ``shares`` divides class ``c``'s examples: client ``i``
+    gets the fraction ``shares[i, c]`` of them. With ``sizes`` (few examples per client, the
+    regime of many small clients), client ``i`` gets exactly ``sizes[i]`` examples, divided
+    over the classes in the proportions its unsized share would have had,
+
+    .. math:: n_{ic} \propto \mathrm{shares}_{ic} \, |\{j : y_j = c\}|,
+
+    rounded to integers that sum to ``sizes[i]`` (largest remainders), so that a test split
+    partitioned with the same ``shares`` and no ``sizes`` has the same class proportions per
+    client (exactly, when the two splits have the same class frequencies).
 
     Args:
         labels: ``(n,)`` int64 labels.
         shares: ``(num_clients, num_classes)`` from :func:`class_shares` or
             :func:`dirichlet_shares`; column ``c`` is how class ``c`` is divided.
         seed: seed of the shuffle within each class.
+        sizes: ``(num_clients,)`` examples per client, or ``None`` for the whole shares.
 
     Returns:
         One sorted index tensor per client; every example goes to at most one client (all of
-        them, when every column sums to 1).
+        them, when every column sums to 1 and ``sizes`` is ``None``).
+
+    Raises:
+        ValueError: bad shapes, a label without a column, a negative size, a client with a
+            size but no share of any class present, or a class with fewer examples than its
+            clients' sizes ask for (the class and both counts are named).
 
     Example:
         >>> y = torch.arange(10).repeat(20)
@@ -127,6 +147,8 @@ def partition_clients(labels: Tensor, shares: Tensor, *, seed: int = 0) -> list[
         >>> sorted(torch.unique(y[parts[0]]).tolist()) == sorted(
         ...     torch.nonzero(class_shares(5, 10, 2)[0]).flatten().tolist())
         True
+        >>> [len(p) for p in partition_clients(y, class_shares(5, 10, 2), sizes=[3, 5, 8, 2, 7])]
+        [3, 5, 8, 2, 7]
     """
     if labels.ndim != 1:
         raise ValueError(f"labels must have shape (n,), got {tuple(labels.shape)}")
@@ -137,11 +159,20 @@ def partition_clients(labels: Tensor, shares: Tensor, *, seed: int = 0) -> list[
             f"label {int(labels.max())} has no column in shares of shape {tuple(shares.shape)}"
         )
     g = torch.Generator().manual_seed(seed)
+    counts = _class_counts(labels, shares, sizes)  # (N, C) examples per client and class
     parts: list[list[Tensor]] = [[] for _ in range(shares.shape[0])]
     for c in range(shares.shape[1]):
         members = torch.nonzero(labels == c).flatten()
         members = members[torch.randperm(len(members), generator=g)]  # (n_c,)
-        bounds = (torch.cumsum(shares[:, c].double(), 0) * len(members)).round().long()  # (N,)
+        if counts is None:
+            bounds = (torch.cumsum(shares[:, c].double(), 0) * len(members)).round().long()
+        else:
+            bounds = torch.cumsum(counts[:, c], 0)  # (N,)
+            if int(bounds[-1]) > len(members):
+                raise ValueError(
+                    f"class {c} has {len(members)} examples, but the clients' sizes ask for "
+                    f"{int(bounds[-1])} of them; use fewer clients or smaller sizes"
+                )
         bounds = bounds.clamp(max=len(members))
         start = 0
         for i, end in enumerate(bounds.tolist()):
@@ -151,6 +182,31 @@ def partition_clients(labels: Tensor, shares: Tensor, *, seed: int = 0) -> list[
     return [
         torch.sort(torch.cat(p)).values if p else torch.zeros(0, dtype=torch.long) for p in parts
     ]
+
+
+def _class_counts(
+    labels: Tensor, shares: Tensor, sizes: Sequence[int] | Tensor | None
+) -> Tensor | None:
+    """``(N, C)`` examples per client and class for :func:`partition_clients`'s ``sizes``."""
+    if sizes is None:
+        return None
+    want = torch.as_tensor(sizes, dtype=torch.long).flatten()  # (N,)
+    if len(want) != shares.shape[0]:
+        raise ValueError(f"sizes has {len(want)} entries for {shares.shape[0]} clients")
+    if len(want) and int(want.min()) < 0:
+        raise ValueError(f"sizes must be >= 0, got {int(want.min())}")
+    present = torch.bincount(labels, minlength=shares.shape[1]).double()  # (C,)
+    weight = shares.double().clamp_min(0) * present  # (N, C)
+    total = weight.sum(1, keepdim=True)  # (N, 1)
+    lost = torch.nonzero((total.squeeze(1) == 0) & (want > 0)).flatten().tolist()
+    if lost:
+        raise ValueError(f"clients {lost} have sizes but no share of any class present")
+    exact = weight / total.clamp_min(1e-300) * want.unsqueeze(1)  # (N, C)
+    counts = exact.floor().long()
+    short = want - counts.sum(1)  # (N,) examples still to place, fewer than C
+    order = torch.argsort(exact - counts, dim=1, descending=True, stable=True)  # (N, C)
+    rank = torch.argsort(order, dim=1)  # rank of each class by its remainder
+    return counts + (rank < short.unsqueeze(1)).long()
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,12 +554,11 @@ MAX_SERVER_GRAD_NORM = 1e18
 
 
 def pfedhn_step(
-    hnet: nn.Module,
-    client: int,
+    hnet: HyperNetwork,
     returned: Mapping[str, Tensor] | Sequence[Mapping[str, Tensor]],
     optimizer: torch.optim.Optimizer,
     *,
-    clients: Sequence[int] | None = None,
+    task: int | Tensor | Sequence[int],
     max_grad_norm: float | None = 50.0,
     trust_bound: float | None = None,
     idle: str = "skip",
@@ -512,7 +567,8 @@ def pfedhn_step(
 
     The parameters that move are those in ``optimizer`` (the hypernetwork and the embeddings in
     training; one new client's embedding with :func:`embedding_optimizer`). With several
-    clients (``clients=[...]`` and one reply each), their gradients are averaged before one step.
+    clients (``task=[...]`` and a list of replies, one each), their gradients are averaged
+    before one step.
 
     Every reply is checked as :func:`check_reply` does (against the weights generated now, for
     the trust bound) and the gradient must be finite with a total norm below
@@ -521,11 +577,11 @@ def pfedhn_step(
 
     Args:
         hnet: a :class:`~hyperloom.HyperNetwork` with a task-conditioned input (``task=`` ids).
-        client: the client's id (its embedding row); ignored when ``clients`` is given.
-        returned: the client's trained weights (the generated names only), or a list of them
-            matching ``clients``.
+        returned: the client's trained weights (the generated names only), or, with a list of
+            clients in ``task``, a list of them in the same order.
         optimizer: the server optimizer.
-        clients: several client ids for one averaged step.
+        task: the client's id (its embedding row, the ``TaskEmbedding``'s keyword), or a list
+            of ids for one averaged step.
         max_grad_norm: clip the total gradient norm (the paper uses 50); ``None`` to skip.
         trust_bound: refuse a reply whose change exceeds this many times the norm of the
             weights generated for it (:func:`check_reply`); ``None``: no bound.
@@ -540,6 +596,8 @@ def pfedhn_step(
     Raises:
         ValueError: a reply that :func:`check_reply` refuses (the client and the reason are
             named), a non-finite or too large gradient, or bad arguments.
+        TypeError: ``task`` that is not an id or a list of ids, or ``returned`` that is not a
+            mapping (or a list of mappings for a list of ids).
 
     Example:
         >>> import hyperloom as hl
@@ -547,7 +605,7 @@ def pfedhn_step(
         ...     hl.HeadsGenerator.factory())
         >>> opt = torch.optim.SGD(hnet.parameters(), lr=0.1)
         >>> w = {k: v.detach() + 0.1 for k, v in hnet.generate(task=torch.tensor(1)).items()}
-        >>> round(pfedhn_step(hnet, 1, w, opt), 3)
+        >>> round(pfedhn_step(hnet, w, opt, task=1), 3)
         0.316
     """
     if max_grad_norm is not None and not max_grad_norm > 0:
@@ -556,8 +614,22 @@ def pfedhn_step(
         raise ValueError(f"trust_bound must be > 0 or None, got {trust_bound}")
     if idle not in IDLE_EMBEDDINGS:
         raise ValueError(f"idle must be one of {IDLE_EMBEDDINGS}, got {idle!r}")
-    ids = [client] if clients is None else list(clients)
-    replies = [returned] if clients is None else list(returned)
+    ids, several = _client_ids(task, "pfedhn_step")
+    replies: list[Mapping[str, Tensor]]
+    if several:
+        if isinstance(returned, Mapping) or not isinstance(returned, Sequence):
+            raise TypeError(
+                f"pfedhn_step with task={ids} takes a list of replies, one per client, got "
+                f"{type(returned).__name__}"
+            )
+        replies = list(returned)
+    elif isinstance(returned, Mapping):
+        replies = [returned]
+    else:
+        raise TypeError(
+            f"pfedhn_step with task={ids[0]} takes one reply (a mapping of name -> tensor), "
+            f"got {type(returned).__name__}"
+        )
     if len(replies) != len(ids) or not ids:
         raise ValueError(f"got {len(replies)} replies for clients {ids}")
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -573,7 +645,8 @@ def pfedhn_step(
         grads = pfedhn_grads(theta, reply, params)
         for i, g in enumerate(grads):
             if g is not None:
-                total[i] = g / len(ids) if total[i] is None else total[i] + g / len(ids)
+                prev = total[i]
+                total[i] = g / len(ids) if prev is None else prev + g / len(ids)
     # In the gradients' own dtype (no float64 copy of 8.7 M values): a norm whose square
     # overflows comes out inf and is refused like NaN.
     norm = math.sqrt(sum(float(torch.linalg.vector_norm(g)) ** 2 for g in total if g is not None))
@@ -591,23 +664,53 @@ def pfedhn_step(
     return moved / len(ids)
 
 
-def embedding_optimizer(hnet: nn.Module, client: int, lr: float) -> torch.optim.Optimizer:
+def _client_ids(task: Any, where: str) -> tuple[list[int], bool]:
+    """``task=`` as a list of client ids, and whether it named several (a list or 1-d tensor)."""
+    if isinstance(task, Tensor):
+        if task.is_floating_point() or task.is_complex() or task.ndim > 1:
+            raise TypeError(
+                f"{where} takes task= as an integer id or a list of ids, got a tensor of "
+                f"dtype {task.dtype} and shape {tuple(task.shape)}"
+            )
+        return [int(t) for t in task.reshape(-1).tolist()], task.ndim == 1
+    if isinstance(task, int) and not isinstance(task, bool):
+        return [task], False
+    if isinstance(task, Sequence) and not isinstance(task, str):
+        bad = [t for t in task if isinstance(t, bool) or not isinstance(t, int)]
+        if not bad:
+            return list(task), True
+    raise TypeError(f"{where} takes task= as an integer id or a list of ids, got {task!r}")
+
+
+def embedding_optimizer(hnet: nn.Module, *, task: int | Tensor, lr: float) -> torch.optim.Optimizer:
     """An optimizer over one client's embedding row only: the hypernetwork stays frozen.
 
     Used for a client that joins after training (pFedHN's generalisation to novel clients):
     run the usual rounds for it with :func:`pfedhn_step` and this optimizer.
+
+    Args:
+        hnet: a :class:`~hyperloom.HyperNetwork` with a ``TaskEmbedding`` conditioner.
+        task: the client's id (its embedding row, the ``TaskEmbedding``'s keyword).
+        lr: Adam's learning rate.
+
+    Returns:
+        Adam over that one row.
 
     Example:
         >>> import hyperloom as hl
         >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 2),
         ...     hl.HeadsGenerator.factory())
         >>> new = hnet.conditioner.add(1)[0]
-        >>> len(embedding_optimizer(hnet, new, lr=0.1).param_groups[0]["params"])
+        >>> len(embedding_optimizer(hnet, task=new, lr=0.1).param_groups[0]["params"])
         1
     """
     rows = getattr(getattr(hnet, "conditioner", None), "rows", None)
-    if rows is None:
+    if not isinstance(rows, nn.ParameterList):
         raise TypeError("embedding_optimizer needs a HyperNetwork with a TaskEmbedding conditioner")
+    ids, several = _client_ids(task, "embedding_optimizer")
+    if several:
+        raise TypeError(f"embedding_optimizer takes one client id as task=, got {ids}")
+    client = ids[0]
     if not 0 <= client < len(rows):
         raise IndexError(f"client {client} has no embedding (there are {len(rows)})")
     return torch.optim.Adam([rows[client]], lr=lr)

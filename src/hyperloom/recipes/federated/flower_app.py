@@ -51,6 +51,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Strategy
 from torch import Tensor
 
+from ...conditioning import TaskEmbedding
 from ...federated import check_reply, evaluate, pfedhn_step, train_local
 from ...hypernet import HyperNetwork
 from ..runs import make_run_dir, write_json
@@ -163,6 +164,10 @@ class PFedHNStrategy(Strategy):
         """The embedding row of ``node`` (a new row for a node seen for the first time)."""
         if node not in self.slots:
             emb = self.hnet.conditioner
+            if not isinstance(emb, TaskEmbedding):
+                raise TypeError(
+                    f"PFedHNStrategy needs a TaskEmbedding conditioner, got {type(emb).__name__}"
+                )
             if len(self.slots) >= emb.num:
                 (row,) = emb.add(1)
                 self.optimizer.add_param_group({"params": [emb.rows[row]]})
@@ -239,9 +244,9 @@ class PFedHNStrategy(Strategy):
                 moved.append(
                     pfedhn_step(
                         self.hnet,
-                        self.slot(node),
                         weights,
                         self.optimizer,
+                        task=self.slot(node),
                         max_grad_norm=self.max_grad_norm,
                         trust_bound=self.trust_bound,
                         idle=self.idle,
@@ -342,6 +347,22 @@ def _clients(config_key: str) -> tuple[list[ClientData], int, tuple[int, ...]]:
     return load_clients(config_from_mapping(json.loads(config_key)))
 
 
+def _config_int(msg: Message, key: str) -> int:
+    """The integer ``key`` of a message's ``"config"`` record (0 when absent)."""
+    value = msg.content.config_records["config"].get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"config value {key!r} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _partition_id(context: Context) -> int:
+    """The ``partition-id`` of this node's node config, as an int."""
+    value = context.node_config["partition-id"]
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"partition-id must be an integer, got {value!r}")
+    return int(value)
+
+
 def node_data(context: Context, config: Config) -> tuple[ClientData, int, tuple[int, ...]]:
     """This node's partition (``partition-id`` of its node config), loaded once per process."""
     if "partition-id" not in context.node_config:
@@ -349,7 +370,7 @@ def node_data(context: Context, config: Config) -> tuple[ClientData, int, tuple[
             "this SuperNode has no 'partition-id' in its node config; start it with "
             '--node-config "partition-id=I num-partitions=N"'
         )
-    pid = int(context.node_config["partition-id"])
+    pid = _partition_id(context)
     clients, num_classes, shape = _clients(json.dumps(asdict(config), sort_keys=True))
     if not 0 <= pid < len(clients):
         raise ValueError(f"partition-id {pid} is outside [0, {len(clients)})")
@@ -376,11 +397,11 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         config, _ = app_config(context, overrides)
         data, num_classes, shape = node_data(context, config)
-        pid = int(context.node_config["partition-id"])
-        rnd = int(msg.content["config"].get("server-round", 0))
+        pid = _partition_id(context)
+        rnd = _config_int(msg, "server-round")
         torch.manual_seed(client_seed(config, rnd, pid))
         target = lenet_target(num_classes, shape)
-        received = from_record(msg.content["arrays"])
+        received = from_record(msg.content.array_records["arrays"])
         personal = personal_state(context, target, received)
         new, loss = train_local(
             target,
@@ -401,14 +422,14 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     def evaluate_(msg: Message, context: Context) -> Message:
         config, _ = app_config(context, overrides)
         data, num_classes, shape = node_data(context, config)
-        pid = int(context.node_config["partition-id"])
+        pid = _partition_id(context)
         torch.manual_seed(client_seed(config, -1, pid))
         target = lenet_target(num_classes, shape)
-        received = from_record(msg.content["arrays"])
+        received = from_record(msg.content.array_records["arrays"])
         weights = {**received, **personal_state(context, target, received)}
         _, acc, n = evaluate(target, weights, data.x_test, data.y_test)
         metrics = MetricRecord({"num-examples": n, "accuracy": acc, "partition-id": pid})
-        steps = int(msg.content["config"].get("finetune-steps", 0))
+        steps = _config_int(msg, "finetune-steps")
         if steps > 0:
             tuned, _ = train_local(
                 target,

@@ -50,6 +50,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
+from ...conditioning import TaskEmbedding
 from ...federated import (
     check_reply,
     collect_replies,
@@ -60,6 +61,7 @@ from ...federated import (
     pfedhn_step,
     train_local,
 )
+from ...hypernet import HyperNetwork
 from ...target import select
 from ..reproduce import Recorded
 from ..runs import Stopwatch, format_table, make_run_dir, progress, write_csv, write_json
@@ -111,6 +113,31 @@ def _recorded(n: int, m: int, methods: tuple[str, ...], values: dict) -> Recorde
         {"num_clients": n, "new_clients": m, "methods": methods, "quiet": True},
         metrics,
         values,
+        page="docs/results/federated.md",
+    )
+
+
+FEW_SHOT = {
+    "num_clients": 100,
+    "new_clients": 0,
+    "classes_per_client": 3,
+    "samples_per_client": (50, 200),
+    "inner_lr": 0.1,
+    "hn_lr": 1e-4,
+}
+"""docs/results/federated.md, section 8: the few-shot split and the presets chosen for it."""
+
+
+def _recorded_few_shot(methods: tuple[str, ...], values: dict) -> Recorded:
+    metrics = {f"{method} acc (%)": f"results.{method}.acc" for method in methods}
+    return Recorded(
+        f"fewshot-{methods[0]}",
+        {**FEW_SHOT, "methods": methods, "quiet": True},
+        metrics,
+        {
+            seed: {f"{mth} acc (%)": acc for mth, acc in accs.items()}
+            for seed, accs in values.items()
+        },
         page="docs/results/federated.md",
     )
 
@@ -197,6 +224,14 @@ RECORDED: tuple[Recorded, ...] = (
             1: {**_figures("fedavg", 56.8, 57.5), **_figures("fedavg-ft", 92.4, 99.0)},
             2: {**_figures("fedavg", 56.9, 56.9), **_figures("fedavg-ft", 96.3, 99.2)},
         },
+    ),
+    # section 8: 100 clients of 50 to 200 Fashion-MNIST images, 3 classes each
+    _recorded_few_shot(("pfedhn",), {0: {"pfedhn": 90.06}, 2: {"pfedhn": 90.88}}),
+    _recorded_few_shot(("pfedhn-pc",), {0: {"pfedhn-pc": 90.37}, 2: {"pfedhn-pc": 92.58}}),
+    _recorded_few_shot(("local",), {0: {"local": 69.76}, 2: {"local": 72.76}}),
+    _recorded_few_shot(
+        ("fedavg", "fedavg-ft"),
+        {0: {"fedavg": 67.34, "fedavg-ft": 91.65}, 2: {"fedavg": 64.04, "fedavg-ft": 90.43}},
     ),
 )
 
@@ -326,13 +361,14 @@ def run(config: Config) -> dict:
         target = lenet_target(num_classes, image_shape)
         sampler = torch.Generator().manual_seed(config.seed)
         skipped: list[dict] = []
-        hnet = opt = spec = None
+        hnet: HyperNetwork | None = None
+        opt: torch.optim.Optimizer | None = None
         personal: dict[int, dict[str, Tensor]] = {}
         if method.startswith("pfedhn"):
             hnet = build_hypernet(config, target, personal_head=method == "pfedhn-pc")
-            opt, spec = server_optimizer(config, hnet), hnet.spec
+            opt = server_optimizer(config, hnet)
             if method == "pfedhn-pc":
-                personal = {c: personal_weights(target, spec) for c in range(n + m)}
+                personal = {c: personal_weights(target, hnet.spec) for c in range(n + m)}
         start = {k_: v.detach().clone() for k_, v in target.named_parameters()}
         global_w = dict(start)
         local_w = {c: dict(start) for c in range(n)}
@@ -344,8 +380,8 @@ def run(config: Config) -> dict:
         with Stopwatch() as sw:
             for rnd in progress(range(1, config.rounds + 1), quiet=config.quiet, desc=method):
                 sampled = torch.randperm(n, generator=sampler)[:k].tolist()
-                if hnet is not None:  # pFedHN: personal weights out, trained weights back
-                    sent = {c: generated(hnet, c) for c in sampled}
+                if hnet is not None and opt is not None:  # pFedHN: weights out, trained back
+                    sent = {c: generated(hnet, task=c) for c in sampled}
 
                     work = partial(pfedhn_client, target, clients, sent, personal, config, rnd)
                     replies = collect_replies(
@@ -353,14 +389,14 @@ def run(config: Config) -> dict:
                     )
                     for c, (reply, head) in replies.ok.items():
                         trust = config.trust_bound
-                        reason = check_reply(spec, reply, sent=sent[c], trust_bound=trust)
+                        reason = check_reply(hnet.spec, reply, sent=sent[c], trust_bound=trust)
                         if reason is None:
                             try:
                                 pfedhn_step(
                                     hnet,
-                                    c,
                                     reply,
                                     opt,
+                                    task=c,
                                     max_grad_norm=config.max_grad_norm,
                                     trust_bound=trust,
                                     idle=config.idle_embeddings,
@@ -376,9 +412,9 @@ def run(config: Config) -> dict:
                         if head is not None:
                             personal[c] = head
                 elif method == "fedavg":  # one global model
-                    work = partial(fedavg_client, target, clients, global_w, config, rnd)
+                    train_one = partial(fedavg_client, target, clients, global_w, config, rnd)
                     replies = collect_replies(
-                        sampled, work, timeout=config.client_timeout, round_=rnd
+                        sampled, train_one, timeout=config.client_timeout, round_=rnd
                     )
                     good = {}
                     for c, reply in replies.ok.items():
@@ -411,7 +447,7 @@ def run(config: Config) -> dict:
                 if config.eval_every and (rnd % config.eval_every == 0 or rnd == config.rounds):
                     with Stopwatch() as sw_curve, torch.no_grad():
                         if hnet is not None:
-                            now = [personal_model(hnet, personal, c) for c in range(n)]
+                            now = [personal_model(hnet, personal, task=c) for c in range(n)]
                         else:
                             now = [global_w if method == "fedavg" else local_w[c] for c in range(n)]
                         accs = [test(w, c) for c, w in enumerate(now)]
@@ -423,21 +459,28 @@ def run(config: Config) -> dict:
         new_ids = list(range(n, n + m))
         with Stopwatch() as sw_new:
             if hnet is not None:
-                accs = [test(personal_model(hnet, personal, c), c) for c in range(n)]
+                accs = [test(personal_model(hnet, personal, task=c), c) for c in range(n)]
                 if m:
-                    hnet.conditioner.add(m)
+                    embeddings = hnet.conditioner
+                    if not isinstance(embeddings, TaskEmbedding):
+                        raise TypeError(f"pFedHN needs a TaskEmbedding, got {type(embeddings)}")
+                    embeddings.add(m)
                 new_accs = []
                 for c in new_ids:  # only the new embedding moves; Phi is frozen
-                    opt_e = embedding_optimizer(hnet, c, lr=config.embed_lr)
+                    opt_e = embedding_optimizer(hnet, task=c, lr=config.embed_lr)
                     for _ in range(config.new_client_rounds):
-                        theta = generated(hnet, c)
+                        theta = generated(hnet, task=c)
                         new = finetune({**theta, **personal.get(c, {})}, c, config.inner_steps)
                         if c in personal:
                             personal[c] = {name: new[name] for name in personal[c]}
                         pfedhn_step(
-                            hnet, c, {name: new[name] for name in theta}, opt_e, max_grad_norm=None
+                            hnet,
+                            {name: new[name] for name in theta},
+                            opt_e,
+                            task=c,
+                            max_grad_norm=None,
                         )
-                    new_accs.append(test(personal_model(hnet, personal, c), c))
+                    new_accs.append(test(personal_model(hnet, personal, task=c), c))
                 results[method] = summarise(method, "inprocess", accs, new_accs)
             elif method == "fedavg":
                 if "fedavg" in config.methods:
@@ -472,11 +515,11 @@ def run(config: Config) -> dict:
                 )
                 if curve and name != "fedavg-ft":  # fine-tuning happens only at the end
                     results[name]["curve"] = curve
-        if hnet is not None:
+        if hnet is not None and opt is not None:
             results[method]["hypernet_params"] = sum(
                 p.numel() for p in opt.param_groups[0]["params"]
             )
-            results[method]["floats_per_message"] = spec.numel
+            results[method]["floats_per_message"] = hnet.spec.numel
 
     order = [mth for mth in METHODS if mth in results]
     rows = [

@@ -64,6 +64,15 @@ class Config:
     alpha: float = field(
         default=0.5, metadata={"help": "Dirichlet concentration (split=dirichlet)"}
     )
+    samples_per_client: tuple[int, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "training examples per client: LOW,HIGH draws each client's count "
+            "uniformly from LOW..HIGH, one value gives every client that many (none: its "
+            "whole share); the test split keeps the whole shares",
+            "range": (1, None),
+        },
+    )
     num_clients: int = field(default=10, metadata={"help": "clients that take part in training"})
     new_clients: int = field(
         default=2, metadata={"help": "further clients that join after training (0: none)"}
@@ -178,6 +187,12 @@ def check_config(config: Config) -> None:
         raise ValueError(f"new_clients must be >= 0, got {config.new_clients}")
     if config.inner_clip is not None and not config.inner_clip > 0:
         raise ValueError(f"inner_clip must be > 0 or none, got {config.inner_clip}")
+    spc = config.samples_per_client
+    if spc is not None and (len(spc) not in (1, 2) or spc[0] > spc[-1]):
+        raise ValueError(
+            f"samples_per_client must be LOW,HIGH with LOW <= HIGH, or one count, got "
+            f"{','.join(map(str, spc))}"
+        )
     if config.eval_every < 0:
         raise ValueError(f"eval_every must be >= 0, got {config.eval_every}")
     if config.eval_every and config.engine != "inprocess":
@@ -190,6 +205,11 @@ def check_config(config: Config) -> None:
 def load_clients(config: Config) -> tuple[list[ClientData], int, tuple[int, ...]]:
     """Partition the dataset among ``num_clients + new_clients`` clients (same shares for test).
 
+    With ``samples_per_client``, each client's number of training examples is drawn from its
+    range (:func:`client_sizes`) and taken in the class proportions of its share
+    (:func:`~hyperloom.federated.partition_clients` with ``sizes``); the test split is
+    partitioned with the same shares, whole.
+
     Returns:
         ``(clients, num_classes, image_shape)``; the last ``new_clients`` are the new ones.
     """
@@ -199,7 +219,8 @@ def load_clients(config: Config) -> tuple[list[ClientData], int, tuple[int, ...]
         shares = class_shares(total, data.num_classes, config.classes_per_client, seed=config.seed)
     else:
         shares = dirichlet_shares(total, data.num_classes, config.alpha, seed=config.seed)
-    train = partition_clients(data.y_train, shares, seed=config.seed)
+    sizes = client_sizes(config, total)
+    train = partition_clients(data.y_train, shares, seed=config.seed, sizes=sizes)
     test = partition_clients(data.y_test, shares, seed=config.seed + 1)
     clients = [
         ClientData(data.x_train[a], data.y_train[a], data.x_test[b], data.y_test[b])
@@ -209,6 +230,25 @@ def load_clients(config: Config) -> tuple[list[ClientData], int, tuple[int, ...]
     if empty:
         raise ValueError(f"clients {empty} got no training examples; use fewer clients")
     return clients, data.num_classes, data.input_shape
+
+
+def client_sizes(config: Config, total: int) -> Tensor | None:
+    """Training examples per client from ``samples_per_client`` (``None`` without it).
+
+    Each of the ``total`` clients draws its count uniformly from ``LOW..HIGH`` (both included)
+    with a generator seeded by ``config.seed``.
+
+    Example:
+        >>> sizes = client_sizes(Config(samples_per_client=(50, 200)), 100)
+        >>> len(sizes), 50 <= int(sizes.min()), int(sizes.max()) <= 200
+        (100, True, True)
+    """
+    spc = config.samples_per_client
+    if spc is None:
+        return None
+    low, high = spc[0], spc[-1]
+    g = torch.Generator().manual_seed(config.seed)
+    return torch.randint(low, high + 1, (total,), generator=g)
 
 
 def dataset_geometry(config: Config) -> tuple[int, tuple[int, ...]]:
@@ -270,17 +310,17 @@ def client_seed(config: Config, rnd: int, client: int) -> int:
     return (config.seed * 1_000_003 + rnd * 10_007 + client) % (2**62)
 
 
-def generated(hnet: HyperNetwork, client: int) -> dict[str, Tensor]:
-    """The weights the server sends to ``client`` (detached)."""
+def generated(hnet: HyperNetwork, *, task: int) -> dict[str, Tensor]:
+    """The weights the server sends to client ``task`` (detached)."""
     with torch.no_grad():
-        return {k: v.detach() for k, v in hnet.generate(task=torch.tensor(client)).items()}
+        return {k: v.detach() for k, v in hnet.generate(task=torch.tensor(task)).items()}
 
 
 def personal_model(
-    hnet: HyperNetwork, personal: dict[int, dict[str, Tensor]], client: int
+    hnet: HyperNetwork, personal: dict[int, dict[str, Tensor]], *, task: int
 ) -> dict[str, Tensor]:
-    """``client``'s whole model under pFedHN: the generated weights and (pFedHN-PC) its head."""
-    return {**generated(hnet, client), **personal.get(client, {})}
+    """Client ``task``'s whole model under pFedHN: generated weights and (pFedHN-PC) its head."""
+    return {**generated(hnet, task=task), **personal.get(task, {})}
 
 
 def diverged(weights: dict[str, Tensor], client: int, rnd: int) -> bool:
