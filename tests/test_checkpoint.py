@@ -372,7 +372,7 @@ def test_save_refuses_an_unregistered_generator(tmp_path):
     class Mine(hl.FlatGenerator):  # inherits the registry name of FlatGenerator, not its entry
         pass
 
-    hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 3), Mine())
+    hnet = hl.HyperNetwork(nn.Linear(3, 2), hl.TaskEmbedding(2, 3), Mine.factory())
     with pytest.raises(ValueError, match="generator Mine: it is not registered"):
         hl.save(hnet, tmp_path / "h.safetensors")
     assert not list(tmp_path.iterdir())
