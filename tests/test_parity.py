@@ -56,18 +56,18 @@ def test_activation_must_be_a_torch_activation(bad):
 @pytest.mark.parametrize("name", list(MLP_GENERATORS))
 def test_norm_option_on_every_mlp_generator(name):
     gen = MLP_GENERATORS[name](norm=False, hidden=(16,))
-    hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), gen)
+    gen = hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), gen).generator
     assert gen.trunk.norm is False
     assert gen.config()["options"]["norm"] is False
     normed = MLP_GENERATORS[name](hidden=(16,))
-    hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), normed)
+    normed = hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), normed).generator
     assert normed.trunk.norm is True
 
 
 @pytest.mark.parametrize("name", list(MLP_GENERATORS))
 def test_trunk_can_end_without_a_final_activation(name):
     gen = MLP_GENERATORS[name](final_activation=False, hidden=(8, 8), norm=False)
-    hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), gen)
+    gen = hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), gen).generator
     trunk = gen.trunk
     x = torch.randn(6, trunk.layers[0].in_features)
     ref = trunk.layers[1](torch.relu(trunk.layers[0](x)))  # pFedHN: Linear, ReLU, Linear
