@@ -100,7 +100,7 @@ def test_build_learner_errors_name_the_value():
         causal.build_learner("x", 5)
     with pytest.raises(ValueError, match="generator is for hypernetwork learners"):
         causal.build_learner("t", 5, generator=hl.FlatGenerator.factory())
-    with pytest.raises(TypeError, match="must be a hyperloom generator factory, got Linear"):
+    with pytest.raises(TypeError, match="must be a hyperloom Generator or its factory, got Linear"):
         causal.HyperTLearner(5, generator=nn.Linear(2, 2))
     # one chunk longer than the 57 generated weights (5*8+8+9) initialises finitely (core fix)
     m = causal.HyperTLearner(5, hidden=(8,), generator=hl.ChunkedGenerator.factory(chunk_size=64))

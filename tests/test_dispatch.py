@@ -173,6 +173,7 @@ def _route_case(name: str):
         hnet = hl.HyperNetwork(
             bn, hl.TaskEmbedding(3, 4), hl.FlatGenerator.factory(), generate=nn.Linear
         )
+        ids = torch.tensor([0, 1, 0, 2, 1, 2])  # two samples a task: BatchNorm needs them
         groups = [[i for i in range(6) if ids[i] == t] for t in range(3)]
         return hnet, x, {"task": ids}, groups, lambda i: {"task": int(ids[i])}
     gen = hl.ChunkedGenerator.factory(chunk_size=8)

@@ -27,7 +27,7 @@ def _target() -> nn.Sequential:
 @pytest.mark.parametrize("activation", ["leaky_relu", nn.LeakyReLU(0.2), nn.Softplus(beta=2.0)])
 @pytest.mark.parametrize("name", list(MLP_GENERATORS))
 def test_activation_as_a_name_or_module_round_trips_through_config(name, activation):
-    gen = MLP_GENERATORS[name].factory(activation=activation, hidden=(16,))
+    gen = MLP_GENERATORS[name](activation=activation, hidden=(16,))
     hnet = hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), gen)
     act = hnet.generator.trunk.act
     assert type(act) is (nn.LeakyReLU if activation == "leaky_relu" else type(activation))
@@ -55,19 +55,19 @@ def test_activation_must_be_a_torch_activation(bad):
 
 @pytest.mark.parametrize("name", list(MLP_GENERATORS))
 def test_norm_option_on_every_mlp_generator(name):
-    gen = MLP_GENERATORS[name].factory(norm=False, hidden=(16,))
-    hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), gen)
+    gen = MLP_GENERATORS[name](norm=False, hidden=(16,))
+    gen = hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), gen).generator
     assert gen.trunk.norm is False
     assert gen.config()["options"]["norm"] is False
-    normed = MLP_GENERATORS[name].factory(hidden=(16,))
-    hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), normed)
+    normed = MLP_GENERATORS[name](hidden=(16,))
+    normed = hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), normed).generator
     assert normed.trunk.norm is True
 
 
 @pytest.mark.parametrize("name", list(MLP_GENERATORS))
 def test_trunk_can_end_without_a_final_activation(name):
-    gen = MLP_GENERATORS[name].factory(final_activation=False, hidden=(8, 8), norm=False)
-    hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), gen)
+    gen = MLP_GENERATORS[name](final_activation=False, hidden=(8, 8), norm=False)
+    gen = hl.HyperNetwork(_target(), hl.TaskEmbedding(2, 4), gen).generator
     trunk = gen.trunk
     x = torch.randn(6, trunk.layers[0].in_features)
     ref = trunk.layers[1](torch.relu(trunk.layers[0](x)))  # pFedHN: Linear, ReLU, Linear
@@ -126,9 +126,7 @@ def test_pretrained_init_starts_at_the_target(gen):
         target[1].weight.uniform_(0.5, 1.5)  # "pretrained": no longer its constant
     x = torch.randn(4, 5)
     expected = target(x)
-    hnet = hl.HyperNetwork(
-        target, hl.TaskEmbedding(3, 4), MLP_GENERATORS[gen].factory(), init="pretrained"
-    )
+    hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, 4), MLP_GENERATORS[gen](), init="pretrained")
     for t in range(3):
         assert_close(hnet(x, task=t), expected)
     assert_close(hnet(x, task=torch.tensor([0, 2, 1, 0])), expected)
@@ -275,6 +273,7 @@ def test_per_task_chunk_embeddings():
         chunk_size=16, chunk_dim=3, per_context_chunks=True, hidden=(8,)
     )
     hnet = hl.HyperNetwork(target, hl.TaskEmbedding(3, dim), gen)
+    gen = hnet.generator  # built by the factory for this target
     assert not hasattr(gen, "chunk_embeddings")  # no shared chunk embeddings
     # task t's chunks come from its own row: the trunk reads [e_t; c_t,j] for chunk j
     row = hnet.conditioner.rows[2]

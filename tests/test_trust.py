@@ -325,10 +325,10 @@ def test_describe_names_the_tensors_generated_as_constant_plus_output():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: hl.FlatGenerator.factory(activation="relux"),
-        lambda: hl.HeadsGenerator.factory(activation="sigmoidal"),
-        lambda: hl.ChunkedGenerator.factory(chunk_size=8, activation=""),
-        lambda: hl.ComponentGenerator.factory(activation="Relu"),
+        lambda: hl.FlatGenerator(hl.select(nn.Linear(2, 2)), 4, activation="relux"),
+        lambda: hl.HeadsGenerator(hl.select(nn.Linear(2, 2)), 4, activation="sigmoidal"),
+        lambda: hl.ChunkedGenerator(hl.select(nn.Linear(2, 2)), 4, chunk_size=8, activation=""),
+        lambda: hl.ComponentGenerator(hl.select(nn.Linear(2, 2)), 4, activation="Relu"),
     ],
 )
 def test_bad_activation_is_refused_at_construction(make):

@@ -72,7 +72,7 @@ def _arm_hypernet(
     gen = FlatGenerator.factory(hidden=(100,)) if generator is None else generator
     if not isinstance(gen, Generator | GeneratorFactory):
         raise TypeError(
-            f"generator must be a hyperloom generator factory, got {type(gen).__name__}"
+            f"generator must be a hyperloom Generator or its factory, got {type(gen).__name__}"
         )
     return HyperNetwork(target, TaskEmbedding(num, emb_dim), gen)
 

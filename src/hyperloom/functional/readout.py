@@ -54,6 +54,7 @@ def call_from_readout(
         caller then generates the weights and goes through :func:`call_batched`).
 
     Example:
+        >>> from hyperloom import call_batched
         >>> target, readout = nn.Linear(3, 2), nn.Linear(4, 8)  # rows: weight (6), bias (2)
         >>> h, x = torch.randn(5, 4), torch.randn(5, 3)
         >>> y = call_from_readout(
