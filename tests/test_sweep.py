@@ -16,7 +16,7 @@ def test_parse_grid_reads_values_like_the_option_and_names_bad_ones():
         ("diversty=1,2", "diversty"),  # unknown option: the message lists the known ones
         ("diversity", "KEY=V1"),
         ("dropout=0.1,oops", "'oops'"),
-        ("train_samples=0,5", "must be >= 1"),
+        ("epochs=0,5", "must be >= 1"),
         ("fit=mean,median", "'median'"),
         ("diversity=1,1", "distinct"),
         ("hidden=8,16", "tuple option"),
