@@ -16,7 +16,7 @@ def test_parse_grid_reads_values_like_the_option_and_names_bad_ones():
         ("diversty=1,2", "diversty"),  # unknown option: the message lists the known ones
         ("diversity", "KEY=V1"),
         ("dropout=0.1,oops", "'oops'"),
-        ("train_samples=0,5", "must be >= 1"),
+        ("epochs=0,5", "must be >= 1"),
         ("fit=mean,median", "'median'"),
         ("diversity=1,1", "distinct"),
         ("hidden=8,16", "tuple option"),
@@ -64,22 +64,31 @@ def test_sweep_runs_every_point_and_seed_and_selects_the_lowest_mean(tmp_path):
         sw.sweep("uncertainty", [("nope", (1,))], "x", out=str(tmp_path), run=fake_run)
 
 
-def test_cli_sweep_runs_the_recipe_once_per_value(tmp_path, capsys):
-    pytest.importorskip("sklearn")
+def test_cli_sweep_passes_the_recipe_options_and_the_grid_to_every_run(
+    tmp_path, capsys, monkeypatch
+):
     from hyperloom.cli import main
+    from hyperloom.recipes import uncertainty
 
-    tiny = [
-        "--dataset=digits", "--n_test=50", "--n_train=150", "--hidden=8", "--epochs=1",
-        "--eval_samples=2", "--methods=dropout", "--reg_steps=0", "--reg_hidden=4", "--quiet",
-    ]  # fmt: skip
+    seen = []
+
+    def fake_run(config):  # the recipe itself is run by the smoke tests; here only the wiring
+        seen.append(config)
+        figure = {0.1: 0.5, 0.3: 0.4}[config.dropout]
+        return {"summary": [{"method": "mc dropout", "val_nll": figure}], "run_dir": "x"}
+
+    monkeypatch.setattr(uncertainty, "run", fake_run)
     status = main(
-        ["sweep", "uncertainty", "--grid", "dropout=0.1,0.3",
-         "--select=summary.method=mc dropout.val_nll", f"--out={tmp_path}", *tiny]
+        ["sweep", "uncertainty", "--grid", "dropout=0.1,0.3", "--seeds=0,1",
+         "--select=summary.method=mc dropout.val_nll", f"--out={tmp_path}",
+         "--methods=dropout", "--reg_steps=0", "--quiet"]
     )  # fmt: skip
     assert status == 0
+    assert [(c.dropout, c.seed, c.methods, c.reg_steps) for c in seen] == [
+        (d, s, ("dropout",), 0) for d in (0.1, 0.3) for s in (0, 1)
+    ]
+    assert all(c.out == str(tmp_path) and c.epochs == 10 for c in seen)  # the rest: defaults
     (folder,) = [p for p in tmp_path.iterdir() if p.name.endswith("sweep-uncertainty")]
     saved = json.loads((folder / "sweep.json").read_text())
-    assert [r["dropout"] for r in saved["rows"]] == [0.1, 0.3]
-    assert saved["selected"]["dropout"] in (0.1, 0.3)
-    assert saved["base"]["methods"] == ("dropout",) or saved["base"]["methods"] == ["dropout"]
-    assert "selected dropout=" in capsys.readouterr().out
+    assert saved["selected"] == {"dropout": 0.3}
+    assert "selected dropout=0.3" in capsys.readouterr().out
