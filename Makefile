@@ -22,6 +22,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests tools
 	$(BIN)/ruff format --check src tests tools
+	$(BIN)/mypy
 
 # One thread per worker, one worker per core (pytest-xdist): the suite is thousands of small
 # ops, which thread synchronisation only slows, and whole tests run side by side instead.

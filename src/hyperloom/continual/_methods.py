@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from ..conditioning.base import Conditioner
 from ..functional import call_batched
 from ..generators.chunked import ChunkedGenerator
+from ..hypernet import HyperNetwork
 
 
 def _task_ids(tasks: Tensor | Sequence[int] | int, device: torch.device) -> Tensor:
@@ -28,7 +30,7 @@ def _device(module: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def snapshot_outputs(hnet: nn.Module, tasks: Tensor | Sequence[int]) -> dict[str, Tensor]:
+def snapshot_outputs(hnet: HyperNetwork, tasks: Tensor | Sequence[int]) -> dict[str, Tensor]:
     """The hypernetwork's current outputs for ``tasks``, detached: the regulariser's targets.
 
     Take it once after training a task, for every task learned so far.
@@ -54,7 +56,7 @@ def snapshot_outputs(hnet: nn.Module, tasks: Tensor | Sequence[int]) -> dict[str
     return {k: v.detach().clone() for k, v in generate_tasks(hnet, ids).items()}
 
 
-def generate_tasks(hnet: nn.Module, tasks: Tensor | Sequence[int]) -> dict[str, Tensor]:
+def generate_tasks(hnet: HyperNetwork, tasks: Tensor | Sequence[int]) -> dict[str, Tensor]:
     """The generated weights of several tasks in one batched call, ``{name: (n, *shape)}``.
 
     The same as ``hnet.generate(task=ids)``, but when the ids are distinct and increasing
@@ -80,14 +82,12 @@ def generate_tasks(hnet: nn.Module, tasks: Tensor | Sequence[int]) -> dict[str, 
         torch.Size([3, 2, 4])
     """
     ids = _task_ids(tasks, _device(hnet))
-    conditioner = getattr(hnet, "conditioner", None)
-    generator = getattr(hnet, "generator", None)
+    conditioner, generator = hnet.conditioner, hnet.generator
     sorted_ids = len(ids) > 0 and bool((ids[1:] > ids[:-1]).all())
     if (
         not sorted_ids
         or getattr(hnet, "check_finite", True)
         or getattr(conditioner, "keys", None) != ("task",)
-        or not callable(generator)
     ):
         return hnet.generate(task=ids)
     cond, _ = conditioner.from_call((), {"task": ids})  # rows of the sorted unique ids: ids
@@ -97,7 +97,7 @@ def generate_tasks(hnet: nn.Module, tasks: Tensor | Sequence[int]) -> dict[str, 
 class _Generate(nn.Module):
     """``hnet.generate(task=ids)`` as a forward, so that ``functional_call`` can swap Phi."""
 
-    def __init__(self, hnet: nn.Module) -> None:
+    def __init__(self, hnet: HyperNetwork) -> None:
         super().__init__()
         self.hnet = hnet
 
@@ -106,7 +106,7 @@ class _Generate(nn.Module):
 
 
 def output_regularizer(
-    hnet: nn.Module,
+    hnet: HyperNetwork,
     snapshot: Mapping[str, Tensor],
     tasks: Tensor | Sequence[int],
     *,
@@ -226,10 +226,9 @@ def output_regularizer(
     return beta * total / len(ids)
 
 
-def _chunked_parts(hnet: nn.Module) -> tuple[nn.Module, nn.Module]:
+def _chunked_parts(hnet: HyperNetwork) -> tuple[Conditioner, ChunkedGenerator]:
     """``(conditioner, generator)`` of a task-conditioned chunk-wise hypernetwork, checked."""
-    conditioner = getattr(hnet, "conditioner", None)
-    generator = getattr(hnet, "generator", None)
+    conditioner, generator = hnet.conditioner, hnet.generator
     if not isinstance(generator, ChunkedGenerator) or not isinstance(generator.readout, nn.Linear):
         raise TypeError(
             "the factored regulariser needs a ChunkedGenerator (generated chunks = readout of "
@@ -243,13 +242,13 @@ def _chunked_parts(hnet: nn.Module) -> tuple[nn.Module, nn.Module]:
     return conditioner, generator
 
 
-def _readout_matrix(generator: nn.Module) -> Tensor:
+def _readout_matrix(generator: ChunkedGenerator) -> Tensor:
     """``[W, b]``, ``(chunk_size, h + 1)``: chunk ``j`` of a task is ``[W, b] @ [h_j; 1]``."""
     w, b = generator.readout.weight, generator.readout.bias  # (s, h), (s,)
     return w if b is None else torch.cat([w, b[:, None]], dim=1)
 
 
-def _chunk_features(conditioner: nn.Module, generator: nn.Module, ids: Tensor) -> Tensor:
+def _chunk_features(conditioner: Conditioner, generator: ChunkedGenerator, ids: Tensor) -> Tensor:
     """``[h_j; 1]`` of every chunk of every task, ``(n, n_chunks, h + 1)`` (no ``1`` w/o bias)."""
     cond = conditioner(ids)  # (n, cond_dim)
     h = generator.features(cond)  # (n, K, h)
@@ -259,7 +258,7 @@ def _chunk_features(conditioner: nn.Module, generator: nn.Module, ids: Tensor) -
 
 
 @torch.no_grad()
-def snapshot_factors(hnet: nn.Module, tasks: Tensor | Sequence[int]) -> dict[str, Tensor]:
+def snapshot_factors(hnet: HyperNetwork, tasks: Tensor | Sequence[int]) -> dict[str, Tensor]:
     """A chunk-wise hypernetwork's outputs for ``tasks`` in factored form, detached.
 
     A :class:`~hyperloom.ChunkedGenerator` writes chunk ``j`` of task ``t`` as
@@ -299,7 +298,7 @@ def snapshot_factors(hnet: nn.Module, tasks: Tensor | Sequence[int]) -> dict[str
 
 
 def factored_output_regularizer(
-    hnet: nn.Module,
+    hnet: HyperNetwork,
     snapshot: Mapping[str, Tensor],
     tasks: Tensor | Sequence[int],
     *,
@@ -431,7 +430,8 @@ def lookahead_delta(
         raise ValueError("lookahead_delta takes lr (an SGD step) or optimizer, exactly one")
     named = [(n, p) for n, p in named_params if p.grad is not None]
     if optimizer is None:
-        return {n: -lr * p.grad.detach() for n, p in named}  # type: ignore[operator]
+        step = cast(float, lr)  # exactly one of lr and optimizer, checked above
+        return {n: -step * cast(Tensor, p.grad).detach() for n, p in named}
     before = {n: p.detach().clone() for n, p in named}
     state = copy.deepcopy(optimizer.state_dict())
     try:
@@ -472,7 +472,7 @@ def infer_task(logits: Tensor) -> Tensor:
     return predictive_entropy(logits).argmin(dim=0)
 
 
-def task_logits(hnet: nn.Module, x: Tensor, tasks: Tensor | Sequence[int], *args: Any) -> Tensor:
+def task_logits(hnet: HyperNetwork, x: Tensor, tasks: Tensor | Sequence[int], *args: Any) -> Tensor:
     """The target's outputs on ``x`` with the weights of every task in ``tasks``.
 
     Each task's weights are generated once and the ``T`` weight sets run in one
@@ -570,7 +570,7 @@ def fisher_diagonal(
 
 
 def output_fisher(
-    hnet: nn.Module, task: int, x: Tensor, y: Tensor, *, batch_size: int = 32
+    hnet: HyperNetwork, task: int, x: Tensor, y: Tensor, *, batch_size: int = 32
 ) -> dict[str, Tensor]:
     """The diagonal Fisher of the weights ``hnet`` generates for ``task``, on that task's data.
 

@@ -333,7 +333,7 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> Dataset:
         raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}")
     try:
         # scikit-learn ships no type information (no py.typed marker).
-        from sklearn.datasets import load_digits as _sklearn_load_digits  # type: ignore[import-untyped]
+        from sklearn.datasets import load_digits as _sklearn_load_digits
     except ImportError as e:
         raise ImportError(
             "load_digits needs scikit-learn, which bundles the digits: "

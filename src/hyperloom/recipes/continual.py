@@ -38,9 +38,10 @@ hypernetwork's checkpoint (``hyperloom describe``/``export`` read it).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -298,6 +299,35 @@ RECORDED: tuple[Recorded, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class Settings:
+    """The preset options of a resolved :class:`Config`, none of them ``None``."""
+
+    n_tasks: int
+    target_hidden: tuple[int, ...]
+    hnet_hidden: tuple[int, ...]
+    hnet_activation: str
+    chunk_size: int
+    chunk_dim: int
+    emb_dim: int
+    beta: float
+    lr: float
+    hnet_lr: float
+    iters: int
+    reg_tasks: int
+    ewc_lambda: float
+    si_c: float
+
+
+def settings(config: Config) -> Settings:
+    """The preset options of ``config`` once :func:`resolve` has filled them."""
+    values = {f.name: getattr(config, f.name) for f in fields(Settings)}
+    missing = [name for name, value in values.items() if value is None]
+    if missing:
+        raise ValueError(f"options {missing} are unset: pass the config through resolve() first")
+    return Settings(**values)
+
+
 def resolve(config: Config) -> Config:
     """``config`` with every ``none`` option replaced by the scenario's preset, checked."""
     if config.scenario not in SCENARIOS:
@@ -306,11 +336,11 @@ def resolve(config: Config) -> Config:
     if unknown or not config.methods:
         raise ValueError(f"unknown methods {unknown or '(none given)'}; choose from {METHODS}")
     preset = PRESETS[config.scenario]
-    filled = {k: v for k, v in preset.items() if getattr(config, k) is None}
+    filled: dict[str, Any] = {k: v for k, v in preset.items() if getattr(config, k) is None}
     if config.n_tasks is None:
         filled["n_tasks"] = 10 if config.scenario == "permuted-fmnist" else 5
     out = replace(config, **filled)
-    if out.reg_tasks < 0:
+    if settings(out).reg_tasks < 0:
         raise ValueError(f"reg_tasks must be >= 0 (0: all earlier tasks), got {out.reg_tasks}")
     if out.valid < 0:
         raise ValueError(f"valid must be >= 0, got {out.valid}")
@@ -322,12 +352,13 @@ def resolve(config: Config) -> Config:
 
 def load_tasks(config: Config) -> list[Task]:
     """The scenario's tasks (split: 5 tasks of 2 classes, relabelled 0/1; permuted: n_tasks)."""
+    s = settings(config)
     dataset = "digits" if config.scenario == "split-digits" else "fashion-mnist"
     data = load_dataset(dataset, config.data_dir)
     if config.scenario == "permuted-fmnist":
-        tasks = permuted(data, config.n_tasks, seed=config.seed)
+        tasks = permuted(data, s.n_tasks, seed=config.seed)
     else:
-        tasks = split_by_classes(data, n_tasks=config.n_tasks)
+        tasks = split_by_classes(data, n_tasks=s.n_tasks)
     out = []
     for t in tasks:
         if config.valid >= len(t.x_train):
@@ -366,38 +397,42 @@ def run(config: Config) -> dict:
 
 def _run(config: Config, rt: Runtime) -> dict:
     t_start = time.perf_counter()
+    s = settings(config)
     tasks = rt.move(load_tasks(config))
     n_tasks, k = len(tasks), tasks[0].num_classes  # every task has k outputs
     in_features = tasks[0].x_train[0].numel()
     print(
         f"{config.scenario}: {n_tasks} tasks of {k} classes, "
         f"{sum(len(t.y_train) for t in tasks):,} train / {sum(len(t.y_test) for t in tasks):,} "
-        f"{'validation' if config.valid else 'test'} images, {config.iters} iterations per task"
+        f"{'validation' if config.valid else 'test'} images, {s.iters} iterations per task"
     )
 
     def make_net(out_features: int) -> nn.Module:
         return build_target(
             "mlp",
             in_features=in_features,
-            hidden=list(config.target_hidden),
+            hidden=list(s.target_hidden),
             out_features=out_features,
         ).to(rt.device)
 
     torch.optim.Adam([nn.Parameter(torch.zeros(1))])  # imports torch's compiler stack untimed
     results: dict[str, dict] = {}
     hnet_for_checkpoint = None
+    logits_of: Callable[[Tensor, list[int]], Tensor]  # one method's logits of tasks ids
     for method in config.methods:
         torch.manual_seed(config.seed)
         batches = torch.Generator().manual_seed(config.seed)
         if method == "hnet":
+            target = make_net(k)  # built before the embedding: the order of the draws
+            embedding = TaskEmbedding(n_tasks, s.emb_dim)
             hnet = HyperNetwork(
-                make_net(k),
-                TaskEmbedding(n_tasks, config.emb_dim),
+                target,
+                embedding,
                 ChunkedGenerator.factory(
-                    chunk_size=config.chunk_size,
-                    chunk_dim=config.chunk_dim,
-                    hidden=config.hnet_hidden,
-                    activation=config.hnet_activation,
+                    chunk_size=s.chunk_size,
+                    chunk_dim=s.chunk_dim,
+                    hidden=s.hnet_hidden,
+                    activation=s.hnet_activation,
                 ),
             ).to(rt.device)
             hnet_for_checkpoint = hnet
@@ -408,7 +443,7 @@ def _run(config: Config, rt: Runtime) -> dict:
                 return task_logits(h, x, ids)  # (len(ids), B, k)
 
             trainable = sum(p.numel() for p in hnet.parameters())
-            per_task = config.emb_dim
+            per_task = s.emb_dim
         elif method == "separate":
             nets: list[nn.Module] = []
 
@@ -428,26 +463,22 @@ def _run(config: Config, rt: Runtime) -> dict:
                 return heads[:, ids].transpose(0, 1)  # (len(ids), B, k)
 
             trainable = sum(p.numel() for p in net.parameters())
-            per_task = k * (config.target_hidden[-1] + 1)  # one head
+            per_task = k * (s.target_hidden[-1] + 1)  # one head
 
         acc = torch.full((n_tasks, n_tasks), float("nan"))  # acc[i, j]: task i after task j
         losses: list[float] = []
         with Stopwatch() as sw:
             for t, task in enumerate(tasks):
                 if method == "hnet":
-                    opt = torch.optim.Adam(
-                        [*shared_params, hnet.conditioner.rows[t]], lr=config.hnet_lr
-                    )
+                    opt = torch.optim.Adam([*shared_params, embedding.rows[t]], lr=s.hnet_lr)
                 elif method == "separate":
                     nets.append(make_net(k))
-                    opt = torch.optim.Adam(nets[t].parameters(), lr=config.lr)
+                    opt = torch.optim.Adam(nets[t].parameters(), lr=s.lr)
                 else:
-                    opt = torch.optim.Adam(params.values(), lr=config.lr)
+                    opt = torch.optim.Adam(params.values(), lr=s.lr)
                     start = {n: p.detach().clone() for n, p in params.items()}
                     path = {n: torch.zeros_like(p) for n, p in params.items()}
-                for _ in progress(
-                    range(config.iters), quiet=config.quiet, desc=f"{method} task {t}"
-                ):
+                for _ in progress(range(s.iters), quiet=config.quiet, desc=f"{method} task {t}"):
                     idx = torch.randint(len(task.y_train), (config.batch_size,), generator=batches)
                     idx = rt.part(idx)  # data-parallel: this process's slice
                     x, y = task.x_train[idx], task.y_train[idx]
@@ -460,22 +491,22 @@ def _run(config: Config, rt: Runtime) -> dict:
                                 hnet,
                                 snapshot,
                                 range(t),
-                                beta=config.beta,
-                                sample=config.reg_tasks or None,
+                                beta=s.beta,
+                                sample=s.reg_tasks or None,
                                 generator=batches,
                             )
                         loss.backward()
                         if t > 0 and config.lookahead:  # the task gradient gives the step
                             delta = lookahead_delta(
-                                hnet.generator.named_parameters("generator"), config.hnet_lr
+                                hnet.generator.named_parameters("generator"), s.hnet_lr
                             )
                             output_regularizer(
                                 hnet,
                                 snapshot,
                                 range(t),
-                                beta=config.beta,
+                                beta=s.beta,
                                 delta=delta,
-                                sample=config.reg_tasks or None,
+                                sample=s.reg_tasks or None,
                                 generator=batches,
                             ).backward()
                     elif method == "separate":
@@ -486,13 +517,11 @@ def _run(config: Config, rt: Runtime) -> dict:
                         with rt.autocast():
                             loss = F.cross_entropy(net(x)[:, t * k : (t + 1) * k], y)
                         if t > 0 and method == "ewc":
-                            loss = loss + config.ewc_lambda / 2 * quadratic_penalty(
+                            loss = loss + s.ewc_lambda / 2 * quadratic_penalty(
                                 params, anchor, importance
                             )
                         elif t > 0 and method == "si":
-                            loss = loss + config.si_c * quadratic_penalty(
-                                params, anchor, importance
-                            )
+                            loss = loss + s.si_c * quadratic_penalty(params, anchor, importance)
                         loss.backward()
                         if method == "si":
                             before = {n: p.detach().clone() for n, p in params.items()}
@@ -510,14 +539,13 @@ def _run(config: Config, rt: Runtime) -> dict:
                     snapshot = take(hnet, range(t + 1))
                 elif method == "ewc":
                     n_f = min(config.fisher_samples, len(task.y_train))
-                    fisher = fisher_diagonal(
-                        lambda p, xb, t=t, net=net: functional_call(net, p, (xb,))[
-                            :, t * k : (t + 1) * k
-                        ],
-                        params,
-                        task.x_train[:n_f],
-                        task.y_train[:n_f],
-                    )
+
+                    def head(
+                        p: dict[str, Tensor], xb: Tensor, t: int = t, net: nn.Module = net
+                    ) -> Tensor:
+                        return functional_call(net, p, (xb,))[:, t * k : (t + 1) * k]
+
+                    fisher = fisher_diagonal(head, params, task.x_train[:n_f], task.y_train[:n_f])
                     for n in importance:
                         importance[n] = config.ewc_gamma * importance[n] + fisher[n]
                     anchor = {n: p.detach().clone() for n, p in params.items()}
