@@ -224,12 +224,19 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return inner
 
 
-def _parser_for(tp: Any) -> tuple[Callable[[str], Any], str]:
+def value_parser(tp: Any) -> tuple[Callable[[str], Any], str]:
+    """``(parse, metavar)`` for a config field's type: how ``--key=TEXT`` becomes a value.
+
+    Example:
+        >>> parse, metavar = value_parser(int | None)
+        >>> parse("3"), parse("none"), metavar
+        (3, None, 'INT|none')
+    """
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1:
-            parse, meta = _parser_for(args[0])
+            parse, meta = value_parser(args[0])
             return _optional(parse), meta + "|none"
     if origin is tuple:
         items = typing.get_args(tp)
@@ -246,7 +253,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
     """Add one ``--name=value`` option (also spelt with dashes) per field of ``config_cls``."""
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
-        parse, metavar = _parser_for(hints[f.name])
+        parse, metavar = value_parser(hints[f.name])
         parse = _in_range(parse, field_range(f, hints[f.name]))
         if f.default is not dataclasses.MISSING:
             default = f.default

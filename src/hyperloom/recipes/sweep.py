@@ -25,12 +25,12 @@ from typing import Any
 
 from .config import (
     ArgumentParser,
-    _parser_for,
     add_config_arguments,
     check_ranges,
     config_from_args,
     field_range,
     range_problem,
+    value_parser,
 )
 from .registry import RECIPES, load_recipe
 from .reproduce import lookup
@@ -63,7 +63,7 @@ def parse_grid(config_cls: type, text: str) -> tuple[str, tuple[Any, ...]]:
         )
     if typing.get_origin(hints[key]) is tuple:
         raise ValueError(f"--grid {text!r}: {key} is a tuple option; sweep scalar options only")
-    parse, _ = _parser_for(hints[key])
+    parse, _ = value_parser(hints[key])
     bounds = field_range(fields[key], hints[key])
     parsed: list[Any] = []
     for part in (p.strip() for p in values.split(",")):
