@@ -39,10 +39,10 @@ def _flat(weights):
 # ---- output regulariser ---------------------------------------------------------------------
 def test_regularizer_is_zero_when_outputs_unchanged():
     hnet = _hnet()
-    old = snapshot_outputs(hnet, [0, 1])
-    reg = output_regularizer(hnet, old, [0, 1], beta=0.3)
+    old = snapshot_outputs(hnet, task=[0, 1])
+    reg = output_regularizer(hnet, old, task=[0, 1], beta=0.3)
     assert reg.item() == 0.0
-    assert output_regularizer(hnet, {}, [], beta=0.3).item() == 0.0  # no earlier task
+    assert output_regularizer(hnet, {}, task=[], beta=0.3).item() == 0.0  # no earlier task
 
 
 def test_regularizer_value_and_gradient_oracle():
@@ -50,11 +50,11 @@ def test_regularizer_value_and_gradient_oracle():
     # output by c, so the value is beta * numel * c^2 (averaged over tasks) and the gradient
     # on the bias is 2 beta / n * sum_t (now_t - old_t) = 2 beta c.
     hnet = _hnet(generator=hl.FlatGenerator.factory(hidden=(8,)))
-    old = snapshot_outputs(hnet, [0, 2])
+    old = snapshot_outputs(hnet, task=[0, 2])
     with torch.no_grad():
         hnet.generator.readout.bias.add_(0.5)
     beta = 0.2
-    reg = output_regularizer(hnet, old, [0, 2], beta=beta)
+    reg = output_regularizer(hnet, old, task=[0, 2], beta=beta)
     numel = hnet.spec.numel
     assert reg.item() == pytest.approx(beta * numel * 0.25, rel=1e-5)
     reg.backward()
@@ -65,7 +65,7 @@ def test_regularizer_value_and_gradient_oracle():
 def test_regularizer_gradient_moves_outputs_back():
     hnet = _hnet()
     tasks = [0, 1]
-    old = snapshot_outputs(hnet, tasks)
+    old = snapshot_outputs(hnet, task=tasks)
     with torch.no_grad():  # disturb the hypernetwork as training a new task would
         for p in hnet.generator.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -74,7 +74,7 @@ def test_regularizer_gradient_moves_outputs_back():
     distances = []
     for _ in range(20):
         opt.zero_grad()
-        reg = output_regularizer(hnet, old, tasks, beta=1.0)
+        reg = output_regularizer(hnet, old, task=tasks, beta=1.0)
         distances.append(reg.item())
         reg.backward()
         opt.step()
@@ -85,55 +85,57 @@ def test_regularizer_gradient_moves_outputs_back():
 
 def test_regularizer_lookahead():
     hnet = _hnet(generator=hl.FlatGenerator.factory(hidden=(8,)))
-    old = snapshot_outputs(hnet, [1])
+    old = snapshot_outputs(hnet, task=[1])
     with torch.no_grad():
         hnet.generator.readout.bias.add_(1.0)
-    plain = output_regularizer(hnet, old, [1])
+    plain = output_regularizer(hnet, old, task=[1])
     zero = {"generator.readout.bias": torch.zeros_like(hnet.generator.readout.bias)}
-    assert output_regularizer(hnet, old, [1], delta=zero).item() == pytest.approx(plain.item())
+    assert output_regularizer(hnet, old, task=[1], delta=zero).item() == pytest.approx(plain.item())
     back = {"generator.readout.bias": -torch.ones_like(hnet.generator.readout.bias)}
-    assert output_regularizer(hnet, old, [1], delta=back).item() == pytest.approx(0.0, abs=1e-8)
+    assert output_regularizer(hnet, old, task=[1], delta=back).item() == pytest.approx(
+        0.0, abs=1e-8
+    )
     # the parameter itself is not moved by the lookahead evaluation
     assert torch.all(hnet.generator.readout.bias != 0)
     with pytest.raises(ValueError, match="not parameters"):
-        output_regularizer(hnet, old, [1], delta={"nope": torch.zeros(1)})
+        output_regularizer(hnet, old, task=[1], delta={"nope": torch.zeros(1)})
 
 
 def test_regularizer_sampled_tasks_is_unbiased():
     hnet = _hnet(num_tasks=4, generator=hl.FlatGenerator.factory(hidden=(8,)))
-    old = snapshot_outputs(hnet, [0, 1, 2])
+    old = snapshot_outputs(hnet, task=[0, 1, 2])
     with torch.no_grad():
         for p in hnet.generator.parameters():
             p.add_(0.1 * torch.randn_like(p))
-        full = output_regularizer(hnet, old, [0, 1, 2], beta=0.5).item()
+        full = output_regularizer(hnet, old, task=[0, 1, 2], beta=0.5).item()
         per_task = [
-            output_regularizer(hnet, {k: v[i : i + 1] for k, v in old.items()}, [i], beta=0.5)
+            output_regularizer(hnet, {k: v[i : i + 1] for k, v in old.items()}, task=[i], beta=0.5)
             for i in range(3)
         ]
         g = torch.Generator().manual_seed(0)
         draws = [
-            output_regularizer(hnet, old, [0, 1, 2], beta=0.5, sample=1, generator=g).item()
+            output_regularizer(hnet, old, task=[0, 1, 2], beta=0.5, sample=1, generator=g).item()
             for _ in range(30)
         ]
     assert full == pytest.approx(sum(v.item() for v in per_task) / 3, rel=1e-5)
     assert {round(d, 4) for d in draws} == {round(v.item(), 4) for v in per_task}
-    same = output_regularizer(hnet, old, [0, 1, 2], beta=0.5, sample=3).item()
+    same = output_regularizer(hnet, old, task=[0, 1, 2], beta=0.5, sample=3).item()
     assert same == pytest.approx(full, rel=1e-6)
     with pytest.raises(ValueError, match="sample"):
-        output_regularizer(hnet, old, [0, 1, 2], sample=0)
+        output_regularizer(hnet, old, task=[0, 1, 2], sample=0)
 
 
 def test_generate_tasks_matches_generate_and_skips_the_gather():
     hnet = _hnet(num_tasks=4)
     for ids in ([0, 1, 2], [3, 1], [2]):  # increasing ids take the direct path, others not
-        out = generate_tasks(hnet, ids)
+        out = generate_tasks(hnet, task=ids)
         ref = hnet.generate(task=torch.tensor(ids))
         assert set(out) == set(ref)
         for name in ref:
             torch.testing.assert_close(out[name], ref[name])
     calls = []
     hook = hnet.generator.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
-    generate_tasks(hnet, range(3))
+    generate_tasks(hnet, task=range(3))
     hook.remove()
     assert calls == [3]  # one batched call for all three tasks
     checked = hl.HyperNetwork(
@@ -142,24 +144,24 @@ def test_generate_tasks_matches_generate_and_skips_the_gather():
     with torch.no_grad():
         checked.generator.readout.bias.fill_(float("nan"))
     with pytest.raises(ValueError, match="not finite"):  # check_finite still honoured
-        generate_tasks(checked, [0, 1])
+        generate_tasks(checked, task=[0, 1])
     with pytest.raises(ValueError, match="repeat"):
-        generate_tasks(hnet, [1, 1])
+        generate_tasks(hnet, task=[1, 1])
 
 
 def test_regularizer_with_precomputed_outputs():
     hnet = _hnet(num_tasks=4)
-    old = snapshot_outputs(hnet, [0, 1, 2])
+    old = snapshot_outputs(hnet, task=[0, 1, 2])
     with torch.no_grad():
         for p in hnet.generator.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    ref = output_regularizer(hnet, old, [0, 1, 2], beta=0.3)
+    ref = output_regularizer(hnet, old, task=[0, 1, 2], beta=0.3)
     ref.backward()
     grads = [p.grad.clone() for p in hnet.generator.parameters()]
     hnet.zero_grad()
-    out = generate_tasks(hnet, range(4))  # the current task 3 and the three earlier ones
+    out = generate_tasks(hnet, task=range(4))  # the current task 3 and the three earlier ones
     current = {k: v[:3] for k, v in out.items()}
-    reg = output_regularizer(hnet, old, [0, 1, 2], beta=0.3, current=current)
+    reg = output_regularizer(hnet, old, task=[0, 1, 2], beta=0.3, current=current)
     assert reg.item() == pytest.approx(ref.item(), rel=1e-6)
     reg.backward()
     for g, p in zip(grads, hnet.generator.parameters(), strict=True):
@@ -167,20 +169,24 @@ def test_regularizer_with_precomputed_outputs():
     g = torch.Generator().manual_seed(1)
     draws = {
         round(
-            output_regularizer(hnet, old, [0, 1, 2], sample=1, generator=g, current=current).item(),
+            output_regularizer(
+                hnet, old, task=[0, 1, 2], sample=1, generator=g, current=current
+            ).item(),
             5,
         )
         for _ in range(30)
     }
     singles = {
-        round(output_regularizer(hnet, {k: v[i : i + 1] for k, v in old.items()}, [i]).item(), 5)
+        round(
+            output_regularizer(hnet, {k: v[i : i + 1] for k, v in old.items()}, task=[i]).item(), 5
+        )
         for i in range(3)
     }
     assert draws == singles  # sampling picks matching rows of current and snapshot
     with pytest.raises(ValueError, match="not both"):
-        output_regularizer(hnet, old, [0, 1, 2], current=current, delta={"x": torch.zeros(1)})
+        output_regularizer(hnet, old, task=[0, 1, 2], current=current, delta={"x": torch.zeros(1)})
     with pytest.raises(ValueError, match="shape"):
-        output_regularizer(hnet, old, [0, 1, 2], current={k: v[:2] for k, v in out.items()})
+        output_regularizer(hnet, old, task=[0, 1, 2], current={k: v[:2] for k, v in out.items()})
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -193,15 +199,15 @@ def test_factored_regularizer_matches_generated_outputs(bias):
         gen.readout = nn.Linear(gen.readout.in_features, gen.readout.out_features, bias=False)
     assert hnet.generator.num_chunks * 64 - hnet.spec.numel == 46
     tasks = [0, 1, 3]
-    old, factors = snapshot_outputs(hnet, tasks), snapshot_factors(hnet, tasks)
-    assert factored_output_regularizer(hnet, factors, tasks, beta=0.3).item() == 0.0
+    old, factors = snapshot_outputs(hnet, task=tasks), snapshot_factors(hnet, task=tasks)
+    assert factored_output_regularizer(hnet, factors, task=tasks, beta=0.3).item() == 0.0
     with torch.no_grad():  # move readout, trunk, chunk and task embeddings alike
         for p in hnet.parameters():
             p.add_(0.05 * torch.randn_like(p))
     params = list(hnet.parameters())
-    ref = output_regularizer(hnet, old, tasks, beta=0.3)
+    ref = output_regularizer(hnet, old, task=tasks, beta=0.3)
     ref_grads = torch.autograd.grad(ref, params, allow_unused=True)
-    fast = factored_output_regularizer(hnet, factors, tasks, beta=0.3)
+    fast = factored_output_regularizer(hnet, factors, task=tasks, beta=0.3)
     fast_grads = torch.autograd.grad(fast, params, allow_unused=True)
     assert ref.item() > 0
     assert fast.item() == pytest.approx(ref.item(), rel=1e-5)
@@ -211,24 +217,24 @@ def test_factored_regularizer_matches_generated_outputs(bias):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
     g_ref, g_fast = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     for _ in range(5):  # the same draws as output_regularizer's for the same generator
-        drawn = output_regularizer(hnet, old, tasks, sample=2, generator=g_ref)
-        same = factored_output_regularizer(hnet, factors, tasks, sample=2, generator=g_fast)
+        drawn = output_regularizer(hnet, old, task=tasks, sample=2, generator=g_ref)
+        same = factored_output_regularizer(hnet, factors, task=tasks, sample=2, generator=g_fast)
         assert same.item() == pytest.approx(drawn.item(), rel=1e-5)
 
 
 def test_factored_regularizer_errors():
     hnet = _hnet()
-    factors = snapshot_factors(hnet, [0, 1])
-    assert factored_output_regularizer(hnet, {}, [], beta=0.3).item() == 0.0  # no earlier task
+    factors = snapshot_factors(hnet, task=[0, 1])
+    assert factored_output_regularizer(hnet, {}, task=[], beta=0.3).item() == 0.0  # no earlier task
     with pytest.raises(ValueError, match="do not match"):
-        factored_output_regularizer(hnet, factors, [0])
+        factored_output_regularizer(hnet, factors, task=[0])
     with pytest.raises(ValueError, match="lacks"):
-        factored_output_regularizer(hnet, snapshot_outputs(hnet, [0, 1]), [0, 1])
+        factored_output_regularizer(hnet, snapshot_outputs(hnet, task=[0, 1]), task=[0, 1])
     with pytest.raises(ValueError, match="sample"):
-        factored_output_regularizer(hnet, factors, [0, 1], sample=0)
+        factored_output_regularizer(hnet, factors, task=[0, 1], sample=0)
     flat = _hnet(generator=hl.FlatGenerator.factory(hidden=(8,)))
     with pytest.raises(TypeError, match="ChunkedGenerator"):
-        snapshot_factors(flat, [0])
+        snapshot_factors(flat, task=[0])
 
 
 def test_lookahead_delta_is_minus_lr_grad():
@@ -243,11 +249,11 @@ def test_lookahead_delta_is_minus_lr_grad():
 
 def test_regularizer_errors():
     hnet = _hnet()
-    old = snapshot_outputs(hnet, [0, 1])
+    old = snapshot_outputs(hnet, task=[0, 1])
     with pytest.raises(ValueError, match="shape"):
-        output_regularizer(hnet, old, [0])
+        output_regularizer(hnet, old, task=[0])
     with pytest.raises(ValueError, match="repeat"):
-        snapshot_outputs(hnet, [1, 1])
+        snapshot_outputs(hnet, task=[1, 1])
 
 
 def _train_tasks(beta, steps=150, factored=False):
@@ -266,13 +272,13 @@ def _train_tasks(beta, steps=150, factored=False):
             opt.zero_grad()
             loss = F.cross_entropy(hnet(xs[t], task=t), ys[t])
             if t == 1 and factored:
-                loss = loss + factored_output_regularizer(hnet, factors, [0], beta=beta)
+                loss = loss + factored_output_regularizer(hnet, factors, task=[0], beta=beta)
             elif t == 1:
-                loss = loss + output_regularizer(hnet, old, [0], beta=beta)
+                loss = loss + output_regularizer(hnet, old, task=[0], beta=beta)
             loss.backward()
             opt.step()
         if t == 0:
-            old, factors = snapshot_outputs(hnet, [0]), snapshot_factors(hnet, [0])
+            old, factors = snapshot_outputs(hnet, task=[0]), snapshot_factors(hnet, task=[0])
     with torch.no_grad():
         now = _flat(hnet.generate(task=torch.tensor([0])))
         acc0 = (hnet(xs[0], task=0).argmax(-1) == ys[0]).float().mean().item()
@@ -313,7 +319,7 @@ def test_infer_task_picks_lowest_entropy():
 def test_task_logits_match_per_task_calls():
     hnet = _hnet()
     x = torch.randn(5, 6)
-    out = task_logits(hnet, x, [2, 0])
+    out = task_logits(hnet, x, task=[2, 0])
     assert out.shape == (2, 5, 2)
     torch.testing.assert_close(out[0], hnet(x, task=2))
     torch.testing.assert_close(out[1], hnet(x, task=0))
@@ -433,3 +439,32 @@ def test_summary_metrics():
     assert s["bwt"] == pytest.approx(((70 - 90) + (93 - 95)) / 2)
     assert s["forgetting"] == pytest.approx(11.0)
     assert s["avg_acc_curve"] == pytest.approx([90.0, 87.5, (70 + 93 + 99) / 3])
+
+
+def test_helpers_take_task_ids_by_keyword_only():
+    hnet = _hnet()
+    x = torch.randn(3, 6)
+    for call in (
+        lambda: snapshot_outputs(hnet, [0]),
+        lambda: snapshot_factors(hnet, [0]),
+        lambda: output_regularizer(hnet, {}, [0]),
+        lambda: factored_output_regularizer(hnet, {}, [0]),
+        lambda: generate_tasks(hnet, [0]),
+    ):
+        with pytest.raises(TypeError, match="positional"):
+            call()
+    # task_logits passes its positional extras to the target; the ids go by keyword
+    assert task_logits(hnet, x, task=[0, 2]).shape[:2] == (2, 3)
+
+
+def test_every_method_has_a_learner_and_presets_fill_every_option():
+    from hyperloom.recipes import continual
+
+    assert set(continual.LEARNERS) == set(continual.METHODS)
+    for scenario in continual.SCENARIOS:
+        s = continual.settings(continual.resolve(continual.Config(scenario=scenario)))
+        assert s == continual.PRESETS[scenario]  # nothing given: the preset, every field
+    given = continual.resolve(continual.Config(scenario="split-digits", n_tasks=2, beta=0.5))
+    assert (given.n_tasks, given.beta, given.iters) == (2, 0.5, 200)
+    with pytest.raises(ValueError, match="unset"):
+        continual.settings(continual.Config())

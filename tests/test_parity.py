@@ -225,26 +225,28 @@ def test_lookahead_through_adam_is_adams_step_and_leaves_everything_as_it_was():
 def test_masked_and_fisher_weighted_output_regularizers():
     torch.manual_seed(0)
     hnet = hl.HyperNetwork(_target(), hl.TaskEmbedding(3, 4), hl.FlatGenerator.factory(hidden=(8,)))
-    old = hl.continual.snapshot_outputs(hnet, [0, 1])
+    old = hl.continual.snapshot_outputs(hnet, task=[0, 1])
     with torch.no_grad():
         hnet.generator.readout.bias.add_(0.5)  # every generated number moves by 0.5
-    plain = hl.continual.output_regularizer(hnet, old, [0, 1])
+    plain = hl.continual.output_regularizer(hnet, old, task=[0, 1])
     numel = sum(p.numel for p in hnet.spec)
     assert_close(plain, torch.tensor(0.25 * numel))
     # a mask keeping only the output layer's weights of task 1
     mask = {name: torch.zeros(2, *hnet.spec[name].shape) for name in hnet.spec.names}
     mask["2.weight"][1] = 1.0
-    masked = hl.continual.output_regularizer(hnet, old, [0, 1], importance=mask)
+    masked = hl.continual.output_regularizer(hnet, old, task=[0, 1], importance=mask)
     assert_close(masked, torch.tensor(0.25 * 21 / 2))
     # Fisher-weighted: the importance is each task's diagonal Fisher
     x, y = torch.randn(16, 5), torch.randint(3, (16,))
     fisher = [hl.continual.output_fisher(hnet, t, x, y) for t in (0, 1)]
     stacked = {k: torch.stack([f[k] for f in fisher]) for k in fisher[0]}
-    weighted = hl.continual.output_regularizer(hnet, old, [0, 1], importance=stacked)
+    weighted = hl.continual.output_regularizer(hnet, old, task=[0, 1], importance=stacked)
     expected = sum(0.25 * v.sum() for v in stacked.values()) / 2
     assert_close(weighted, expected)
     with pytest.raises(ValueError, match="importance"):
-        hl.continual.output_regularizer(hnet, old, [0, 1], importance={"2.weight": torch.ones(5)})
+        hl.continual.output_regularizer(
+            hnet, old, task=[0, 1], importance={"2.weight": torch.ones(5)}
+        )
 
 
 def test_output_fisher_matches_a_loop_of_squared_gradients():
@@ -291,13 +293,13 @@ def test_per_task_chunk_embeddings():
     assert torch.equal(hnet.conditioner.rows[0], before[0])
     assert not torch.equal(hnet.conditioner.rows[1], before[1])
     # the factored regulariser reads the same features
-    old = hl.continual.snapshot_outputs(hnet, [0, 2])
-    factors = hl.continual.snapshot_factors(hnet, [0, 2])
+    old = hl.continual.snapshot_outputs(hnet, task=[0, 2])
+    factors = hl.continual.snapshot_factors(hnet, task=[0, 2])
     with torch.no_grad():
         hnet.generator.readout.weight.mul_(1.1)
     assert_close(
-        hl.continual.factored_output_regularizer(hnet, factors, [0, 2]),
-        hl.continual.output_regularizer(hnet, old, [0, 2]),
+        hl.continual.factored_output_regularizer(hnet, factors, task=[0, 2]),
+        hl.continual.output_regularizer(hnet, old, task=[0, 2]),
     )
     with pytest.raises(ValueError, match="context_size"):
         hl.HyperNetwork(_target(), hl.TaskEmbedding(3, 4), hl.ChunkedGenerator.factory(

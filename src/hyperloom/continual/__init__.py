@@ -20,8 +20,8 @@ Example:
     >>> import torch, hyperloom as hl
     >>> from torch import nn
     >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), hl.FlatGenerator.factory())
-    >>> old = snapshot_outputs(hnet, [0, 1])          # after training tasks 0 and 1
-    >>> output_regularizer(hnet, old, [0, 1], beta=0.01).item()  # outputs unchanged
+    >>> old = snapshot_outputs(hnet, task=[0, 1])          # after training tasks 0 and 1
+    >>> output_regularizer(hnet, old, task=[0, 1], beta=0.01).item()  # outputs unchanged
     0.0
 """
 

@@ -17,10 +17,10 @@ from ..generators.chunked import ChunkedGenerator
 from ..hypernet import HyperNetwork
 
 
-def _task_ids(tasks: Tensor | Sequence[int] | int, device: torch.device) -> Tensor:
-    ids = torch.as_tensor(tasks, dtype=torch.long, device=device).reshape(-1)  # (n,)
+def _task_ids(task: Tensor | Sequence[int] | int, device: torch.device) -> Tensor:
+    ids = torch.as_tensor(task, dtype=torch.long, device=device).reshape(-1)  # (n,)
     if len(torch.unique(ids)) != len(ids):
-        raise ValueError(f"tasks {ids.tolist()} repeat an id")
+        raise ValueError(f"task ids {ids.tolist()} repeat an id")
     return ids
 
 
@@ -30,33 +30,33 @@ def _device(module: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def snapshot_outputs(hnet: HyperNetwork, tasks: Tensor | Sequence[int]) -> dict[str, Tensor]:
-    """The hypernetwork's current outputs for ``tasks``, detached: the regulariser's targets.
+def snapshot_outputs(hnet: HyperNetwork, *, task: Tensor | Sequence[int]) -> dict[str, Tensor]:
+    """The hypernetwork's current outputs for ``task``, detached: the regulariser's targets.
 
     Take it once after training a task, for every task learned so far.
 
     Args:
         hnet: a task-conditioned :class:`~hyperloom.HyperNetwork` (anything with
             ``generate(task=ids) -> {name: (n, *shape)}``).
-        tasks: the task ids, e.g. ``range(t + 1)`` after task ``t``.
+        task: the task ids, e.g. ``range(t + 1)`` after task ``t``.
 
     Returns:
-        ``{name: (n, *shape)}``, row ``i`` for ``tasks[i]``.
+        ``{name: (n, *shape)}``, row ``i`` for ``task[i]``.
 
     Example:
         >>> import hyperloom as hl
         >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8),
         ...     hl.FlatGenerator.factory())
-        >>> snapshot_outputs(hnet, [0, 1])["weight"].shape
+        >>> snapshot_outputs(hnet, task=[0, 1])["weight"].shape
         torch.Size([2, 2, 4])
     """
-    ids = _task_ids(tasks, _device(hnet))
+    ids = _task_ids(task, _device(hnet))
     if len(ids) == 0:
         return {}
-    return {k: v.detach().clone() for k, v in generate_tasks(hnet, ids).items()}
+    return {k: v.detach().clone() for k, v in generate_tasks(hnet, task=ids).items()}
 
 
-def generate_tasks(hnet: HyperNetwork, tasks: Tensor | Sequence[int]) -> dict[str, Tensor]:
+def generate_tasks(hnet: HyperNetwork, *, task: Tensor | Sequence[int]) -> dict[str, Tensor]:
     """The generated weights of several tasks in one batched call, ``{name: (n, *shape)}``.
 
     The same as ``hnet.generate(task=ids)``, but when the ids are distinct and increasing
@@ -69,19 +69,19 @@ def generate_tasks(hnet: HyperNetwork, tasks: Tensor | Sequence[int]) -> dict[st
         hnet: a task-conditioned :class:`~hyperloom.HyperNetwork` (``conditioner`` a
             :class:`~hyperloom.TaskEmbedding`); anything else goes through
             ``hnet.generate(task=ids)``.
-        tasks: distinct task ids.
+        task: distinct task ids.
 
     Returns:
-        ``{name: (n, *shape)}``, row ``i`` for ``tasks[i]``.
+        ``{name: (n, *shape)}``, row ``i`` for ``task[i]``.
 
     Example:
         >>> import hyperloom as hl
         >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8),
         ...     hl.FlatGenerator.factory())
-        >>> generate_tasks(hnet, range(3))["weight"].shape
+        >>> generate_tasks(hnet, task=range(3))["weight"].shape
         torch.Size([3, 2, 4])
     """
-    ids = _task_ids(tasks, _device(hnet))
+    ids = _task_ids(task, _device(hnet))
     conditioner, generator = hnet.conditioner, hnet.generator
     sorted_ids = len(ids) > 0 and bool((ids[1:] > ids[:-1]).all())
     if (
@@ -102,14 +102,14 @@ class _Generate(nn.Module):
         self.hnet = hnet
 
     def forward(self, ids: Tensor) -> dict[str, Tensor]:
-        return generate_tasks(self.hnet, ids)
+        return generate_tasks(self.hnet, task=ids)
 
 
 def output_regularizer(
     hnet: HyperNetwork,
     snapshot: Mapping[str, Tensor],
-    tasks: Tensor | Sequence[int],
     *,
+    task: Tensor | Sequence[int],
     beta: float = 1.0,
     delta: Mapping[str, Tensor] | None = None,
     sample: int | None = None,
@@ -129,8 +129,8 @@ def output_regularizer(
 
     Args:
         hnet: the hypernetwork (``generate(task=ids) -> {name: (n, *shape)}``).
-        snapshot: :func:`snapshot_outputs` for the same ``tasks``, ``{name: (n, *shape)}``.
-        tasks: the earlier task ids, in the snapshot's row order.
+        snapshot: :func:`snapshot_outputs` for the same ``task``, ``{name: (n, *shape)}``.
+        task: the earlier task ids, in the snapshot's row order.
         beta: the regularisation strength.
         delta: optional lookahead ``{parameter name: step}`` added to the named parameters of
             ``hnet`` (names as in ``hnet.named_parameters()``), e.g. :func:`lookahead_delta`;
@@ -138,7 +138,7 @@ def output_regularizer(
         sample: the number of earlier tasks to draw per call; ``None`` (or at least ``n``)
             uses them all.
         generator: the random generator of the draw (default: torch's global one).
-        current: the hypernetwork's outputs for ``tasks`` already computed with gradients,
+        current: the hypernetwork's outputs for ``task`` already computed with gradients,
             ``{name: (n, *shape)}`` (e.g. rows of one :func:`generate_tasks` call shared with
             the task loss); ``None`` generates them here. Not combinable with ``delta``.
         importance: per-element weights of the squared differences, ``{name: (n, *shape)}``
@@ -159,14 +159,14 @@ def output_regularizer(
         >>> import hyperloom as hl
         >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8),
         ...     hl.FlatGenerator.factory())
-        >>> old = snapshot_outputs(hnet, [0])
+        >>> old = snapshot_outputs(hnet, task=[0])
         >>> with torch.no_grad():
         ...     _ = hnet.generator.readout.bias.add_(1.0)  # every output moves by 1
-        >>> output_regularizer(hnet, old, [0], beta=0.5).item()  # 0.5 * (8 + 2) numbers
+        >>> output_regularizer(hnet, old, task=[0], beta=0.5).item()  # 0.5 * (8 + 2) numbers
         5.0
     """
     device = _device(hnet)
-    ids = _task_ids(tasks, device)
+    ids = _task_ids(task, device)
     if len(ids) == 0:
         return torch.zeros((), device=device)
     bad = {k: tuple(v.shape) for k, v in snapshot.items() if v.dim() == 0 or len(v) != len(ids)}
@@ -190,7 +190,7 @@ def output_regularizer(
         moved = {f"hnet.{k}": own[k] + d for k, d in delta.items()}
         current = functional_call(wrapper, moved, (ids,), strict=False)
     elif current is None:
-        current = generate_tasks(hnet, ids)
+        current = generate_tasks(hnet, task=ids)
     elif rows is not None:
         current = {k: v[rows.to(v.device)] for k, v in current.items()}  # (sample, *shape)
     if set(current) != set(snapshot):
@@ -258,8 +258,8 @@ def _chunk_features(conditioner: Conditioner, generator: ChunkedGenerator, ids: 
 
 
 @torch.no_grad()
-def snapshot_factors(hnet: HyperNetwork, tasks: Tensor | Sequence[int]) -> dict[str, Tensor]:
-    """A chunk-wise hypernetwork's outputs for ``tasks`` in factored form, detached.
+def snapshot_factors(hnet: HyperNetwork, *, task: Tensor | Sequence[int]) -> dict[str, Tensor]:
+    """A chunk-wise hypernetwork's outputs for ``task`` in factored form, detached.
 
     A :class:`~hyperloom.ChunkedGenerator` writes chunk ``j`` of task ``t`` as
     ``A m_tj`` with ``A = [W, b]`` its readout layer (``(chunk_size, h + 1)``) and
@@ -272,7 +272,7 @@ def snapshot_factors(hnet: HyperNetwork, tasks: Tensor | Sequence[int]) -> dict[
     Args:
         hnet: a :class:`~hyperloom.HyperNetwork` with a :class:`~hyperloom.TaskEmbedding`
             and a :class:`~hyperloom.ChunkedGenerator`.
-        tasks: the task ids, e.g. ``range(t + 1)`` after task ``t``.
+        task: the task ids, e.g. ``range(t + 1)`` after task ``t``.
 
     Returns:
         ``{"readout": A (s, h + 1), "gram": A^T A (h + 1, h + 1), "features": (n, K, h + 1)}``.
@@ -284,11 +284,11 @@ def snapshot_factors(hnet: HyperNetwork, tasks: Tensor | Sequence[int]) -> dict[
         >>> import hyperloom as hl
         >>> gen = hl.ChunkedGenerator.factory(chunk_size=6, chunk_dim=4, hidden=(8,))
         >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), gen)
-        >>> snapshot_factors(hnet, [0, 1])["features"].shape  # 2 tasks, 2 chunks, 8 + 1
+        >>> snapshot_factors(hnet, task=[0, 1])["features"].shape  # 2 tasks, 2 chunks, 8 + 1
         torch.Size([2, 2, 9])
     """
     conditioner, generator = _chunked_parts(hnet)
-    ids = _task_ids(tasks, _device(hnet))
+    ids = _task_ids(task, _device(hnet))
     a = _readout_matrix(generator).detach().clone()  # (s, h + 1)
     return {
         "readout": a,
@@ -300,16 +300,16 @@ def snapshot_factors(hnet: HyperNetwork, tasks: Tensor | Sequence[int]) -> dict[
 def factored_output_regularizer(
     hnet: HyperNetwork,
     snapshot: Mapping[str, Tensor],
-    tasks: Tensor | Sequence[int],
     *,
+    task: Tensor | Sequence[int],
     beta: float = 1.0,
     sample: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """:func:`output_regularizer` of a chunk-wise hypernetwork without generating old tasks.
 
-    The same value and gradients as ``output_regularizer(hnet, snapshot_outputs(hnet, tasks),
-    tasks, beta=beta)`` (up to rounding), from :func:`snapshot_factors`. With ``D = A - A*``
+    The same value and gradients as ``output_regularizer(hnet, snapshot_outputs(hnet, task=ids),
+    task=ids, beta=beta)`` (up to rounding), from :func:`snapshot_factors`. With ``D = A - A*``
     (readout now minus snapshot) and ``dm = m - m*`` (features), chunk ``j`` of task ``t``
     moved by ``D m_tj + A* dm_tj``, so
 
@@ -325,8 +325,8 @@ def factored_output_regularizer(
 
     Args:
         hnet: the hypernetwork of :func:`snapshot_factors`.
-        snapshot: :func:`snapshot_factors` for the same ``tasks``.
-        tasks: the earlier task ids, in the snapshot's row order.
+        snapshot: :func:`snapshot_factors` for the same ``task``.
+        task: the earlier task ids, in the snapshot's row order.
         beta: the regularisation strength.
         sample: the number of earlier tasks to draw per call (as in
             :func:`output_regularizer`, the same draws for the same ``generator``); ``None``
@@ -344,15 +344,15 @@ def factored_output_regularizer(
         >>> import hyperloom as hl
         >>> gen = hl.ChunkedGenerator.factory(chunk_size=6, chunk_dim=4, hidden=(8,))
         >>> hnet = hl.HyperNetwork(nn.Linear(4, 2), hl.TaskEmbedding(3, 8), gen)
-        >>> old = snapshot_factors(hnet, [0])
+        >>> old = snapshot_factors(hnet, task=[0])
         >>> with torch.no_grad():
         ...     _ = hnet.generator.readout.bias.add_(1.0)  # 10 used outputs (of 12) move by 1
-        >>> round(factored_output_regularizer(hnet, old, [0], beta=0.5).item(), 4)
+        >>> round(factored_output_regularizer(hnet, old, task=[0], beta=0.5).item(), 4)
         5.0
     """
     conditioner, gen = _chunked_parts(hnet)
     device = _device(hnet)
-    ids = _task_ids(tasks, device)
+    ids = _task_ids(task, device)
     if len(ids) == 0:
         return torch.zeros((), device=device)
     missing = {"readout", "gram", "features"} - set(snapshot)
@@ -472,8 +472,10 @@ def infer_task(logits: Tensor) -> Tensor:
     return predictive_entropy(logits).argmin(dim=0)
 
 
-def task_logits(hnet: HyperNetwork, x: Tensor, tasks: Tensor | Sequence[int], *args: Any) -> Tensor:
-    """The target's outputs on ``x`` with the weights of every task in ``tasks``.
+def task_logits(
+    hnet: HyperNetwork, x: Tensor, *args: Any, task: Tensor | Sequence[int]
+) -> Tensor:
+    """The target's outputs on ``x`` with the weights of every task in ``task``.
 
     Each task's weights are generated once and the ``T`` weight sets run in one
     :func:`~hyperloom.call_batched`; the target's non-generated parameters are shared.
@@ -481,13 +483,13 @@ def task_logits(hnet: HyperNetwork, x: Tensor, tasks: Tensor | Sequence[int], *a
     Args:
         hnet: a task-conditioned :class:`~hyperloom.HyperNetwork`.
         x: inputs ``(B, ...)``.
-        tasks: ``T`` task ids.
+        task: ``T`` task ids.
         *args: further inputs of the target, passed unchanged.
 
     Returns:
         ``(T, B, ...)``: for classifiers, the ``(T, B, C)`` logits :func:`infer_task` takes.
     """
-    ids = _task_ids(tasks, _device(hnet))
+    ids = _task_ids(task, _device(hnet))
     weights = hnet.generate(task=ids)  # {name: (T, *shape)}
     xs = x.unsqueeze(0).expand(len(ids), *x.shape)  # (T, B, ...)
     return call_batched(hnet.target, weights, xs, *args)

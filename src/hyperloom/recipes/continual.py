@@ -41,7 +41,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -75,9 +74,15 @@ SCENARIOS = ("split-digits", "split-fmnist", "permuted-fmnist")
 METHODS = ("hnet", "finetune", "ewc", "si", "separate")
 
 
-class Preset(TypedDict):
-    """The per-scenario defaults of the options left at ``none``."""
+@dataclass(frozen=True)
+class Preset:
+    """A scenario's values for the options left at ``none``; after :func:`resolve`, a run's.
 
+    :func:`settings` reads them back from a resolved :class:`Config`, every one set (only
+    ``test_limit`` may stay ``None``: all test images).
+    """
+
+    n_tasks: int
     target_hidden: tuple[int, ...]
     hnet_hidden: tuple[int, ...]
     hnet_activation: str
@@ -97,22 +102,23 @@ class Preset(TypedDict):
 PRESETS: dict[str, Preset] = {
     # von Oswald et al.'s Split MNIST settings in full (2000 iterations per task). EWC lambda and
     # SI c were chosen on a validation split of seed 100 (docs/results/continual.md).
-    "split-fmnist": {
-        "target_hidden": (400, 400),
-        "hnet_hidden": (10, 10),
-        "hnet_activation": "relu",
-        "chunk_size": 8000,
-        "chunk_dim": 96,
-        "emb_dim": 96,
-        "beta": 0.01,
-        "lr": 1e-3,
-        "hnet_lr": 1e-3,
-        "iters": 2000,
-        "reg_tasks": 0,
-        "ewc_lambda": 1e5,
-        "si_c": 100.0,
-        "test_limit": None,
-    },
+    "split-fmnist": Preset(
+        n_tasks=5,
+        target_hidden=(400, 400),
+        hnet_hidden=(10, 10),
+        hnet_activation="relu",
+        chunk_size=8000,
+        chunk_dim=96,
+        emb_dim=96,
+        beta=0.01,
+        lr=1e-3,
+        hnet_lr=1e-3,
+        iters=2000,
+        reg_tasks=0,
+        ewc_lambda=1e5,
+        si_c=100.0,
+        test_limit=None,
+    ),
     # Their Permuted MNIST-10 hypernetwork (24 chunks, chunk embeddings 8, beta 0.1) on a 400-400
     # target instead of 1000-1000 (chunk size 78,000 -> 20,000 keeps 24 chunks and the
     # hnet/target size ratio) with 5000 -> 1000 iterations per task: the CPU budget of a 2-core
@@ -122,40 +128,42 @@ PRESETS: dict[str, Preset] = {
     # each task reach the generated weights: later tasks are learned nearly as well as the first);
     # beta, EWC lambda and SI c. Every earlier task is regularised at every step (drawing one per
     # step, reg_tasks=1, forgot 4.8 points instead of 1.3 at 300 iterations).
-    "permuted-fmnist": {
-        "target_hidden": (400, 400),
-        "hnet_hidden": (100, 25),
-        "hnet_activation": "relu",
-        "chunk_size": 20000,
-        "chunk_dim": 8,
-        "emb_dim": 96,
-        "beta": 0.1,
-        "lr": 1e-3,
-        "hnet_lr": 1e-4,
-        "iters": 1000,
-        "reg_tasks": 0,
-        "ewc_lambda": 1e4,
-        "si_c": 10.0,
-        "test_limit": 2000,
-    },
+    "permuted-fmnist": Preset(
+        n_tasks=10,
+        target_hidden=(400, 400),
+        hnet_hidden=(100, 25),
+        hnet_activation="relu",
+        chunk_size=20000,
+        chunk_dim=8,
+        emb_dim=96,
+        beta=0.1,
+        lr=1e-3,
+        hnet_lr=1e-4,
+        iters=1000,
+        reg_tasks=0,
+        ewc_lambda=1e4,
+        si_c=10.0,
+        test_limit=2000,
+    ),
     # A seconds-long default on the 8x8 digits (about 270 training images per task); EWC and SI
     # strengths not tuned here.
-    "split-digits": {
-        "target_hidden": (100, 100),
-        "hnet_hidden": (10, 10),
-        "hnet_activation": "relu",
-        "chunk_size": 2000,
-        "chunk_dim": 32,
-        "emb_dim": 32,
-        "beta": 0.01,
-        "lr": 1e-3,
-        "hnet_lr": 1e-3,
-        "iters": 200,
-        "reg_tasks": 0,
-        "ewc_lambda": 1000.0,
-        "si_c": 1000.0,
-        "test_limit": None,
-    },
+    "split-digits": Preset(
+        n_tasks=5,
+        target_hidden=(100, 100),
+        hnet_hidden=(10, 10),
+        hnet_activation="relu",
+        chunk_size=2000,
+        chunk_dim=32,
+        emb_dim=32,
+        beta=0.01,
+        lr=1e-3,
+        hnet_lr=1e-3,
+        iters=200,
+        reg_tasks=0,
+        ewc_lambda=1000.0,
+        si_c=1000.0,
+        test_limit=None,
+    ),
 }
 
 
@@ -174,9 +182,7 @@ class Config:
     methods: tuple[str, ...] = field(
         default=METHODS, metadata={"help": f"methods to run, any of {','.join(METHODS)}"}
     )
-    n_tasks: int | None = field(
-        default=None, metadata={"help": "number of tasks; none: 10 (permuted) or 5 (split)"}
-    )
+    n_tasks: int | None = field(default=None, metadata={"help": _preset("number of tasks")})
     iters: int | None = field(default=None, metadata={"help": _preset("iterations per task")})
     batch_size: int = field(default=128, metadata={"help": "minibatch size"})
     lr: float | None = field(
@@ -299,33 +305,13 @@ RECORDED: tuple[Recorded, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The preset options of a resolved :class:`Config`, none of them ``None``."""
-
-    n_tasks: int
-    target_hidden: tuple[int, ...]
-    hnet_hidden: tuple[int, ...]
-    hnet_activation: str
-    chunk_size: int
-    chunk_dim: int
-    emb_dim: int
-    beta: float
-    lr: float
-    hnet_lr: float
-    iters: int
-    reg_tasks: int
-    ewc_lambda: float
-    si_c: float
-
-
-def settings(config: Config) -> Settings:
+def settings(config: Config) -> Preset:
     """The preset options of ``config`` once :func:`resolve` has filled them."""
-    values = {f.name: getattr(config, f.name) for f in fields(Settings)}
-    missing = [name for name, value in values.items() if value is None]
+    values = {f.name: getattr(config, f.name) for f in fields(Preset)}
+    missing = [n for n, v in values.items() if v is None and n != "test_limit"]
     if missing:
         raise ValueError(f"options {missing} are unset: pass the config through resolve() first")
-    return Settings(**values)
+    return Preset(**values)
 
 
 def resolve(config: Config) -> Config:
@@ -336,9 +322,9 @@ def resolve(config: Config) -> Config:
     if unknown or not config.methods:
         raise ValueError(f"unknown methods {unknown or '(none given)'}; choose from {METHODS}")
     preset = PRESETS[config.scenario]
-    filled: dict[str, Any] = {k: v for k, v in preset.items() if getattr(config, k) is None}
-    if config.n_tasks is None:
-        filled["n_tasks"] = 10 if config.scenario == "permuted-fmnist" else 5
+    filled = {
+        f.name: getattr(preset, f.name) for f in fields(Preset) if getattr(config, f.name) is None
+    }
     out = replace(config, **filled)
     if settings(out).reg_tasks < 0:
         raise ValueError(f"reg_tasks must be >= 0 (0: all earlier tasks), got {out.reg_tasks}")
@@ -389,6 +375,234 @@ def load_tasks(config: Config) -> list[Task]:
     return out
 
 
+# ---- The methods ---------------------------------------------------------------------------
+# Each method is a Learner: what it trains on task t, the loss it adds, what it keeps when a
+# task ends and how it scores a task. run() below holds the one training loop they all share.
+
+
+class Learner:
+    """One continual-learning method as the training loop of :func:`run` drives it.
+
+    Per task ``t`` the loop calls :meth:`start_task` (the optimiser of this task), then per
+    step :meth:`backward` (forward, the method's penalty, backward) and :meth:`step`, and
+    :meth:`end_task` when the task is learned; :meth:`logits` scores any learned task.
+    Subclasses draw their random initial weights in ``__init__`` (the order of the draws is
+    part of a seed's figures).
+
+    Attributes:
+        trainable: numbers trained in all; ``per_task``: numbers stored per task.
+    """
+
+    trainable: int
+    per_task: int
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self.s = setup.settings
+
+    def start_task(self, t: int) -> torch.optim.Optimizer:
+        """The optimiser of task ``t`` over what this method trains on it."""
+        raise NotImplementedError
+
+    def backward(self, t: int, x: Tensor, y: Tensor) -> Tensor:
+        """The training loss of one batch of task ``t``, after its ``backward()``."""
+        raise NotImplementedError
+
+    def step(self, opt: torch.optim.Optimizer) -> None:
+        """One optimiser step (SI also integrates its path here)."""
+        opt.step()
+
+    def end_task(self, t: int, task: Task) -> None:
+        """Keep what the next tasks need (snapshots, importances); nothing by default."""
+
+    def logits(self, x: Tensor, ids: list[int]) -> Tensor:
+        """``(len(ids), B, k)``: the outputs for ``x`` of each task in ``ids``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every :class:`Learner` is built from."""
+
+    settings: Preset
+    config: Config
+    make_net: Callable[[int], nn.Module]  # an MLP target with that many outputs, on the device
+    n_tasks: int
+    k: int  # classes per task
+    batches: torch.Generator  # the stream of batch draws (and the regulariser's task draws)
+    rt: Runtime
+
+
+class HNet(Learner):
+    """The chunk-wise hypernetwork with the output regulariser (factored, or with lookahead)."""
+
+    def __init__(self, setup: Setup) -> None:
+        super().__init__(setup)
+        s = self.s
+        target = setup.make_net(setup.k)  # built before the embedding: the order of the draws
+        self.embedding = TaskEmbedding(setup.n_tasks, s.emb_dim)
+        generator = ChunkedGenerator.factory(
+            chunk_size=s.chunk_size,
+            chunk_dim=s.chunk_dim,
+            hidden=s.hnet_hidden,
+            activation=s.hnet_activation,
+        )
+        self.hnet = HyperNetwork(target, self.embedding, generator).to(setup.rt.device)
+        self.snapshot: dict[str, Tensor] = {}
+        self.trainable = sum(p.numel() for p in self.hnet.parameters())
+        self.per_task = s.emb_dim
+
+    def start_task(self, t: int) -> torch.optim.Optimizer:
+        rows = [*self.hnet.generator.parameters(), self.embedding.rows[t]]  # old rows stay fixed
+        return torch.optim.Adam(rows, lr=self.s.hnet_lr)
+
+    def backward(self, t: int, x: Tensor, y: Tensor) -> Tensor:
+        s, hnet, earlier, draws = self.s, self.hnet, range(t), self.setup.batches
+        sample = s.reg_tasks or None  # earlier tasks drawn per step; None: all
+        with self.setup.rt.autocast():
+            loss = F.cross_entropy(hnet(x, task=t), y)
+        if t > 0 and not self.setup.config.lookahead:  # every earlier task, none generated
+            loss = loss + factored_output_regularizer(
+                hnet, self.snapshot, task=earlier, beta=s.beta, sample=sample, generator=draws
+            )
+        loss.backward()
+        if t > 0 and self.setup.config.lookahead:  # where the task gradient alone would step
+            delta = lookahead_delta(hnet.generator.named_parameters("generator"), s.hnet_lr)
+            output_regularizer(
+                hnet,
+                self.snapshot,
+                task=earlier,
+                beta=s.beta,
+                delta=delta,
+                sample=sample,
+                generator=draws,
+            ).backward()
+        return loss
+
+    def end_task(self, t: int, task: Task) -> None:
+        take = snapshot_outputs if self.setup.config.lookahead else snapshot_factors
+        self.snapshot = take(self.hnet, task=range(t + 1))
+
+    def logits(self, x: Tensor, ids: list[int]) -> Tensor:
+        return task_logits(self.hnet, x, task=ids)
+
+
+class Separate(Learner):
+    """An independent network per task: the upper bound that stores a network per task."""
+
+    def __init__(self, setup: Setup) -> None:
+        super().__init__(setup)
+        self.nets: list[nn.Module] = []
+        self.per_task = sum(p.numel() for p in setup.make_net(setup.k).parameters())
+        self.trainable = self.per_task * setup.n_tasks
+
+    def start_task(self, t: int) -> torch.optim.Optimizer:
+        self.nets.append(self.setup.make_net(self.setup.k))
+        return torch.optim.Adam(self.nets[t].parameters(), lr=self.s.lr)
+
+    def backward(self, t: int, x: Tensor, y: Tensor) -> Tensor:
+        with self.setup.rt.autocast():
+            loss = F.cross_entropy(self.nets[t](x), y)
+        loss.backward()
+        return loss
+
+    def logits(self, x: Tensor, ids: list[int]) -> Tensor:
+        return torch.stack([self.nets[i](x) for i in ids])
+
+
+class FineTune(Learner):
+    """One shared network, output head ``t`` = outputs ``t*k .. (t+1)*k - 1``, trained in turn.
+
+    :class:`EWC` and :class:`SI` add ``strength * sum_i importance_i (theta_i - anchor_i)^2``.
+    """
+
+    strength = 0.0  # of the quadratic penalty; none for fine-tuning
+
+    def __init__(self, setup: Setup) -> None:
+        super().__init__(setup)
+        n_tasks, k = setup.n_tasks, setup.k
+        self.net = setup.make_net(n_tasks * k)
+        self.params = dict(self.net.named_parameters())
+        self.anchor = {n: p.detach().clone() for n, p in self.params.items()}
+        self.importance = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.trainable = sum(p.numel() for p in self.net.parameters())
+        self.per_task = k * (self.s.target_hidden[-1] + 1)  # one head
+
+    def head(self, t: int, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
+        out = self.net(x) if params is None else functional_call(self.net, params, (x,))
+        return out[:, t * self.setup.k : (t + 1) * self.setup.k]
+
+    def start_task(self, t: int) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.params.values(), lr=self.s.lr)
+
+    def backward(self, t: int, x: Tensor, y: Tensor) -> Tensor:
+        with self.setup.rt.autocast():
+            loss = F.cross_entropy(self.head(t, x), y)
+        if t > 0 and self.strength:
+            loss = loss + self.strength * quadratic_penalty(
+                self.params, self.anchor, self.importance
+            )
+        loss.backward()
+        return loss
+
+    def logits(self, x: Tensor, ids: list[int]) -> Tensor:
+        heads = self.net(x).view(len(x), self.setup.n_tasks, self.setup.k)  # (B, n_tasks, k)
+        return heads[:, ids].transpose(0, 1)
+
+
+class EWC(FineTune):
+    """Online EWC: the diagonal Fisher of each task's head, decayed by ``gamma``."""
+
+    def __init__(self, setup: Setup) -> None:
+        super().__init__(setup)
+        self.strength = self.s.ewc_lambda / 2
+
+    def end_task(self, t: int, task: Task) -> None:
+        config = self.setup.config
+        n = min(config.fisher_samples, len(task.y_train))
+        fisher = fisher_diagonal(
+            lambda p, xb: self.head(t, xb, p), self.params, task.x_train[:n], task.y_train[:n]
+        )
+        for name in self.importance:
+            self.importance[name] = config.ewc_gamma * self.importance[name] + fisher[name]
+        self.anchor = {n: p.detach().clone() for n, p in self.params.items()}
+
+
+class SI(FineTune):
+    """Synaptic intelligence: importance from the path integral of gradient times step."""
+
+    def __init__(self, setup: Setup) -> None:
+        super().__init__(setup)
+        self.strength = self.s.si_c
+
+    def start_task(self, t: int) -> torch.optim.Optimizer:
+        self.start = {n: p.detach().clone() for n, p in self.params.items()}
+        self.path = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        return super().start_task(t)
+
+    def step(self, opt: torch.optim.Optimizer) -> None:
+        before = {n: p.detach().clone() for n, p in self.params.items()}
+        opt.step()
+        for n, p in self.params.items():  # path integral: -gradient . step
+            if p.grad is not None:
+                self.path[n] -= p.grad * (p.detach() - before[n])
+
+    def end_task(self, t: int, task: Task) -> None:
+        moved = {n: p.detach() - self.start[n] for n, p in self.params.items()}
+        for n, w in si_importance(self.path, moved, xi=self.setup.config.si_xi).items():
+            self.importance[n] += w
+        self.anchor = {n: p.detach().clone() for n, p in self.params.items()}
+
+
+LEARNERS: dict[str, type[Learner]] = {
+    "hnet": HNet,
+    "finetune": FineTune,
+    "ewc": EWC,
+    "si": SI,
+    "separate": Separate,
+}
+
+
 def run(config: Config) -> dict:
     config = resolve(config)
     with runtime(device=config.device, amp=config.amp) as rt:
@@ -408,178 +622,47 @@ def _run(config: Config, rt: Runtime) -> dict:
     )
 
     def make_net(out_features: int) -> nn.Module:
-        return build_target(
-            "mlp",
-            in_features=in_features,
-            hidden=list(s.target_hidden),
-            out_features=out_features,
-        ).to(rt.device)
+        mlp = build_target(
+            "mlp", in_features=in_features, hidden=list(s.target_hidden), out_features=out_features
+        )
+        return mlp.to(rt.device)
 
     torch.optim.Adam([nn.Parameter(torch.zeros(1))])  # imports torch's compiler stack untimed
     results: dict[str, dict] = {}
     hnet_for_checkpoint = None
-    logits_of: Callable[[Tensor, list[int]], Tensor]  # one method's logits of tasks ids
     for method in config.methods:
         torch.manual_seed(config.seed)
         batches = torch.Generator().manual_seed(config.seed)
-        if method == "hnet":
-            target = make_net(k)  # built before the embedding: the order of the draws
-            embedding = TaskEmbedding(n_tasks, s.emb_dim)
-            hnet = HyperNetwork(
-                target,
-                embedding,
-                ChunkedGenerator.factory(
-                    chunk_size=s.chunk_size,
-                    chunk_dim=s.chunk_dim,
-                    hidden=s.hnet_hidden,
-                    activation=s.hnet_activation,
-                ),
-            ).to(rt.device)
-            hnet_for_checkpoint = hnet
-            shared_params = list(hnet.generator.parameters())
-            snapshot: dict[str, Tensor] = {}
-
-            def logits_of(x: Tensor, ids: list[int], h: HyperNetwork = hnet) -> Tensor:
-                return task_logits(h, x, ids)  # (len(ids), B, k)
-
-            trainable = sum(p.numel() for p in hnet.parameters())
-            per_task = s.emb_dim
-        elif method == "separate":
-            nets: list[nn.Module] = []
-
-            def logits_of(x: Tensor, ids: list[int], nets: list = nets) -> Tensor:
-                return torch.stack([nets[i](x) for i in ids])  # (len(ids), B, k)
-
-            trainable = per_task = sum(p.numel() for p in make_net(k).parameters())
-            trainable *= n_tasks
-        else:  # one shared network, output head t = outputs t*k .. (t+1)*k - 1
-            net = make_net(n_tasks * k)
-            params = dict(net.named_parameters())
-            anchor = {n: p.detach().clone() for n, p in params.items()}
-            importance = {n: torch.zeros_like(p) for n, p in params.items()}
-
-            def logits_of(x: Tensor, ids: list[int], net: nn.Module = net) -> Tensor:
-                heads = net(x).view(len(x), n_tasks, k)  # (B, n_tasks, k)
-                return heads[:, ids].transpose(0, 1)  # (len(ids), B, k)
-
-            trainable = sum(p.numel() for p in net.parameters())
-            per_task = k * (s.target_hidden[-1] + 1)  # one head
-
+        learner = LEARNERS[method](Setup(s, config, make_net, n_tasks, k, batches, rt))
         acc = torch.full((n_tasks, n_tasks), float("nan"))  # acc[i, j]: task i after task j
         losses: list[float] = []
         with Stopwatch() as sw:
             for t, task in enumerate(tasks):
-                if method == "hnet":
-                    opt = torch.optim.Adam([*shared_params, embedding.rows[t]], lr=s.hnet_lr)
-                elif method == "separate":
-                    nets.append(make_net(k))
-                    opt = torch.optim.Adam(nets[t].parameters(), lr=s.lr)
-                else:
-                    opt = torch.optim.Adam(params.values(), lr=s.lr)
-                    start = {n: p.detach().clone() for n, p in params.items()}
-                    path = {n: torch.zeros_like(p) for n, p in params.items()}
+                opt = learner.start_task(t)
                 for _ in progress(range(s.iters), quiet=config.quiet, desc=f"{method} task {t}"):
                     idx = torch.randint(len(task.y_train), (config.batch_size,), generator=batches)
                     idx = rt.part(idx)  # data-parallel: this process's slice
-                    x, y = task.x_train[idx], task.y_train[idx]
                     opt.zero_grad(set_to_none=True)
-                    if method == "hnet":
-                        with rt.autocast():
-                            loss = F.cross_entropy(hnet(x, task=t), y)
-                        if t > 0 and not config.lookahead:  # every earlier task, none generated
-                            loss = loss + factored_output_regularizer(
-                                hnet,
-                                snapshot,
-                                range(t),
-                                beta=s.beta,
-                                sample=s.reg_tasks or None,
-                                generator=batches,
-                            )
-                        loss.backward()
-                        if t > 0 and config.lookahead:  # the task gradient gives the step
-                            delta = lookahead_delta(
-                                hnet.generator.named_parameters("generator"), s.hnet_lr
-                            )
-                            output_regularizer(
-                                hnet,
-                                snapshot,
-                                range(t),
-                                beta=s.beta,
-                                delta=delta,
-                                sample=s.reg_tasks or None,
-                                generator=batches,
-                            ).backward()
-                    elif method == "separate":
-                        with rt.autocast():
-                            loss = F.cross_entropy(nets[t](x), y)
-                        loss.backward()
-                    else:
-                        with rt.autocast():
-                            loss = F.cross_entropy(net(x)[:, t * k : (t + 1) * k], y)
-                        if t > 0 and method == "ewc":
-                            loss = loss + s.ewc_lambda / 2 * quadratic_penalty(
-                                params, anchor, importance
-                            )
-                        elif t > 0 and method == "si":
-                            loss = loss + s.si_c * quadratic_penalty(params, anchor, importance)
-                        loss.backward()
-                        if method == "si":
-                            before = {n: p.detach().clone() for n, p in params.items()}
+                    loss = learner.backward(t, task.x_train[idx], task.y_train[idx])
                     rt.sync_grads(opt)  # data-parallel: the mean over the processes
-                    opt.step()
-                    if method == "si":  # path integral: -gradient . step
-                        for n, p in params.items():
-                            if p.grad is not None:
-                                path[n] -= p.grad * (p.detach() - before[n])
+                    learner.step(opt)
                     losses.append(rt.average(float(loss.detach())))
-
-                # ---- end of task t: what the method keeps for the next tasks ----------------
-                if method == "hnet":  # lookahead: whole weight sets; else factored (cheaper)
-                    take = snapshot_outputs if config.lookahead else snapshot_factors
-                    snapshot = take(hnet, range(t + 1))
-                elif method == "ewc":
-                    n_f = min(config.fisher_samples, len(task.y_train))
-
-                    def head(
-                        p: dict[str, Tensor], xb: Tensor, t: int = t, net: nn.Module = net
-                    ) -> Tensor:
-                        return functional_call(net, p, (xb,))[:, t * k : (t + 1) * k]
-
-                    fisher = fisher_diagonal(head, params, task.x_train[:n_f], task.y_train[:n_f])
-                    for n in importance:
-                        importance[n] = config.ewc_gamma * importance[n] + fisher[n]
-                    anchor = {n: p.detach().clone() for n, p in params.items()}
-                elif method == "si":
-                    moved = {n: p.detach() - start[n] for n, p in params.items()}
-                    for n, w in si_importance(path, moved, xi=config.si_xi).items():
-                        importance[n] += w
-                    anchor = {n: p.detach().clone() for n, p in params.items()}
-
-                with torch.no_grad():  # task-incremental: task i with its own head / weights
-                    for i in range(t + 1):
-                        logits = _batched(lambda xb, i=i: logits_of(xb, [i])[0], tasks[i].x_test)
-                        acc[i, t] = 100.0 * (logits.argmax(-1) == tasks[i].y_test).float().mean()
-
-        with torch.no_grad():  # class-incremental: the task is inferred by lowest entropy
-            ci_correct = task_correct = total = 0
-            for i, task in enumerate(tasks):
-                logits = _batched(
-                    lambda xb: logits_of(xb, list(range(n_tasks))), task.x_test, dim=1
-                )  # (n_tasks, B, k)
-                guess = infer_task(logits)  # (B,)
-                pred = logits[guess, torch.arange(len(guess))].argmax(-1)  # (B,)
-                task_correct += int((guess == i).sum())
-                ci_correct += int(((guess == i) & (pred == task.y_test)).sum())
-                total += len(task.y_test)
-        results[method] = _summary(acc) | {
-            "ci_acc": 100.0 * ci_correct / total,
-            "task_inference_acc": 100.0 * task_correct / total,
-            "trainable_params": trainable,
-            "params_per_task": per_task,
-            "seconds": sw.seconds,
-            "final_loss": sum(losses[-50:]) / len(losses[-50:]),
-            "acc_matrix": acc.tolist(),
-        }
+                learner.end_task(t, task)  # what the method keeps for the next tasks
+                for i in range(t + 1):  # task-incremental: task i with its own head / weights
+                    acc[i, t] = task_accuracy(learner, i, tasks[i])
+        if isinstance(learner, HNet):
+            hnet_for_checkpoint = learner.hnet
+        results[method] = (
+            _summary(acc)
+            | class_incremental(learner, tasks)
+            | {
+                "trainable_params": learner.trainable,
+                "params_per_task": learner.per_task,
+                "seconds": sw.seconds,
+                "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+                "acc_matrix": acc.tolist(),
+            }
+        )
 
     # ---- Report ----------------------------------------------------------------------------
     if not rt.is_main:  # rank 0 alone prints, writes the run folder and saves the checkpoint
@@ -626,6 +709,39 @@ def _run(config: Config, rt: Runtime) -> dict:
     print(f"\ntotal time {time.perf_counter() - t_start:.0f} s")
     print(f"run folder: {run_dir}")
     return {"run_dir": str(run_dir), "config": asdict(config), "results": results}
+
+
+@torch.no_grad()
+def task_accuracy(learner: Learner, i: int, task: Task) -> float:
+    """Test accuracy (%) on task ``i`` with the task given (its head or generated weights)."""
+    logits = _batched(lambda xb: learner.logits(xb, [i])[0], task.x_test)  # (B, k)
+    return 100.0 * float((logits.argmax(-1) == task.y_test).float().mean())
+
+
+@torch.no_grad()
+def class_incremental(learner: Learner, tasks: list[Task]) -> dict[str, float]:
+    """Accuracy with the task inferred per test image by lowest predictive entropy (HNET+ENT).
+
+    Every learned task scores each test image; the task whose predictions have the lowest
+    entropy is taken (:func:`hyperloom.continual.infer_task`), and the prediction counts only
+    when that task and its class are both right.
+
+    Returns:
+        ``{"ci_acc": ..., "task_inference_acc": ...}`` in % over the test images of every task.
+    """
+    ci_correct = task_correct = total = 0
+    every = list(range(len(tasks)))
+    for i, task in enumerate(tasks):
+        logits = _batched(lambda xb: learner.logits(xb, every), task.x_test, dim=1)  # (T, B, k)
+        guess = infer_task(logits)  # (B,)
+        pred = logits[guess, torch.arange(len(guess))].argmax(-1)  # (B,)
+        task_correct += int((guess == i).sum())
+        ci_correct += int(((guess == i) & (pred == task.y_test)).sum())
+        total += len(task.y_test)
+    return {
+        "ci_acc": 100.0 * ci_correct / total,
+        "task_inference_acc": 100.0 * task_correct / total,
+    }
 
 
 def _batched(fn, x: Tensor, *, dim: int = 0, size: int = 1000) -> Tensor:
