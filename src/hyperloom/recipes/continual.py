@@ -65,10 +65,18 @@ from ..data import Task, load_dataset, permuted, split_by_classes
 from ..generators import ChunkedGenerator
 from ..hypernet import HyperNetwork
 from ..networks import build_target
-from .config import data_dir_field
+from .config import data_dir_field, out_field, quiet_field, seed_field
 from .distributed import Runtime, amp_field, device_field, nproc_field, runtime
 from .reproduce import Recorded
-from .runs import Stopwatch, format_table, make_run_dir, progress, write_csv, write_json
+from .runs import (
+    Stopwatch,
+    batched_accuracy,
+    format_table,
+    make_run_dir,
+    progress,
+    write_csv,
+    write_json,
+)
 
 SCENARIOS = ("split-digits", "split-fmnist", "permuted-fmnist")
 METHODS = ("hnet", "finetune", "ewc", "si", "separate")
@@ -239,9 +247,9 @@ class Config:
         },
     )
     data_dir: str | None = data_dir_field()
-    seed: int = field(default=0, metadata={"help": "random seed (data order, init, permutations)"})
-    out: str = field(default="runs", metadata={"help": "folder for the run folder"})
-    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+    seed: int = seed_field("random seed (data order, init, permutations)")
+    out: str = out_field()
+    quiet: bool = quiet_field()
     device: str = device_field()
     amp: str = amp_field()
     nproc: int = nproc_field()
@@ -714,8 +722,7 @@ def _run(config: Config, rt: Runtime) -> dict:
 @torch.no_grad()
 def task_accuracy(learner: Learner, i: int, task: Task) -> float:
     """Test accuracy (%) on task ``i`` with the task given (its head or generated weights)."""
-    logits = _batched(lambda xb: learner.logits(xb, [i])[0], task.x_test)  # (B, k)
-    return 100.0 * float((logits.argmax(-1) == task.y_test).float().mean())
+    return batched_accuracy(lambda xb: learner.logits(xb, [i])[0], task.x_test, task.y_test)
 
 
 @torch.no_grad()
