@@ -118,3 +118,39 @@ def test_recorded_and_lookup_errors_name_the_value():
         lookup(data, "rows.model=b.acc")
     with pytest.raises(KeyError, match=r"no 'nll' under rows\.0"):
         lookup(data, "rows.0.nll")
+
+
+def test_a_portable_record_is_rerun_under_the_portable_numerics(monkeypatch, tmp_path, capsys):
+    from hyperloom.recipes import reproduce as rep
+
+    module = _fake_recipe(monkeypatch, tmp_path)
+    module.RECORDED = (dataclasses.replace(module.RECORDED[0], numerics="portable"),)
+    for key in rep.PORTABLE_NUMERICS:
+        monkeypatch.delenv(key, raising=False)
+    assert not rep.portable_numerics()
+    launched = []
+
+    def fake_run(cmd, env, check):
+        launched.append((cmd, env))
+        return types.SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(rep.subprocess, "run", fake_run)
+    assert main(["reproduce", "fake", "--seeds", "0", f"--out={tmp_path}"]) == 0
+    [(cmd, env)] = launched  # one child process, with the same arguments and the pins set
+    assert cmd == [sys.executable, "-m", "hyperloom", "reproduce", "fake", "--seeds", "0",
+                   f"--out={tmp_path}"]  # fmt: skip
+    assert all(env[k] == v for k, v in rep.PORTABLE_NUMERICS.items())
+    assert "rerunning under" in capsys.readouterr().out
+    # a smoke run, or a process already pinned, runs in place
+    assert main(["reproduce", "fake", "--smoke", f"--out={tmp_path / 's'}"]) == 0
+    for key, value in rep.PORTABLE_NUMERICS.items():
+        monkeypatch.setenv(key, value)
+    assert main(["reproduce", "fake", "--seeds", "0", f"--out={tmp_path / 'p'}"]) == 0
+    assert len(launched) == 1
+    # called as a function without them, it warns that the figures may differ by CPU
+    for key in rep.PORTABLE_NUMERICS:
+        monkeypatch.delenv(key)
+    with pytest.warns(UserWarning, match="PORTABLE_NUMERICS"):
+        reproduce("fake", out=str(tmp_path / "w"))
+    with pytest.raises(ValueError, match="numerics must be"):
+        Recorded("r", {}, {}, numerics="exact")

@@ -10,7 +10,15 @@ Every registered recipe module defines two module-level values next to its ``Con
   the dict that ``run(config)`` returns, and the figures as recorded, per seed.
 
 ``reproduce`` reruns exactly those configurations (for the recorded seeds, or the seeds asked
-for) and prints each figure as recorded beside the new one and their difference. With
+for) and prints each figure as recorded beside the new one and their difference.
+
+Some figures move with the CPU they were computed on: a run whose baselines forget most of what
+they learned (fine-tuning on permuted Fashion-MNIST) amplifies the last-bit differences between
+the SIMD kernels torch and MKL pick for one CPU and another into points of accuracy. A result
+recorded with ``numerics="portable"`` was run under :data:`PORTABLE_NUMERICS` (torch's and
+oneDNN's kernels without CPU-specific vector code, MKL in its conditional-reproducibility mode,
+one thread), which every x86-64 CPU computes alike; ``hyperloom reproduce`` reruns such a result
+in a child process under the same settings (they must be set before torch starts). With
 ``smoke=True`` it runs the first recorded configuration with ``SMOKE`` on top, checks that every
 figure the recorded result names is produced, and prints them (the values are not comparable).
 """
@@ -20,7 +28,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 import typing
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
@@ -29,6 +41,26 @@ from typing import Any
 from .config import ArgumentParser
 from .registry import RECIPES, load_recipe
 from .runs import format_table
+
+PORTABLE_NUMERICS: dict[str, str] = {
+    "ATEN_CPU_CAPABILITY": "default",  # torch's own kernels: no AVX2/AVX-512 variants
+    "MKL_CBWR": "COMPATIBLE",  # MKL's BLAS: the same code path (and rounding) on every x86 CPU
+    "ONEDNN_MAX_CPU_ISA": "SSE41",  # oneDNN's kernels (convolutions) capped likewise
+    "OMP_NUM_THREADS": "1",  # one thread: no order of a parallel reduction to vary
+    "MKL_NUM_THREADS": "1",
+}
+"""The environment a ``numerics="portable"`` result is recorded and reproduced under."""
+
+
+def portable_numerics() -> bool:
+    """Whether this process runs under :data:`PORTABLE_NUMERICS` (set before torch started).
+
+    Example:
+        >>> import os
+        >>> portable_numerics() == all(os.environ.get(k) == v for k, v in PORTABLE_NUMERICS.items())
+        True
+    """
+    return all(os.environ.get(k) == v for k, v in PORTABLE_NUMERICS.items())
 
 
 @dataclass(frozen=True)
@@ -43,6 +75,8 @@ class Recorded:
         values: seed -> label -> the figure as recorded in the results page.
         seed_field: the ``Config`` field a seed goes to (a ``tuple`` field gets ``(seed,)``).
         page: the results page that records it.
+        numerics: ``"native"`` (recorded with the kernels this CPU picks) or ``"portable"``
+            (recorded under :data:`PORTABLE_NUMERICS`, reproduced under them too).
 
     Example:
         >>> r = Recorded("tiny", {"epochs": 1}, {"acc": "results.acc"}, {0: {"acc": 90.0}})
@@ -56,8 +90,14 @@ class Recorded:
     values: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
     seed_field: str = "seed"
     page: str = ""
+    numerics: str = "native"
 
     def __post_init__(self) -> None:
+        if self.numerics not in ("native", "portable"):
+            raise ValueError(
+                f"recorded {self.name!r}: numerics must be 'native' or 'portable', "
+                f"got {self.numerics!r}"
+            )
         for seed, figures in self.values.items():
             unknown = sorted(set(figures) - set(self.metrics))
             if unknown:
@@ -190,6 +230,13 @@ def reproduce(
         ]
     rows: list[dict[str, Any]] = []
     for entry, seed, overrides in plans:
+        if seed is not None and entry.numerics == "portable" and not portable_numerics():
+            warnings.warn(
+                f"{name} {entry.name!r} was recorded under PORTABLE_NUMERICS and this process "
+                "runs without them: its figures may differ by CPU (`hyperloom reproduce` "
+                "sets them for you)",
+                stacklevel=2,
+            )
         config = _config(module, overrides, entry.seed_field, seed)
         result = module.run(config)
         figures: Mapping[str, float] = entry.values.get(seed, {}) if seed is not None else {}
@@ -234,6 +281,13 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--out", default="runs", help="folder for the run folders (default: runs)")
     args = parser.parse_args(list(argv))
+    if not args.smoke and not portable_numerics():
+        _, recorded = recipe_entries(load_recipe(args.recipe))
+        if any(r.numerics == "portable" for r in recorded if not args.only or r.name in args.only):
+            print(f"rerunning under {PORTABLE_NUMERICS} (the recorded numerics)", flush=True)
+            env = os.environ | PORTABLE_NUMERICS
+            argv = ["-m", "hyperloom", "reproduce", *argv]
+            return subprocess.run([sys.executable, *argv], env=env, check=False).returncode
     reproduce(args.recipe, args.seeds, smoke=args.smoke, only=args.only, out=args.out)
     return 0
 
