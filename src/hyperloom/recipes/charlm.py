@@ -146,7 +146,14 @@ class CharModel(nn.Module):
         self.head = nn.Linear(hidden, vocab)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return self.head(self.rnn(self.embed(tokens))[0])  # (B, T, V)
+        x = self.embed(tokens)  # (B, T, E)
+        if isinstance(self.rnn, nn.LSTM) and torch.is_autocast_enabled("cpu"):
+            # --amp on the CPU: nn.LSTM's oneDNN kernel refuses bf16 here, so it runs in float32
+            with torch.autocast("cpu", enabled=False):
+                h = self.rnn(x.float())[0]
+        else:
+            h = self.rnn(x)[0]
+        return self.head(h)  # (B, T, V)
 
 
 def build_models(config: Config, vocab: int) -> dict[str, CharModel]:

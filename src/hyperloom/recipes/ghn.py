@@ -486,7 +486,10 @@ def _run(config: Config, rt: Runtime) -> dict:
                 if net is None:
                     net = modules[arch] = arch.build(in_shape, classes).to(rt.device)
                 with rt.autocast():  # the loss in float32
-                    logits = call(net, ghn(net), x).float()
+                    # float32 weights: autocast casts them per op, and F.batch_norm refuses bf16
+                    # affine weights with float32 running statistics (no-op without --amp)
+                    weights = {name: w.float() for name, w in ghn(net).items()}
+                    logits = call(net, weights, x).float()
                     loss = loss + F.cross_entropy(logits, y) / config.archs_per_step
                 correct += (logits.argmax(-1) == y).float().mean().item()
             opt.zero_grad(set_to_none=True)
