@@ -433,7 +433,7 @@ def train(
         )
 
     agent = ActorCritic(net(out_dim), net(1), act_space).to(rt.device)
-    if rt.rank > 0:  # the same networks everywhere, each process its own action noise
+    if env_seed != rollout_seed(seed, 0):  # the same networks everywhere; own action noise
         torch.manual_seed(env_seed)
     hyper = [p for n, p in agent.named_parameters() if ".hnet." in n]
     rest = [p for n, p in agent.named_parameters() if ".hnet." not in n]

@@ -39,14 +39,15 @@ method; :func:`plot_clients`); with ``eval_every``, also the mean accuracy along
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
 import random
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +86,8 @@ from .setup import (
     personal_model,
     server_optimizer,
 )
+
+T = TypeVar("T")
 
 # ``hyperloom reproduce federated --smoke``: every method, 4 digit clients (+1 new), 3 rounds.
 SMOKE: dict = {
@@ -248,8 +251,6 @@ def pfedhn_client(
     config: Config,
     rnd: int,
     c: int,
-    *,
-    rt: Runtime | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
     """A pFedHN client's round: train the received (and personal) weights.
 
@@ -261,7 +262,7 @@ def pfedhn_client(
         ``(reply, head)``: the trained received tensors, and pFedHN-PC's trained personal head
         (``None`` without one, or when the round diverged and the client keeps its old head).
     """
-    new = fedavg_client(target, clients, {**sent[c], **personal.get(c, {})}, config, rnd, c, rt=rt)
+    new = fedavg_client(target, clients, {**sent[c], **personal.get(c, {})}, config, rnd, c)
     head = None
     if c in personal and not diverged(new, c, rnd):  # pFedHN-PC: the head stays here
         head = {name: new[name] for name in personal[c]}
@@ -275,32 +276,43 @@ def fedavg_client(
     config: Config,
     rnd: int,
     c: int,
-    *,
-    rt: Runtime | None = None,
 ) -> dict[str, Tensor]:
     """A FedAvg (or local-only) client's round: train the given weights on its data.
 
     It trains a private copy of ``target`` (:func:`~hyperloom.call` swaps tensors into the
-    module it is given, so clients in different threads must not share one), under ``rt``'s
-    autocast when given (entered here: autocast is per thread), the loss in float32.
+    module it is given, so clients in different threads must not share one). The loss is
+    computed in float32 (under autocast too: see :func:`autocast_work`).
     """
     d = clients[c]
-    with rt.autocast() if rt is not None else contextlib.nullcontext():
-        new, _ = train_local(
-            copy.deepcopy(target),
-            weights,
-            d.x_train,
-            d.y_train,
-            steps=config.inner_steps,
-            seed=client_seed(config, rnd, c),
-            loss=_float32_loss,
-            **inner(config),
-        )
+    new, _ = train_local(
+        copy.deepcopy(target),
+        weights,
+        d.x_train,
+        d.y_train,
+        steps=config.inner_steps,
+        seed=client_seed(config, rnd, c),
+        loss=_float32_loss,
+        **inner(config),
+    )
     return new
 
 
 def _float32_loss(out: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(out.float(), y)  # float32 under autocast too
+
+
+def autocast_work(rt: Runtime, work: Callable[[int], T]) -> Callable[[int], T]:
+    """``work(client)`` under ``rt``'s autocast, entered in the thread that runs it.
+
+    Autocast is per thread, and :func:`~hyperloom.federated.collect_replies` runs a client in a
+    worker thread when it has a timeout, so the context is entered by the work itself.
+    """
+
+    def run(c: int) -> T:
+        with rt.autocast():
+            return work(c)
+
+    return run
 
 
 def test_client(
@@ -414,8 +426,8 @@ def _run(config: Config, rt: Runtime) -> dict:
                 if hnet is not None and opt is not None:  # pFedHN: weights out, trained back
                     sent = {c: generated(hnet, task=c) for c in sampled}
 
-                    work = partial(
-                        pfedhn_client, target, clients, sent, personal, config, rnd, rt=rt
+                    work = autocast_work(
+                        rt, partial(pfedhn_client, target, clients, sent, personal, config, rnd)
                     )
                     replies = gathered(
                         rt, sampled, collect_replies(
@@ -447,8 +459,8 @@ def _run(config: Config, rt: Runtime) -> dict:
                         if head is not None:
                             personal[c] = head
                 elif method == "fedavg":  # one global model
-                    train_one = partial(
-                        fedavg_client, target, clients, global_w, config, rnd, rt=rt
+                    train_one = autocast_work(
+                        rt, partial(fedavg_client, target, clients, global_w, config, rnd)
                     )
                     replies = gathered(
                         rt, sampled, collect_replies(
@@ -473,12 +485,12 @@ def _run(config: Config, rt: Runtime) -> dict:
                         )
                 else:  # local only: no server
                     replies = None
-                    trained = rt.merge(
-                        {
-                            c: fedavg_client(target, clients, local_w[c], config, rnd, c, rt=rt)
+                    with rt.autocast():
+                        mine_w = {
+                            c: fedavg_client(target, clients, local_w[c], config, rnd, c)
                             for c in mine
                         }
-                    )
+                    trained = rt.merge(mine_w)
                     for c in sampled:
                         new_w = trained[c]
                         if not diverged(new_w, c, rnd):
