@@ -102,7 +102,8 @@ NAMES = {
 }
 
 
-# ``hyperloom reproduce uncertainty --smoke``: every method for one epoch on the digits.
+# ``hyperloom reproduce uncertainty --smoke``: every method for one epoch on the digits, and 20
+# steps of the regression toy (not the 4,000 of a real run, which took most of this smoke run).
 SMOKE: dict = {
     "dataset": "digits",
     "n_test": 100,
@@ -110,6 +111,7 @@ SMOKE: dict = {
     "epochs": 1,
     "eval_samples": 3,
     "train_samples": 2,
+    "reg_steps": 20,
     "quiet": True,
 }
 
