@@ -547,8 +547,8 @@ def _run(config: Config, rt: Runtime) -> dict:
                 if step == config.finetune_steps:
                     break
                 idx = torch.randint(len(x_train), (config.batch_size,), generator=gb)
-                with rt.autocast():  # every process fine-tunes alike (evaluation, not sharded)
-                    loss = F.cross_entropy(net(x_train[idx]).float(), y_train[idx])
+                # the evaluation's fine-tuning: every process alike, in float32 (not --amp)
+                loss = F.cross_entropy(net(x_train[idx]), y_train[idx])
                 ft.zero_grad(set_to_none=True)
                 loss.backward()
                 ft.step()
