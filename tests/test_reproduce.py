@@ -11,6 +11,7 @@ import pytest
 
 from hyperloom.cli import main
 from hyperloom.recipes import RECIPES, load_recipe
+from hyperloom.recipes import distributed as D
 from hyperloom.recipes.reproduce import Recorded, lookup, recipe_entries, reproduce
 
 
@@ -24,11 +25,24 @@ def test_every_recipe_declares_a_smoke_run_and_its_recorded_results(name):
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
-def test_smoke_run_of_every_recipe(name, tmp_path, capsys):
+def test_smoke_run_of_every_recipe(name, tmp_path, capsys, monkeypatch):
+    """Every recipe's smoke run, under ``--amp=bf16 --device=cpu``: the options every recipe
+    takes (its loop enters the runtime's autocast) run without an extra run per option."""
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
-    _, recorded = recipe_entries(load_recipe(name))
+    module = load_recipe(name)
+    smoke, recorded = recipe_entries(module)
+    monkeypatch.setattr(module, "SMOKE", {**smoke, "amp": "bf16", "device": "cpu"})
+    entered: list[str] = []
+    autocast = D.Runtime.autocast
+
+    def counted(rt):
+        entered.append(rt.amp)
+        return autocast(rt)
+
+    monkeypatch.setattr(D.Runtime, "autocast", counted)
     rows = reproduce(name, smoke=True, out=str(tmp_path))
+    assert entered and set(entered) == {"bf16"}, f"{name}: its loop never entered bf16 autocast"
     # every figure the recorded result names is produced, as a number
     assert [r["metric"] for r in rows] == list(recorded[0].metrics)
     assert all(isinstance(r["new"], float) and not math.isinf(r["new"]) for r in rows)

@@ -46,6 +46,7 @@ from ..functional import call
 from ..generators import ComponentGenerator
 from ..hypernet import HyperNetwork
 from .config import out_field, quiet_field, seed_field
+from .distributed import Runtime, amp_field, device_field, nproc_field, runtime
 from .reproduce import Recorded
 from .runs import (
     make_run_dir,
@@ -108,6 +109,9 @@ class Config:
     seed: int = seed_field("random seed (data split, init, batches)")
     out: str = out_field()
     quiet: bool = quiet_field("print less")
+    device: str = device_field()
+    amp: str = amp_field()
+    nproc: int = nproc_field()
 
 
 # The packaged MiniLM on a tiny budget: 3 training and 2 held-out categories, a few fortunes each,
@@ -261,8 +265,12 @@ def check_config(config: Config) -> None:
 def run(config: Config) -> dict:
     """Train and evaluate every method of ``config.methods`` for one seed; write the run folder."""
     check_config(config)
+    with runtime(device=config.device, amp=config.amp) as rt:
+        return _run(config, rt)
+
+
+def _run(config: Config, rt: Runtime) -> dict:
     torch.manual_seed(config.seed)
-    run_dir = make_run_dir(config.out, "adapters")
     start = time.perf_counter()
     say = (lambda *a: None) if config.quiet else print
     model, tok = ad.load_encoder(None if config.model == "minilm" else config.model)
@@ -289,6 +297,8 @@ def run(config: Config) -> dict:
     task_text = [ad.task_description(cats[a], cats[b]) for a, b in train_tasks + heldout_tasks]
     task_emb = ad.embed_texts(model, tok, task_text)  # (T_train + T_held, H)
     frozen = {s: ad.embed_texts(model, tok, texts[s], max_length=config.max_length) for s in texts}
+    model.to(rt.device)  # the embeddings above were made on the CPU; training happens here
+    tokens, class_emb, task_emb, frozen = rt.move((tokens, class_emb, task_emb, frozen))
     say(
         f"data ready in {time.perf_counter() - start:.0f}s: {len(train_tasks)} training tasks, "
         f"{len(heldout_tasks)} held-out tasks"
@@ -324,7 +334,7 @@ def run(config: Config) -> dict:
             else [list(range(len(train_tasks)))]
         )
         for group in groups:
-            scale = nn.Parameter(torch.tensor(config.init_scale))
+            scale = nn.Parameter(torch.tensor(config.init_scale, device=rt.device))
             net: nn.Module
             if method == "hnet":
                 conditioner = (
@@ -375,9 +385,15 @@ def run(config: Config) -> dict:
                     torch.randint(0, len(group), (config.batch_size,), generator=gen)
                 ]
                 batch, pairs, labels = batch_rows(task_ids, "train")
-                loss = F.cross_entropy(logits(encode(batch, task_ids), pairs, scale), labels)
+                mine = rt.part(torch.arange(len(task_ids)))  # this process's rows
+                batch = {k: v[mine] for k, v in batch.items()}
+                pairs, labels, task_ids = rt.move((pairs[mine], labels[mine], task_ids[mine]))
+                with rt.autocast():  # the loss in float32
+                    out = logits(encode(batch, task_ids), pairs, scale).float()
+                    loss = F.cross_entropy(out, labels)
                 opt.zero_grad()
                 loss.backward()
+                rt.sync_grads(params)  # data-parallel: the mean over processes
                 opt.step()
                 if step % 50 == 0 or step == steps - 1:
                     say(
@@ -399,6 +415,7 @@ def run(config: Config) -> dict:
         for t, (a, b) in enumerate(tasks):
             seen = t < len(train_tasks)
             idx, labels = _task_examples(offsets[evaluated], counts[evaluated], a, b)
+            labels = labels.to(rt.device)
             batch, pairs = _rows(tokens[evaluated], idx), torch.tensor([[a, b]] * len(idx))
             preds: dict[str, Tensor] = {}
             for method in config.methods:
@@ -419,7 +436,7 @@ def run(config: Config) -> dict:
                     ctx = (
                         {"description": task_emb[t]}
                         if config.conditioning == "description"
-                        else {"task": torch.tensor(t)}
+                        else {"task": torch.tensor(t, device=rt.device)}
                     )
                     out = call(lora, hnet.generate(**ctx), **batch)
                 else:
@@ -463,6 +480,9 @@ def run(config: Config) -> dict:
                     "train_seconds": trained[method]["seconds"] if method in trained else 0.0,
                 }
             )
+    if not rt.is_main:  # rank 0 alone writes the run folder
+        return {"summary": summary, "per_task": rows}
+    run_dir = make_run_dir(config.out, "adapters")
     if "hnet" in trained and config.conditioning == "description" and heldout_tasks:
         t = len(train_tasks)
         factors = trained["hnet"]["net"].generate(description=task_emb[t])
@@ -498,7 +518,8 @@ def _task_examples(offsets: Tensor, counts: list[int], a: int, b: int) -> tuple[
 
 def _fit_linear_head(x: Tensor, y: Tensor, config: Config) -> nn.Linear:
     """Logistic regression ``(N, H) -> 2`` on frozen embeddings (full batch, Adam)."""
-    head = nn.Linear(x.shape[1], 2)
+    head = nn.Linear(x.shape[1], 2).to(x.device)
+    y = y.to(x.device)
     opt = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
     with torch.enable_grad():
         for _ in range(config.head_steps):

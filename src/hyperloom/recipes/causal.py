@@ -54,6 +54,7 @@ from ..causal import (
 )
 from ..generators import ChunkedGenerator, FlatGenerator, GeneratorFactory, HeadsGenerator
 from .config import out_field, quiet_field, seed_field
+from .distributed import Runtime, amp_field, device_field, nproc_field, runtime
 from .reproduce import Recorded
 from .runs import (
     Stopwatch,
@@ -146,6 +147,9 @@ class Config:
     )
     out: str = out_field()
     quiet: bool = quiet_field()
+    device: str = device_field()
+    amp: str = amp_field()
+    nproc: int = nproc_field()
 
 
 # ``hyperloom reproduce causal --smoke``: every learner (plain and HyperITE) and both econml
@@ -380,7 +384,11 @@ def load_runs(folders: tuple[str, ...]) -> tuple[list[dict], dict[str, int]]:
 
 def run(config: Config) -> dict:
     check_config(config)
-    run_dir = make_run_dir(config.out, "causal")
+    with runtime(device=config.device, amp=config.amp) as rt:
+        return _run(config, rt)
+
+
+def _run(config: Config, rt: Runtime) -> dict:
     seeds = list(range(config.seed, config.seed + config.repeats))
     rows: list[dict] = []
     params: dict[str, int] = {}
@@ -399,6 +407,7 @@ def run(config: Config) -> dict:
             y_mean, y_std = data.y[in_sample].mean(), data.y[in_sample].std()
             y = (data.y - y_mean) / y_std
             ite = data.ite
+            xd, td, yd = rt.move((x, data.t, y))  # the neural learners' copies on the device
 
             # One model per learner and version, all trained in the loop below.
             models: dict[str, nn.Module] = {}
@@ -414,7 +423,7 @@ def run(config: Config) -> dict:
                         head=config.head,
                         emb_dim=config.s_emb_dim if name == "s" else config.emb_dim,
                         generator=make_generator(config) if hyper else None,
-                    )
+                    ).to(rt.device)
                     params[label] = count_trainable(models[label])
             hyper_lr = config.lr if config.hyper_lr is None else config.hyper_lr
             opts = {
@@ -434,17 +443,19 @@ def run(config: Config) -> dict:
                 for epoch in progress(range(1, config.epochs + 1), quiet=config.quiet, desc=desc):
                     if not active:
                         break
-                    for idx in train[torch.randperm(len(train), generator=g)].split(
-                        config.batch_size
-                    ):
+                    order = train[torch.randperm(len(train), generator=g)]
+                    for idx in rt.shard(order.split(config.batch_size)):  # this process's part
                         for k in active:
-                            loss = factual_loss(models[k](x[idx]), data.t[idx], y[idx])
+                            with rt.autocast():  # the loss in float32
+                                po = models[k](xd[idx]).float()
+                                loss = factual_loss(po, td[idx], yd[idx])
                             opts[k].zero_grad(set_to_none=True)
                             loss.backward()
+                            rt.sync_grads(opts[k])  # data-parallel: the mean over processes
                             opts[k].step()
                     with torch.no_grad():  # early stopping on the factual validation loss
-                        for k in sorted(active):
-                            v = float(factual_loss(models[k](x[val]), data.t[val], y[val]))
+                        for k in sorted(active):  # every process: the parameters are equal
+                            v = float(factual_loss(models[k](xd[val]), td[val], yd[val]))
                             if v < best[k][0]:
                                 best[k] = (v, epoch, copy.deepcopy(models[k].state_dict()))
                                 waiting[k] = 0
@@ -457,7 +468,7 @@ def run(config: Config) -> dict:
             for k, m in models.items():
                 m.load_state_dict(best[k][2])
                 with torch.no_grad():
-                    tau = effects(m(x)) * y_std  # (n,) back on the outcome's scale
+                    tau = effects(m(xd)).cpu() * y_std  # (n,) back on the outcome's scale
                 rows.append(
                     _row(instance, seed, k, tau, ite, in_sample, test)
                     | {"val_mse": best[k][0], "best_epoch": best[k][1]}
@@ -495,6 +506,9 @@ def run(config: Config) -> dict:
         "summary": summary,
         "minutes": minutes,
     }
+    if not rt.is_main:  # rank 0 alone prints and writes the run folder
+        return results
+    run_dir = make_run_dir(config.out, "causal")
     n = len(instances)
     print(f"\nACIC 2016, {n} instance(s), seeds {seeds}: sqrt(PEHE) and |ATE error|, mean over")
     print("instances; mean ± std over seeds")

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ..architectures import HyperLSTM
 from .config import out_field, quiet_field, seed_field
+from .distributed import Runtime, amp_field, device_field, nproc_field, runtime
 from .reproduce import Recorded
 from .runs import count_trainable, make_run_dir, progress, write_results
 
@@ -108,6 +109,9 @@ class Config:
     seed: int = seed_field()
     out: str = out_field()
     quiet: bool = quiet_field()
+    device: str = device_field()
+    amp: str = amp_field()
+    nproc: int = nproc_field()
 
 
 def read_corpus(text: str) -> list[str]:
@@ -142,7 +146,14 @@ class CharModel(nn.Module):
         self.head = nn.Linear(hidden, vocab)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return self.head(self.rnn(self.embed(tokens))[0])  # (B, T, V)
+        x = self.embed(tokens)  # (B, T, E)
+        if isinstance(self.rnn, nn.LSTM) and torch.is_autocast_enabled("cpu"):
+            # --amp on the CPU: nn.LSTM's oneDNN kernel refuses bf16 here, so it runs in float32
+            with torch.autocast("cpu", enabled=False):
+                h = self.rnn(x.float())[0]
+        else:
+            h = self.rnn(x)[0]
+        return self.head(h)  # (B, T, V)
 
 
 def build_models(config: Config, vocab: int) -> dict[str, CharModel]:
@@ -195,17 +206,23 @@ def sample(model: CharModel, chars: list[str], prompt: str, length: int, seed: i
     g = torch.Generator().manual_seed(seed)
     index = {c: i for i, c in enumerate(chars)}
     tokens = [index[c] for c in prompt if c in index]
+    device = model.head.weight.device
     for _ in range(length):
-        logits = model(torch.tensor([tokens[-64:]]))[0, -1] / 0.8
-        tokens.append(int(torch.multinomial(logits.softmax(-1), 1, generator=g)))
+        logits = model(torch.tensor([tokens[-64:]], device=device))[0, -1] / 0.8
+        tokens.append(int(torch.multinomial(logits.softmax(-1).cpu(), 1, generator=g)))
     model.train()
     return "".join(chars[t] for t in tokens)
 
 
 def run(config: Config) -> dict:
-    torch.manual_seed(config.seed)
     if config.seq_len < 2 or config.steps < 1 or config.eval_every < 1:
         raise ValueError("seq_len must be >= 2 and steps, eval_every >= 1")
+    with runtime(device=config.device, amp=config.amp) as rt:
+        return _run(config, rt)
+
+
+def _run(config: Config, rt: Runtime) -> dict:
+    torch.manual_seed(config.seed)
     docs = read_corpus(config.text)
     random.Random(config.seed).shuffle(docs)
     n_val = max(1, round(config.val_fraction * len(docs)))
@@ -222,12 +239,13 @@ def run(config: Config) -> dict:
     val_windows = val[: n_win * T + 1].unfold(0, T + 1, T)  # (n_win, T + 1), overlapping by 1
     g = torch.Generator().manual_seed(config.seed)
     eval_windows = val_windows[torch.randperm(n_win, generator=g)[: config.eval_windows]]
+    train, val_windows, eval_windows = rt.move((train, val_windows, eval_windows))
     print(
         f"corpus: {config.text}, {len(docs):,} documents, {len(train):,} train / "
         f"{len(val):,} validation characters, vocabulary {len(chars)}"
     )
 
-    models = build_models(config, len(chars))
+    models = {n: m.to(rt.device) for n, m in build_models(config, len(chars)).items()}
     names = list(MODELS) if config.models == "both" else [config.models]
     params = {n: count_trainable(m) for n, m in models.items()}
     opts = {n: torch.optim.Adam(models[n].parameters(), lr=config.lr) for n in names}
@@ -235,7 +253,6 @@ def run(config: Config) -> dict:
     def lr_at(step: int) -> float:  # cosine from lr to lr / 10
         return config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / config.steps)))
 
-    run_dir = make_run_dir(config.out, "charlm")
     curves: list[dict] = []
     step_seconds: dict[str, list[float]] = {n: [] for n in names}
     train_bpc: dict[str, list[float]] = {n: [] for n in names}
@@ -243,19 +260,22 @@ def run(config: Config) -> dict:
     for step in progress(range(1, config.steps + 1), quiet=config.quiet, desc="charlm"):
         starts = torch.randint(0, len(train) - T - 1, (config.batch_size,), generator=g)
         batch = torch.stack([train[s : s + T + 1] for s in starts.tolist()])  # (B, T + 1)
+        batch = batch[rt.part(torch.arange(len(batch)))]  # this process's windows
         for name in names:  # the same minibatch for every model
             model, opt = models[name], opts[name]
             for group in opt.param_groups:
                 group["lr"] = lr_at(step - 1)
             t0 = time.perf_counter()
-            logits = model(batch[:, :-1])  # (B, T, V)
-            loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+            with rt.autocast():  # the loss in float32
+                logits = model(batch[:, :-1]).float()  # (B, T, V)
+                loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            rt.sync_grads(opt)  # data-parallel: the mean over processes, then clipped
             nn.utils.clip_grad_norm_(model.parameters(), config.clip)
             opt.step()
             step_seconds[name].append(time.perf_counter() - t0)
-            train_bpc[name].append(loss.item() / math.log(2))
+            train_bpc[name].append(rt.average(loss.item()) / math.log(2))
         if step % config.eval_every == 0 or step == config.steps:
             for name in names:
                 recent = train_bpc[name][-config.eval_every :]
@@ -288,6 +308,9 @@ def run(config: Config) -> dict:
         ratio = statistics.median(step_seconds[names[0]]) / statistics.median(
             step_seconds[names[1]]
         )
+    if not rt.is_main:  # rank 0 alone samples, prints and writes the run folder
+        return {"results": rows, "curves": curves}
+    run_dir = make_run_dir(config.out, "charlm")
     prompt = "The "
     samples = {n: sample(models[n], chars, prompt, config.sample_chars, config.seed) for n in names}
     (run_dir / "samples.txt").write_text("".join(f"==== {n}\n{s}\n\n" for n, s in samples.items()))

@@ -264,6 +264,34 @@ class Runtime:
                 else:
                     p.grad.copy_(part)
 
+    def split(self, items: Sequence[T]) -> list[T]:
+        """This process's share of ``items`` (clients of a round): every item to exactly one
+        process, round-robin, none left out (unlike :meth:`shard`, which cuts batches).
+
+        Example:
+            >>> Runtime(torch.device("cpu"), rank=1, world_size=2).split([7, 3, 5, 9, 4])
+            [3, 9]
+        """
+        return list(items[self.rank :: self.world_size])
+
+    def merge(self, part: dict[Any, T]) -> dict[Any, T]:
+        """The union of every process's ``part`` (the replies of the items each took), on every
+        process: one ``all_gather_object`` (pickled, so tensors travel as they are). Keys are in
+        rank order; with one process ``part`` is returned as it is.
+
+        Example:
+            >>> Runtime(torch.device("cpu")).merge({3: "reply"})
+            {3: 'reply'}
+        """
+        if self.world_size == 1:
+            return part
+        gathered: list[dict[Any, T] | None] = [None] * self.world_size
+        dist.all_gather_object(gathered, part)
+        merged: dict[Any, T] = {}
+        for piece in gathered:
+            merged.update(piece or {})
+        return merged
+
     def average(self, value: float) -> float:
         """The mean of ``value`` over the processes (a logged loss: every slice's, not rank 0's).
 

@@ -52,6 +52,7 @@ from ..architectures import GraphHyperNetwork
 from ..data import load_dataset
 from ..functional import call
 from .config import data_dir_field, dataset_field
+from .distributed import Runtime, amp_field, device_field, nproc_field, runtime
 from .reproduce import Recorded
 from .runs import (
     Stopwatch,
@@ -367,6 +368,9 @@ class Config:
     out: str = field(default="runs", metadata={"help": "folder for the run folder"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
     seed: int = field(default=0, metadata={"help": "seed of sampling, minibatches and inits"})
+    device: str = device_field()
+    amp: str = amp_field()
+    nproc: int = nproc_field()
 
 
 @torch.no_grad()
@@ -411,6 +415,11 @@ def run(config: Config) -> dict:
         raise ValueError(
             f"warmup and ema must be in [0, 1); got warmup={config.warmup}, ema={config.ema}"
         )
+    with runtime(device=config.device, amp=config.amp) as rt:
+        return _run(config, rt)
+
+
+def _run(config: Config, rt: Runtime) -> dict:
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     data = load_dataset(config.dataset, config.data_dir)
@@ -424,11 +433,11 @@ def run(config: Config) -> dict:
     if config.eval_images is not None:
         x_eval, y_eval = x_eval[: config.eval_images], y_eval[: config.eval_images]
     in_shape, classes = data.input_shape, data.num_classes
+    x_train, y_train, x_eval, y_eval = rt.move((x_train, y_train, x_eval, y_eval))
     print(
         f"data: {data.name}, {len(x_train):,} training images, {len(x_eval):,} "
         f"{config.eval_split} images"
     )
-    run_dir = make_run_dir(config.out, "ghn")
     max_width = FAMILY_WIDTHS if config.width_tiling else None
     if config.ghn is None:
         ghn = GraphHyperNetwork(
@@ -444,6 +453,7 @@ def run(config: Config) -> dict:
         )
     else:
         ghn = load_ghn(config.ghn, max_width=max_width)
+    ghn.to(rt.device)
     ghn_params = count_trainable(ghn)  # counted now: the averaged copy evaluated below is frozen
     print(f"GHN: {ghn_params:,} parameters; {ghn.describe().architecture}")
     opt = torch.optim.Adam(ghn.parameters(), lr=config.lr)
@@ -466,6 +476,7 @@ def run(config: Config) -> dict:
     with Stopwatch() as train_time:
         for step in progress(range(1, steps + 1), quiet=config.quiet, desc="GHN"):
             idx = torch.randint(len(x_train), (config.batch_size,), generator=g)
+            idx = rt.part(idx)  # this process's part of the global batch
             x, y = x_train[idx], y_train[idx]
             loss = x.new_zeros(())
             correct = 0.0
@@ -473,12 +484,17 @@ def run(config: Config) -> dict:
                 arch = sample_arch(rng, config.pooling, config.batchnorm)
                 net = modules.get(arch)
                 if net is None:
-                    net = modules[arch] = arch.build(in_shape, classes)
-                logits = call(net, ghn(net), x)
-                loss = loss + F.cross_entropy(logits, y) / config.archs_per_step
+                    net = modules[arch] = arch.build(in_shape, classes).to(rt.device)
+                with rt.autocast():  # the loss in float32
+                    # float32 weights: autocast casts them per op, and F.batch_norm refuses bf16
+                    # affine weights with float32 running statistics (no-op without --amp)
+                    weights = {name: w.float() for name, w in ghn(net).items()}
+                    logits = call(net, weights, x).float()
+                    loss = loss + F.cross_entropy(logits, y) / config.archs_per_step
                 correct += (logits.argmax(-1) == y).float().mean().item()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            rt.sync_grads(opt)  # data-parallel: the mean over processes, then clipped
             torch.nn.utils.clip_grad_norm_(ghn.parameters(), 5.0)
             opt.step()
             sched.step()
@@ -487,8 +503,9 @@ def run(config: Config) -> dict:
                     d = min(config.ema, step / (step + 10))  # short memory at the start
                     for a, p in zip(averaged.parameters(), ghn.parameters(), strict=True):
                         a.lerp_(p, 1.0 - d)
-            running_loss = 0.98 * running_loss + 0.02 * loss.item() if step > 1 else loss.item()
-            acc = 100.0 * correct / config.archs_per_step
+            step_loss = rt.average(loss.item())  # every process's slice, not rank 0's
+            running_loss = 0.98 * running_loss + 0.02 * step_loss if step > 1 else step_loss
+            acc = 100.0 * rt.average(correct) / config.archs_per_step
             running_acc = 0.98 * running_acc + 0.02 * acc if step > 1 else acc
             if step % 100 == 0 or step == config.steps:
                 log.append({"step": step, "loss": running_loss, "train_acc": running_acc})
@@ -512,7 +529,7 @@ def run(config: Config) -> dict:
     x_stats = x_train[:BN_IMAGES]  # the batch-norm statistics of every evaluation
     for arch, group in progress(evaluated, quiet=config.quiet, desc="evaluate"):
         torch.manual_seed(config.seed + 1)
-        random_net = arch.build(in_shape, classes)
+        random_net = arch.build(in_shape, classes).to(rt.device)
         predicted_net = ghn.export(random_net)
         accs: dict[str, float] = {}  # "predicted_0", ..., "random_100"
         for init, net in (("predicted", predicted_net), ("random", random_net)):
@@ -530,6 +547,7 @@ def run(config: Config) -> dict:
                 if step == config.finetune_steps:
                     break
                 idx = torch.randint(len(x_train), (config.batch_size,), generator=gb)
+                # the evaluation's fine-tuning: every process alike, in float32 (not --amp)
                 loss = F.cross_entropy(net(x_train[idx]), y_train[idx])
                 ft.zero_grad(set_to_none=True)
                 loss.backward()
@@ -549,11 +567,12 @@ def run(config: Config) -> dict:
     # with width tiling (which changes nothing within the family's widths: those are copied).
     sweep = []
     if config.sweep:
-        untiled, tiled = load_ghn(ghn), load_ghn(ghn, max_width=FAMILY_WIDTHS)
+        untiled = load_ghn(ghn).to(rt.device)
+        tiled = load_ghn(ghn, max_width=FAMILY_WIDTHS).to(rt.device)
         for axis, value, base in progress(SWEEP, quiet=config.quiet, desc="sweep"):
             arch = replace(base, batchnorm=config.batchnorm)
             torch.manual_seed(config.seed + 1)
-            net = arch.build(in_shape, classes)
+            net = arch.build(in_shape, classes).to(rt.device)
             acc = accuracy(bn_statistics_(untiled.export(net), x_stats), x_eval, y_eval)
             limit = FAMILY_WIDTHS["conv" if arch.kind == "cnn" else "linear"]
             if max(arch.widths + arch.channels) > limit:
@@ -584,6 +603,9 @@ def run(config: Config) -> dict:
         "train_minutes": train_time.seconds / 60,
         "architectures_seen": len(modules),
     }
+    if not rt.is_main:  # rank 0 alone prints and writes the run folder
+        return {"results": rows, "summary": summary}
+    run_dir = make_run_dir(config.out, "ghn")
     write_csv(run_dir / "results.csv", rows)
     write_json(
         run_dir / "results.json",

@@ -62,6 +62,7 @@ from ..pareto import (
     toy_functions,
 )
 from .config import data_dir_field, out_field, quiet_field
+from .distributed import Runtime, amp_field, device_field, nproc_field, runtime
 from .reproduce import Recorded
 from .runs import (
     Stopwatch,
@@ -204,6 +205,9 @@ class Config:
     data_dir: str | None = data_dir_field()
     out: str = out_field()
     quiet: bool = quiet_field()
+    device: str = device_field()
+    amp: str = amp_field()
+    nproc: int = nproc_field()
 
 
 # A few seconds on the synthetic regression toy (no files needed), one seed, the tiny sizes of
@@ -476,18 +480,22 @@ def objective_metrics(data: MultiObjectiveData):
 
 
 def run(config: Config) -> dict:
+    with runtime(device=config.device, amp=config.amp) as rt:
+        return _run(config, rt)
+
+
+def _run(config: Config, rt: Runtime) -> dict:
     config = resolve(config)
     s = settings(config)  # the preset's options, filled
     t_start = time.perf_counter()
-    data = load_data(config)
+    data = rt.move(load_data(config))
     m = data.num_objectives
-    run_dir = make_run_dir(config.out, "pareto")
     in_features = data.x_train[0].numel()
     out_features = 1 if data.kind == "regression" else m * data.num_classes
     metrics = objective_metrics(data)
-    rays = ray_grid(config.rays, m, margin=config.margin)  # (K, m): the per-ray networks' rays
-    sweep = ray_grid(config.eval_rays, m, margin=config.margin)  # (E, m)
-    equal = torch.full((m,), 1.0 / m)
+    rays = ray_grid(config.rays, m, margin=config.margin).to(rt.device)  # (K, m): per-ray nets'
+    sweep = ray_grid(config.eval_rays, m, margin=config.margin).to(rt.device)  # (E, m)
+    equal = torch.full((m,), 1.0 / m, device=rt.device)
     print(
         f"{data.name}: {len(data.x_train):,} training / {len(data.x_test):,} "
         f"{'validation' if config.valid else 'test'} pairs, objectives {data.objectives}, "
@@ -533,20 +541,20 @@ def run(config: Config) -> dict:
                 generated = tuple(f"{n}.*" for n in linears[config.shared_layers :])
                 hnet = HyperNetwork(
                     target, Preference(m, dim=config.pref_dim), generator, generate=generated
-                )
+                ).to(rt.device)
                 models: list[nn.Module] = [hnet]
                 model_rays = [equal]  # unused: PHN draws a new ray every step
                 lr, epochs = s["hnet_lr"], s["phn_epochs"]
 
                 def step_ray(fixed: Tensor) -> Tensor:  # a new preference for every step
                     g = draws  # noqa: B023  (called within this iteration only)
-                    return dirichlet_rays(1, m, alpha=config.alpha, generator=g)[0]
+                    return dirichlet_rays(1, m, alpha=config.alpha, generator=g)[0].to(rt.device)
 
                 def forward(model: nn.Module, x: Tensor, r: Tensor) -> Tensor:
                     return model(x, ray=r)
             else:
                 model_rays = list(rays) if method == "per-ray" else [equal]
-                models = [make_net() for _ in model_rays]
+                models = [make_net().to(rt.device) for _ in model_rays]
                 lr, epochs = s["lr"], s["epochs"]
 
                 def step_ray(fixed: Tensor) -> Tensor:  # each network keeps its own ray
@@ -569,13 +577,15 @@ def run(config: Config) -> dict:
                     opt = torch.optim.Adam([g for g in groups if g["params"]], lr=s["lr"])
                     for _ in progress(range(epochs), quiet=config.quiet, desc=method):
                         order = torch.randperm(len(data.x_train), generator=batches)
-                        for i in range(0, len(order), s["batch_size"]):
-                            idx = order[i : i + s["batch_size"]]
+                        for idx in rt.shard(order.split(s["batch_size"])):  # this process's part
                             x, y = data.x_train[idx], data.y_train[idx]
                             r = step_ray(ray)
-                            loss = scalarize(scalar, losses_of(forward(model, x, r), y), r)
+                            with rt.autocast():  # the losses in float32
+                                out = forward(model, x, r).float()
+                                loss = scalarize(scalar, losses_of(out, y), r)
                             opt.zero_grad(set_to_none=True)
                             loss.backward()
+                            rt.sync_grads(opt)  # data-parallel: the mean over processes
                             opt.step()
                             steps += 1
             seconds = sw.seconds
@@ -626,6 +636,9 @@ def run(config: Config) -> dict:
         f"\n{data.name}, loss {config.loss}, seeds {list(config.seeds)}: hypervolume of the "
         f"losses (ref {s['ref']}; mean ± std over seeds), trainable parameters, seconds"
     )
+    if not rt.is_main:  # rank 0 alone writes the run folder
+        return {"config": asdict(config), "summary": summary, "seeds": per_seed}
+    run_dir = make_run_dir(config.out, "pareto")
     write_results(
         run_dir,
         {

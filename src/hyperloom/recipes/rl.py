@@ -45,6 +45,7 @@ from ..rl import (
     split_observation,
 )
 from .config import out_field, quiet_field, seeds_field
+from .distributed import Runtime, amp_field, device_field, nproc_field, runtime
 from .reproduce import Recorded
 from .runs import (
     Stopwatch,
@@ -182,6 +183,9 @@ class Config:
     )
     out: str = out_field()
     quiet: bool = quiet_field("print only the summary")
+    device: str = device_field()
+    amp: str = amp_field()
+    nproc: int = nproc_field()
 
 
 # ``hyperloom reproduce rl --smoke``: every method on one seed of CartPole with the tiny sizes of
@@ -364,25 +368,48 @@ def draw_contexts(config: Config, seed: int) -> dict[str, np.ndarray]:
     }
 
 
-def train(config: Config, method: str, contexts: dict[str, np.ndarray], seed: int) -> dict:
+def rollout_seed(seed: int, rank: int) -> int:
+    """The training environments' seed of process ``rank``: each process collects its own.
+
+    Example:
+        >>> rollout_seed(2, 0), rollout_seed(2, 1)
+        (2000, 1002000)
+    """
+    return 1000 * seed + 1_000_000 * rank
+
+
+def train(
+    config: Config,
+    method: str,
+    contexts: dict[str, np.ndarray],
+    seed: int,
+    rt: Runtime | None = None,
+) -> dict:
     """Train one actor-critic with PPO and evaluate it on every set of ``contexts``.
+
+    Data-parallel (``rt`` of several processes): every process starts from the same networks,
+    collects its own rollouts (its environments seeded by :func:`rollout_seed`, its actions
+    by its own torch seed) and trains on its own minibatches; the gradients are averaged.
 
     Args:
         config: a resolved :class:`Config`.
         method: ``hyper``, ``concat`` or ``none``.
         contexts: ``{"train": (K, d), <eval set>: (M, d), ...}``.
         seed: seeds the networks, the actions and the environments.
+        rt: where and how to train (``None``: one process on the CPU, full precision).
 
     Returns:
         ``{"final": {set: returns}, "curve": [...], "train_seconds", "env_steps_per_second",
         "train_episodes", "eval_episodes_per_second", "params"}``.
     """
+    rt = rt or Runtime(torch.device("cpu"))
     s = settings(config)
     env_id = s["env_id"]
     dim = len(s["params"])
     torch.manual_seed(seed)
+    env_seed = rollout_seed(seed, rt.rank)
     vec = make_vector_env(
-        env_id, s["params"], contexts["train"], num_envs=s["num_envs"], seed=1000 * seed
+        env_id, s["params"], contexts["train"], num_envs=s["num_envs"], seed=env_seed
     )
     evals = {
         name: make_vector_env(env_id, s["params"], c, fixed=True, seed=0)
@@ -405,7 +432,9 @@ def train(config: Config, method: str, contexts: dict[str, np.ndarray], seed: in
             method, obs_dim, dim, out, hidden=config.hidden, hnet_hidden=config.hnet_hidden
         )
 
-    agent = ActorCritic(net(out_dim), net(1), act_space)
+    agent = ActorCritic(net(out_dim), net(1), act_space).to(rt.device)
+    if env_seed != rollout_seed(seed, 0):  # the same networks everywhere; own action noise
+        torch.manual_seed(env_seed)
     hyper = [p for n, p in agent.named_parameters() if ".hnet." in n]
     rest = [p for n, p in agent.named_parameters() if ".hnet." not in n]
     groups = [{"params": rest, "base_lr": s["lr"]}]
@@ -415,10 +444,11 @@ def train(config: Config, method: str, contexts: dict[str, np.ndarray], seed: in
 
     T, N = s["num_steps"], s["num_envs"]
     updates = max(1, s["steps"] // (T * N))
-    states = torch.zeros(T, N, obs_dim)
-    ctxs = torch.zeros(T, N, dim)
-    actions = torch.zeros((T, N, *act_shape), dtype=torch.float32 if act_shape else torch.long)
-    logps, rewards, dones, values = (torch.zeros(T, N) for _ in range(4))
+    states = torch.zeros(T, N, obs_dim, device=rt.device)
+    ctxs = torch.zeros(T, N, dim, device=rt.device)
+    act_dtype = torch.float32 if act_shape else torch.long
+    actions = torch.zeros((T, N, *act_shape), dtype=act_dtype, device=rt.device)
+    logps, rewards, dones, values = (torch.zeros(T, N, device=rt.device) for _ in range(4))
 
     curve: list[dict] = []
     episode_return = np.zeros(N)
@@ -426,15 +456,15 @@ def train(config: Config, method: str, contexts: dict[str, np.ndarray], seed: in
     step = 0
     next_eval = config.eval_every if config.eval_every else None
     eval_seconds = 0.0
-    obs, _ = vec.reset(seed=1000 * seed)
+    obs, _ = vec.reset(seed=env_seed)
     with Stopwatch() as total:
         for update in range(updates):
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * (1.0 - update / updates)
             # Rollout: every environment, each with its own context, in one forward per step.
             for t in range(T):
-                state, ctx = split_observation(obs, dim)
-                with torch.no_grad():
+                state, ctx = rt.move(split_observation(obs, dim))
+                with torch.no_grad(), rt.autocast():
                     action, logp, _, value = agent.act(state, context=ctx)
                 obs, raw, term, trunc, info = vec.step(agent.env_action(action))
                 episode_return += raw
@@ -445,9 +475,9 @@ def train(config: Config, method: str, contexts: dict[str, np.ndarray], seed: in
                 cut = trunc & ~term
                 if cut.any():  # time limit, not a terminal state: bootstrap from the last state
                     final = np.stack([info["final_obs"][i] for i in np.flatnonzero(cut)])
-                    with torch.no_grad():
-                        s_final, c_final = split_observation(final, dim)
-                        v_final = agent.value(s_final, context=c_final).numpy()
+                    with torch.no_grad(), rt.autocast():
+                        s_final, c_final = rt.move(split_observation(final, dim))
+                        v_final = agent.value(s_final, context=c_final).cpu().numpy()
                     reward[cut] += s["gamma"] * v_final
                 states[t], ctxs[t], actions[t], logps[t], values[t] = (
                     state,
@@ -459,8 +489,8 @@ def train(config: Config, method: str, contexts: dict[str, np.ndarray], seed: in
                 rewards[t] = torch.as_tensor(reward, dtype=torch.float32)
                 dones[t] = torch.as_tensor(term | trunc, dtype=torch.float32)
                 step += N
-            with torch.no_grad():
-                s_last, c_last = split_observation(obs, dim)
+            with torch.no_grad(), rt.autocast():
+                s_last, c_last = rt.move(split_observation(obs, dim))
                 last_value = agent.value(s_last, context=c_last)
             adv, ret = gae(rewards, values, dones, last_value, gamma=s["gamma"], lam=s["lam"])
 
@@ -469,14 +499,16 @@ def train(config: Config, method: str, contexts: dict[str, np.ndarray], seed: in
             b_act = actions.reshape(T * N, *act_shape)
             b_logp, b_adv, b_ret = logps.reshape(-1), adv.reshape(-1), ret.reshape(-1)
             for _ in range(s["epochs"]):
-                for idx in torch.randperm(T * N).split(s["minibatch"]):
-                    loss, stats = ppo_loss(
-                        agent, b_state[idx], b_act[idx], b_logp[idx], b_adv[idx], b_ret[idx],
-                        context=b_ctx[idx], clip=config.clip, vf_coef=config.vf_coef,
-                        ent_coef=s["ent_coef"],
-                    )  # fmt: skip
+                for idx in torch.randperm(T * N).split(s["minibatch"]):  # this process's rollout
+                    with rt.autocast():  # log-probabilities and values in float32 (ActorCritic)
+                        loss, stats = ppo_loss(
+                            agent, b_state[idx], b_act[idx], b_logp[idx], b_adv[idx], b_ret[idx],
+                            context=b_ctx[idx], clip=config.clip, vf_coef=config.vf_coef,
+                            ent_coef=s["ent_coef"],
+                        )  # fmt: skip
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    rt.sync_grads(opt)  # data-parallel: the mean over processes, then clipped
                     torch.nn.utils.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
                     opt.step()
 
@@ -521,8 +553,12 @@ def _evaluate_sets(agent: ActorCritic, evals: dict, dim: int, seed: int) -> dict
 
 
 def run(config: Config) -> dict:
+    with runtime(device=config.device, amp=config.amp) as rt:
+        return _run(config, rt)
+
+
+def _run(config: Config, rt: Runtime) -> dict:
     config = resolve(config)
-    run_dir = make_run_dir(config.out, "rl")
     print(
         f"rl: {PRESETS[config.env]['env_id']}, context = log2 scale of {config.params}, "
         f"methods {config.methods}, seeds {config.seeds}, {settings(config)['steps']:,} steps each"
@@ -532,7 +568,7 @@ def run(config: Config) -> dict:
     for seed in config.seeds:
         contexts = draw_contexts(config, seed)
         for method in config.methods:
-            result = train(config, method, contexts, seed)
+            result = train(config, method, contexts, seed, rt)
             runs[f"{method}/{seed}"] = result
             row = {"method": method, "seed": seed}
             row.update({s: float(np.mean(result["final"][s])) for s in SETS})
@@ -556,6 +592,9 @@ def run(config: Config) -> dict:
             for s in config.seeds
         },
     }
+    if not rt.is_main:  # rank 0 alone writes the run folder
+        return results
+    run_dir = make_run_dir(config.out, "rl")
     write_results(
         run_dir,
         results,

@@ -86,6 +86,7 @@ from ..uncertainty import (
     summarize_regression,
 )
 from .config import data_dir_field, dataset_field, out_field, quiet_field, seed_field
+from .distributed import Runtime, amp_field, device_field, nproc_field, runtime
 from .reproduce import Recorded
 from .runs import count_trainable, make_run_dir, progress, write_json, write_results
 
@@ -101,7 +102,8 @@ NAMES = {
 }
 
 
-# ``hyperloom reproduce uncertainty --smoke``: every method for one epoch on the digits.
+# ``hyperloom reproduce uncertainty --smoke``: every method for one epoch on the digits, and 20
+# steps of the regression toy (not the 4,000 of a real run, which took most of this smoke run).
 SMOKE: dict = {
     "dataset": "digits",
     "n_test": 100,
@@ -109,6 +111,7 @@ SMOKE: dict = {
     "epochs": 1,
     "eval_samples": 3,
     "train_samples": 2,
+    "reg_steps": 20,
     "quiet": True,
 }
 
@@ -268,6 +271,9 @@ class Config:
     seed: int = seed_field()
     out: str = out_field()
     quiet: bool = quiet_field()
+    device: str = device_field()
+    amp: str = amp_field()
+    nproc: int = nproc_field()
 
 
 GAP = (-1.5, 1.5)
@@ -546,21 +552,31 @@ class Model:
 
 
 def build_model(
-    key: str, config: Config, *, seed: int, in_features: int, n_out: int, n_data: int, reg: bool
+    key: str,
+    config: Config,
+    *,
+    seed: int,
+    in_features: int,
+    n_out: int,
+    n_data: int,
+    reg: bool,
+    device: torch.device | None = None,
 ) -> Model:
     """The model of method ``key`` (one of :data:`METHODS`) for classification or the toy.
 
     Each method's initialisation comes from its own seed, ``1000 seed + 10 index + reg``,
-    whatever else runs. ``n_data`` (training examples) scales the variational KL term.
+    whatever else runs (on the CPU, then moved to ``device``). ``n_data`` (training examples)
+    scales the variational KL term. Losses are computed in float32 (under autocast too).
     """
 
     def make(dropout: float = 0.0) -> nn.Sequential:
         if reg:
-            return mlp(1, config.reg_hidden, 1, dropout)
-        return mlp(in_features, config.hidden, n_out, dropout)
+            return mlp(1, config.reg_hidden, 1, dropout).to(device)
+        return mlp(in_features, config.hidden, n_out, dropout).to(device)
 
     def data_loss(out: Tensor, y: Tensor) -> Tensor:
         # out: (K, B, n_out); the mean over members of each member's loss
+        out = out.float()
         if reg:
             return F.mse_loss(out, y.expand_as(out))
         return F.cross_entropy(out.flatten(0, 1), y.repeat(out.shape[0]))
@@ -599,19 +615,21 @@ def build_model(
             sum(p.numel() for p in stacked.values()),
         )
     # "hypernet" or "variational": weights drawn from G(z)
-    hnets = noise_hypernets(make(), config)
+    hnets = [h.to(device) for h in noise_hypernets(make(), config)]
     post = GaussianPosterior(config.z_dim * len(hnets)) if key == "variational" else None
+    if post is not None:
+        post.to(device)
 
     def hnet_loss(x: Tensor, y: Tensor) -> Tensor:
         k = config.train_samples
         z = post.rsample(k) if post is not None else None
         ws = draw_weights(hnets, k, z=z)  # {name: (K, *shape)}
-        out = sample_outputs(hnets[0].target, ws, x)  # (K, B, n_out)
+        out = sample_outputs(hnets[0].target, ws, x).float()  # (K, B, n_out)
         fit = mixture_nll(out, y) if config.fit == "mixture" and not reg else data_loss(out, y)
         if post is not None:
             return elbo_loss(fit, post.kl(), n_data, kl_weight=config.kl_weight)
         spread = (
-            flatten_weights(ws)
+            flatten_weights(ws).float()
             if config.diversity_space == "weights"
             else (out if reg else out.log_softmax(-1)).flatten(1)
         )
@@ -619,7 +637,9 @@ def build_model(
 
     def hnet_predict(x: Tensor, k: int) -> Tensor:
         g = torch.Generator().manual_seed(10_000 + seed)  # the same k nets each call
-        z = None if post is None else post.mean + post.std * torch.randn(k, post.dim, generator=g)
+        z = None
+        if post is not None:
+            z = post.mean + post.std * torch.randn(k, post.dim, generator=g).to(post.mean.device)
         return sample_outputs(hnets[0].target, draw_weights(hnets, k, z=z, generator=g), x)
 
     params = hypernet_parameters(hnets) + (list(post.parameters()) if post else [])
@@ -678,7 +698,7 @@ def evaluate_regression(
 
     The noise variance is the model's training residual variance.
     """
-    x_grid = torch.linspace(-6, 6, 241)[:, None]  # (241, 1)
+    x_grid = torch.linspace(-6, 6, 241, device=train[0].device)[:, None]  # (241, 1)
     fit = m.predict(train[0], k)  # (K, n, 1)
     noise_var = (fit.mean(0) - train[1]).pow(2).mean()  # residual variance
     on_test = summarize_regression(m.predict(test[0], k), noise_var)
@@ -744,13 +764,19 @@ def check_config(config: Config) -> None:
 
 def run(config: Config) -> dict:
     check_config(config)
+    with runtime(device=config.device, amp=config.amp) as rt:
+        return _run(config, rt)
+
+
+def _run(config: Config, rt: Runtime) -> dict:
     data, (x_val, y_val), x_ood, ood_what = load_problem(config)
+    data, x_val, y_val, x_ood = rt.move((data, x_val, y_val, x_ood))
     n_train, in_features = len(data.y_train), data.x_train[0].numel()
     print(
         f"data: {data.name}, {n_train:,} train / {len(y_val):,} validation / "
         f"{len(data.y_test):,} test images, {data.num_classes} classes; OOD: {ood_what}"
     )
-    run_dir = make_run_dir(config.out, "uncertainty")
+    run_dir = make_run_dir(config.out, "uncertainty") if rt.is_main else None  # rank 0 writes
     per_seed: list[dict] = []
     diagrams: dict[str, dict] = {}
     reg_curves: dict[str, dict] = {}
@@ -759,7 +785,7 @@ def run(config: Config) -> dict:
     for seed in range(config.seed, config.seed + config.repeats):
         torch.manual_seed(seed)
         g_data = torch.Generator().manual_seed(seed)
-        x_reg, y_reg = regression_toy(config.reg_points, config.reg_noise, g_data)
+        x_reg, y_reg = rt.move(regression_toy(config.reg_points, config.reg_noise, g_data))
 
         # ---- The models, one per method and problem; Adam for each ---------------------------
         models: dict[tuple[str, str], Model] = {}
@@ -770,7 +796,7 @@ def run(config: Config) -> dict:
             for key in config.methods:
                 models[task, NAMES[key]] = build_model(
                     key, config, seed=seed, in_features=in_features, n_out=n_out,
-                    n_data=n_data, reg=task == "reg",
+                    n_data=n_data, reg=task == "reg", device=rt.device,
                 )  # fmt: skip
         torch.manual_seed(seed)
         opts = {which: torch.optim.Adam(m.params, lr=config.lr) for which, m in models.items()}
@@ -789,23 +815,27 @@ def run(config: Config) -> dict:
                 if i == 0:
                     order = torch.randperm(n_train, generator=g_data)
                 idx = order[i * config.batch_size : (i + 1) * config.batch_size]
-                batch["cls"] = (data.x_train[idx], data.y_train[idx])
+                for mine in rt.shard([idx]):  # this process's part (none: too small to share)
+                    batch["cls"] = (data.x_train[mine], data.y_train[mine])
             if step < config.reg_steps:
-                batch["reg"] = (x_reg, y_reg)
+                mine = rt.part(torch.arange(len(x_reg)))  # the full batch, shared out
+                batch["reg"] = (x_reg[mine], y_reg[mine])
             for which, m in models.items():
                 if which[0] not in batch:
                     continue
                 t0 = time.perf_counter()
-                loss = m.loss(*batch[which[0]])
+                with rt.autocast():
+                    loss = m.loss(*batch[which[0]])
                 opts[which].zero_grad(set_to_none=True)
                 loss.backward()
+                rt.sync_grads(opts[which])  # data-parallel: the mean over processes
                 opts[which].step()
                 seconds[which] += time.perf_counter() - t0
 
         # ---- Evaluation: the same metrics for every method ----------------------------------
         rows: dict[str, dict] = {}
         g_eval = torch.Generator().manual_seed(20_000 + seed)
-        test_reg = regression_toy(1000, config.reg_noise, g_eval)
+        test_reg = rt.move(regression_toy(1000, config.reg_noise, g_eval))
         for (task, name), m in models.items():
             k = member_count(name, config)
             if task == "cls":
@@ -820,10 +850,13 @@ def run(config: Config) -> dict:
                 if seed == config.seed:
                     reg_curves[name], reg_data = curve, (x_reg, y_reg)
         per_seed += rows.values()
-        write_json(run_dir / "results.json", {"config": asdict(config), "per_seed": per_seed})
+        if run_dir is not None:
+            write_json(run_dir / "results.json", {"config": asdict(config), "per_seed": per_seed})
 
     # ---- Report: mean ± std over seeds ------------------------------------------------------
     summary, table = summarize(per_seed, validation=len(y_val) > 0)
+    if run_dir is None:  # not rank 0: nothing to write or print
+        return {"summary": summary, "per_seed": per_seed}
     if reg_data is not None:
         plot_regression(reg_curves, *reg_data, run_dir / "regression.png")
     results = {

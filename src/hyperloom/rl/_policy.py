@@ -321,11 +321,11 @@ class ActorCritic(nn.Module):
 
     def value(self, obs: Tensor, *, context: Tensor) -> Tensor:
         """``V(obs; context)``, shape ``(B,)``."""
-        return self.critic(obs, context=context).squeeze(-1)
+        return self.critic(obs, context=context).squeeze(-1).float()  # float32 under autocast
 
     def distribution(self, obs: Tensor, *, context: Tensor) -> Distribution:
         """The policy's action distribution for each row."""
-        out = self.actor(obs, context=context)
+        out = self.actor(obs, context=context).float()  # float32 log-probabilities (autocast)
         if not self.continuous:
             return Categorical(logits=out)
         return Independent(Normal(out, self.log_std.exp().expand_as(out)), 1)

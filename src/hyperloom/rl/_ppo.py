@@ -183,8 +183,9 @@ def evaluate(
     returns = np.zeros(n)
     running = np.ones(n, dtype=bool)
     steps = 0
+    device = next(agent.parameters()).device
     while running.any():
-        state, context = split_observation(obs, context_dim)
+        state, context = (t.to(device) for t in split_observation(obs, context_dim))
         if greedy:
             action = agent.greedy(state, context=context)
         else:

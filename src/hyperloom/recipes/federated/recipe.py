@@ -44,14 +44,18 @@ import math
 import os
 import random
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
+from typing import TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...conditioning import TaskEmbedding
 from ...federated import (
+    Replies,
     check_reply,
     collect_replies,
     embedding_optimizer,
@@ -63,6 +67,7 @@ from ...federated import (
 )
 from ...hypernet import HyperNetwork
 from ...target import select
+from ..distributed import Runtime, runtime
 from ..reproduce import Recorded
 from ..runs import Stopwatch, format_table, make_run_dir, progress, write_csv, write_json
 from .setup import (
@@ -81,6 +86,8 @@ from .setup import (
     personal_model,
     server_optimizer,
 )
+
+T = TypeVar("T")
 
 # ``hyperloom reproduce federated --smoke``: every method, 4 digit clients (+1 new), 3 rounds.
 SMOKE: dict = {
@@ -324,7 +331,8 @@ def fedavg_client(
     """A FedAvg (or local-only) client's round: train the given weights on its data.
 
     It trains a private copy of ``target`` (:func:`~hyperloom.call` swaps tensors into the
-    module it is given, so clients in different threads must not share one).
+    module it is given, so clients in different threads must not share one). The loss is
+    computed in float32 (under autocast too: see :func:`autocast_work`).
     """
     d = clients[c]
     new, _ = train_local(
@@ -334,9 +342,28 @@ def fedavg_client(
         d.y_train,
         steps=config.inner_steps,
         seed=client_seed(config, rnd, c),
+        loss=_float32_loss,
         **inner(config),
     )
     return new
+
+
+def _float32_loss(out: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(out.float(), y)  # float32 under autocast too
+
+
+def autocast_work(rt: Runtime, work: Callable[[int], T]) -> Callable[[int], T]:
+    """``work(client)`` under ``rt``'s autocast, entered in the thread that runs it.
+
+    Autocast is per thread, and :func:`~hyperloom.federated.collect_replies` runs a client in a
+    worker thread when it has a timeout, so the context is entered by the work itself.
+    """
+
+    def run(c: int) -> T:
+        with rt.autocast():
+            return work(c)
+
+    return run
 
 
 def test_client(
@@ -383,9 +410,19 @@ def summarise(method: str, engine: str, accs: list[float], new_accs: list[float]
 
 def run(config: Config) -> dict:
     check_config(config)
+    with runtime(device=config.device, amp=config.amp) as rt:
+        return _run(config, rt)
+
+
+def _run(config: Config, rt: Runtime) -> dict:
+    if rt.distributed and config.engine == "flower":
+        raise ValueError(
+            "engine 'flower' runs its own processes: --nproc and torchrun apply to the "
+            "in-process engine only"
+        )
     clients, num_classes, image_shape = load_clients(config)
+    clients = rt.move(clients)
     n, m, k = config.num_clients, config.new_clients, config.clients_per_round
-    run_dir = make_run_dir(config.out, "federated")
     print(
         f"{config.dataset}, {config.split} split: {n} clients (+{m} new), "
         f"{sum(len(c.y_train) for c in clients):,} train / "
@@ -409,7 +446,7 @@ def run(config: Config) -> dict:
             continue
 
         torch.manual_seed(config.seed)
-        target = lenet_target(num_classes, image_shape)
+        target = lenet_target(num_classes, image_shape).to(rt.device)
         sampler = torch.Generator().manual_seed(config.seed)
         skipped: list[dict] = []
         hnet: HyperNetwork | None = None
@@ -417,6 +454,7 @@ def run(config: Config) -> dict:
         personal: dict[int, dict[str, Tensor]] = {}
         if method.startswith("pfedhn"):
             hnet = build_hypernet(config, target, personal_head=method == "pfedhn-pc")
+            hnet.to(rt.device)
             opt = server_optimizer(config, hnet)
             if method == "pfedhn-pc":
                 personal = {c: personal_weights(target, hnet.spec) for c in range(n + m)}
@@ -431,13 +469,22 @@ def run(config: Config) -> dict:
         with Stopwatch() as sw:
             for rnd in progress(range(1, config.rounds + 1), quiet=config.quiet, desc=method):
                 sampled = torch.randperm(n, generator=sampler)[:k].tolist()
+                # Data-parallel: each process trains its share of the sampled clients; their
+                # replies are gathered on every process, which then applies the same server
+                # update in the same client order (so 2 processes give 1 process's numbers).
+                mine = rt.split(sampled)
+                replies: Replies | None
                 if hnet is not None and opt is not None:  # pFedHN: weights out, trained back
                     sent = {c: generated(hnet, task=c) for c in sampled}
 
-                    work = partial(pfedhn_client, target, clients, sent, personal, config, rnd)
-                    replies = collect_replies(
-                        sampled, work, timeout=config.client_timeout, round_=rnd
+                    work = autocast_work(
+                        rt, partial(pfedhn_client, target, clients, sent, personal, config, rnd)
                     )
+                    replies = gathered(
+                        rt, sampled, collect_replies(
+                            mine, work, timeout=config.client_timeout, round_=rnd
+                        )
+                    )  # fmt: skip
                     for c, (reply, head) in replies.ok.items():
                         trust = config.trust_bound
                         reason = check_reply(hnet.spec, reply, sent=sent[c], trust_bound=trust)
@@ -463,10 +510,14 @@ def run(config: Config) -> dict:
                         if head is not None:
                             personal[c] = head
                 elif method == "fedavg":  # one global model
-                    train_one = partial(fedavg_client, target, clients, global_w, config, rnd)
-                    replies = collect_replies(
-                        sampled, train_one, timeout=config.client_timeout, round_=rnd
+                    train_one = autocast_work(
+                        rt, partial(fedavg_client, target, clients, global_w, config, rnd)
                     )
+                    replies = gathered(
+                        rt, sampled, collect_replies(
+                            mine, train_one, timeout=config.client_timeout, round_=rnd
+                        )
+                    )  # fmt: skip
                     good = {}
                     for c, reply in replies.ok.items():
                         reason = check_reply(
@@ -485,8 +536,14 @@ def run(config: Config) -> dict:
                         )
                 else:  # local only: no server
                     replies = None
+                    with rt.autocast():
+                        mine_w = {
+                            c: fedavg_client(target, clients, local_w[c], config, rnd, c)
+                            for c in mine
+                        }
+                    trained = rt.merge(mine_w)
                     for c in sampled:
-                        new_w = fedavg_client(target, clients, local_w[c], config, rnd, c)
+                        new_w = trained[c]
                         if not diverged(new_w, c, rnd):
                             local_w[c] = new_w
                         else:  # it keeps its model
@@ -573,6 +630,10 @@ def run(config: Config) -> dict:
             results[method]["floats_per_message"] = hnet.spec.numel
 
     order = [mth for mth in METHODS if mth in results]
+    summary = {"config": asdict(config), "results": {mth: results[mth] for mth in order}}
+    if not rt.is_main:  # rank 0 alone prints and writes the run folder
+        return summary
+    run_dir = make_run_dir(config.out, "federated")
     rows = [
         {
             "method": mth,
@@ -585,7 +646,6 @@ def run(config: Config) -> dict:
         }
         for mth in order
     ]
-    summary = {"config": asdict(config), "results": {mth: results[mth] for mth in order}}
     write_json(run_dir / "results.json", summary)
     write_csv(run_dir / "results.csv", rows)
     title = f"{config.dataset}, {n} clients, seed {config.seed}, {config.rounds} rounds"
@@ -595,6 +655,23 @@ def run(config: Config) -> dict:
     print(format_table(rows))
     print(run_dir)
     return summary
+
+
+def gathered(rt: Runtime, sampled: list[int], replies: Replies) -> Replies:
+    """Every process's :class:`~hyperloom.federated.Replies` merged, in ``sampled`` order.
+
+    Each process ran its share of the round's clients (:meth:`Runtime.split`); the union of
+    the accepted replies and of the skipped clients comes back on every process, ordered as the
+    clients were sampled, so the server update that follows is the same everywhere and equal to
+    one process's. With one process ``replies`` is returned as it is.
+    """
+    if not rt.distributed:
+        return replies
+    ok, skipped = rt.merge(replies.ok), rt.merge(replies.skipped)
+    out = Replies()
+    out.ok.update((c, ok[c]) for c in sampled if c in ok)
+    out.skipped.update((c, skipped[c]) for c in sampled if c in skipped)
+    return out
 
 
 def plot_clients(

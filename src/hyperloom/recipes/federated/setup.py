@@ -28,6 +28,7 @@ from ...generators import HeadsGenerator
 from ...hypernet import HyperNetwork
 from ...networks import build_target
 from ..config import check_ranges
+from ..distributed import amp_field, device_field, nproc_field
 
 LOGGER = logging.getLogger("hyperloom.federated")
 
@@ -155,6 +156,9 @@ class Config:
         },
     )
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+    device: str = device_field()
+    amp: str = amp_field()
+    nproc: int = nproc_field()
 
 
 @dataclass(frozen=True)
