@@ -6,6 +6,7 @@ docs/core.md, "Dtypes, autocast, BatchNorm and threads").
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 
@@ -113,6 +114,30 @@ def test_batched_linear_backward_under_autocast():
     assert w.grad.dtype == b.grad.dtype == x.grad.dtype == torch.float32
     ref = torch.ones(4, 2, 3).transpose(1, 2) @ x.detach()
     assert_close(w.grad, ref, rtol=0, atol=_bf16_tolerance(ref, 2))
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("task_statistics", [False, True])
+def test_generated_batchnorm_under_autocast_equals_the_plain_module(training, task_statistics):
+    # A plain module under CPU autocast keeps its BatchNorm affine weights in float32; generated
+    # ones come out bfloat16 and must go in as the module's own would (batch_norm refuses them).
+    torch.manual_seed(0)
+    target = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    hnet = hl.HyperNetwork(
+        target, hl.TaskEmbedding(2, 4), hl.FlatGenerator.factory(), task_statistics=task_statistics
+    )
+    hnet.train(training)
+    x = torch.randn(5, 6)
+    plain = copy.deepcopy(target).train(training)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = hnet(x, task=1)
+        weights = {k: v.detach().float() for k, v in hnet.generate(task=1).items()}
+        plain.load_state_dict(weights, strict=False)  # the generated values, as float32 params
+        ref = plain(x)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    assert_close(out, ref, rtol=0, atol=0)
+    grads = torch.autograd.grad(out.float().sum(), list(hnet.generator.parameters()))
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ def swapped_call(
         )
     training = norm_statistics(target, updated=True)
     work = {n: t.clone() if n in training else t for n, t in homes.items()}
+    weights = autocast_norm_affine(target, weights)
     with SWAP_LOCK:
         out = functional_call(
             target, {**weights, **work}, args, kwargs, tie_weights=True, strict=False
@@ -67,6 +68,35 @@ def swapped_call(
         with torch.no_grad():
             for n in training:
                 homes[n].copy_(work[n])
+    return out
+
+
+def autocast_norm_affine(target: nn.Module, weights: Weights) -> Weights:
+    """``weights`` with generated BatchNorm affine tensors in their statistics' dtype (autocast).
+
+    Under autocast a generator's matmuls give ``bfloat16``/``float16`` weights. A plain module
+    keeps its BatchNorm ``weight``/``bias`` in the dtype of its running statistics (autocast
+    casts only the inputs of its listed ops, and ``batch_norm`` is not one of them), and the
+    CPU's ``batch_norm`` refuses low-precision affine weights beside ``float32`` statistics. So
+    the generated affine weights of a layer that keeps statistics go in in the statistics' dtype,
+    as the module's own would (a lossless cast up; their gradients flow back through it). Outside
+    autocast, or for layers without running statistics, ``weights`` is returned unchanged.
+    """
+    first = next(iter(weights.values()), None)
+    if first is None or not torch.is_autocast_enabled(first.device.type):
+        return weights
+    out = dict(weights)
+    for prefix, m in target.named_modules():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+            continue
+        stats = m._buffers.get("running_mean")
+        if stats is None:
+            continue
+        for local in ("weight", "bias"):
+            name = f"{prefix}.{local}" if prefix else local
+            t = out.get(name)
+            if t is not None and t.dtype != stats.dtype:
+                out[name] = t.to(stats.dtype)
     return out
 
 
