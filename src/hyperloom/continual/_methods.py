@@ -505,8 +505,9 @@ def infer_task(
         ...                        [[5.0, 0.0], [0.0, 0.0]]])   # task 1: sure, unsure
         >>> infer_task(logits).tolist()
         [1, 0]
-        >>> infer_task(logits, temperature=torch.tensor([1.0, 10.0])).tolist()
-        [0, 0]
+        >>> z = torch.tensor([[[4.0, 0.0]], [[6.0, 0.0]]])  # one image; task 1 is surer...
+        >>> infer_task(z, temperature=torch.tensor([1.0, 3.0])).tolist()  # ...until cooled
+        [0]
         >>> sure = torch.tensor([[[150.0, 0.0]], [[300.0, 0.0]]])  # both entropies underflow
         >>> infer_task(sure).tolist(), infer_task(sure, rule="log-entropy").tolist()
         ([0], [1])
