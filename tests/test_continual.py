@@ -13,8 +13,10 @@ import hyperloom as hl
 from hyperloom.continual import (
     factored_output_regularizer,
     fisher_diagonal,
+    fit_temperature,
     generate_tasks,
     infer_task,
+    log_predictive_entropy,
     lookahead_delta,
     output_regularizer,
     predictive_entropy,
@@ -316,6 +318,48 @@ def test_infer_task_picks_lowest_entropy():
         infer_task(logits[0])
 
 
+def test_log_predictive_entropy_is_the_log_of_the_entropy_and_orders_underflows():
+    torch.manual_seed(0)
+    logits = 4 * torch.randn(50, 3, dtype=torch.float64)
+    torch.testing.assert_close(
+        log_predictive_entropy(logits), predictive_entropy(logits).log(), rtol=1e-9, atol=1e-9
+    )
+    # float32 entropies of margins 120, 200, 300 all underflow to 0; in log space, -log H is
+    # the margin minus log(1 + margin) (the 2-class entropy is e^-m (1 + m) to first order)
+    margins = torch.tensor([120.0, 200.0, 300.0])
+    sure = torch.stack([margins, torch.zeros(3)], dim=1)
+    assert predictive_entropy(sure).tolist() == [0.0, 0.0, 0.0]
+    expected = -margins + torch.log1p(margins)
+    torch.testing.assert_close(log_predictive_entropy(sure), expected)
+    with pytest.raises(ValueError, match=r"\(4, 1\)"):
+        log_predictive_entropy(torch.zeros(4, 1))
+
+
+def test_infer_task_rules_and_temperatures():
+    sure = torch.tensor([[[150.0, 0.0]], [[300.0, 0.0]], [[120.0, 0.0]]])  # (T=3, B=1, 2)
+    assert infer_task(sure).tolist() == [0]  # three entropies of exactly 0: the first
+    assert infer_task(sure, rule="log-entropy").tolist() == [1]  # the largest margin
+    # a temperature per task rescales that task's margin: task 1's 300 / 4 is now the least sure
+    t = torch.tensor([1.0, 4.0, 1.0])
+    assert infer_task(sure, temperature=t, rule="log-entropy").tolist() == [0]
+    with pytest.raises(ValueError, match="'lowest'"):
+        infer_task(sure, rule="lowest")
+    with pytest.raises(ValueError, match=r"3 positive numbers.*\[1.0, -1.0, 1.0\]"):
+        infer_task(sure, temperature=torch.tensor([1.0, -1.0, 1.0]))
+
+
+def test_fit_temperature_recovers_the_temperature_of_the_labels():
+    gen = torch.Generator().manual_seed(0)
+    z = 3 * torch.randn(4000, 3, generator=gen)
+    y = torch.multinomial(F.softmax(z / 2.5, dim=1), 1, generator=gen).squeeze(1)
+    assert fit_temperature(z, y) == pytest.approx(2.5, rel=0.05)
+    assert fit_temperature(z, z.argmax(1), bounds=(0.5, 8.0)) == pytest.approx(0.5, rel=1e-6)
+    with pytest.raises(ValueError, match=r"\(5,\)"):
+        fit_temperature(z, y[:5])
+    with pytest.raises(ValueError, match=r"\(2.0, 1.0\)"):
+        fit_temperature(z, y, bounds=(2.0, 1.0))
+
+
 def test_task_logits_match_per_task_calls():
     hnet = _hnet()
     x = torch.randn(5, 6)
@@ -366,7 +410,7 @@ def test_si_importance():
 def test_recipe_runs_end_to_end(tmp_path):
     from hyperloom.recipes import continual
 
-    config = continual.Config(iters=8, max_train=64, test_limit=30, out=str(tmp_path), quiet=True)
+    config = continual.Config(iters=4, max_train=64, test_limit=30, out=str(tmp_path), quiet=True)
     out = continual.run(config)
     results = out["results"]
     assert list(results) == list(continual.METHODS)
@@ -378,6 +422,12 @@ def test_recipe_runs_end_to_end(tmp_path):
         assert ((acc[done] >= 0) & (acc[done] <= 100)).all()
         assert r["forgetting"] == pytest.approx(-r["bwt"])
         assert 0 <= r["ci_acc"] <= r["task_inference_acc"] <= 100
+        assert r["ci_acc"] == r["ci_acc_by_rule"]["entropy"]  # the default rule
+        confusion = torch.tensor(r["task_confusion"])  # % of task i's images given to task j
+        torch.testing.assert_close(confusion.sum(1), torch.full((5,), 100.0))
+        assert confusion.diagonal().mean().item() == pytest.approx(r["task_inference_acc"])
+        assert torch.tensor(r["mean_entropy"]).shape == (5, 5)
+        assert 0 <= r["entropy_ties"] <= 100 and r["temperature"] is None
     assert results["separate"]["trainable_params"] == 5 * results["separate"]["params_per_task"]
     assert results["hnet"]["params_per_task"] == 32
     run_dir = tmp_path / next(p.name for p in tmp_path.iterdir())
@@ -396,11 +446,17 @@ def test_recipe_lookahead_and_errors(tmp_path):
         max_train=32,
         test_limit=10,
         lookahead=True,
+        calibration=10,  # a temperature per task, from its last 10 training images
+        task_inference="log-entropy",
         out=str(tmp_path),
         quiet=True,
     )
     r = continual.run(config)["results"]["hnet"]
     assert math.isfinite(r["avg_acc"])
+    assert len(r["temperature"]) == 5 and all(t > 0 for t in r["temperature"])
+    assert r["ci_acc"] == r["ci_acc_by_rule"]["log-entropy/T"]  # the rule asked, with T
+    assert r["task_inference_acc"] == r["task_inference_by_rule"]["log-entropy/T"]
+    assert set(r["ci_acc_by_rule"]) == {"entropy", "log-entropy", "entropy/T", "log-entropy/T"}
     with pytest.raises(ValueError, match="unknown methods"):
         continual.resolve(continual.Config(methods=("hnet", "replay")))
 
@@ -427,6 +483,23 @@ def test_recipe_validation_split_holds_out_training_images(tmp_path):
     )
     assert set(r["results"]) == {"hnet", "si"}
     assert r["config"]["valid"] == 20
+
+
+def test_recipe_calibration_holds_out_the_last_training_images():
+    from hyperloom.recipes import continual
+
+    full = continual.load_tasks(continual.resolve(continual.Config(max_train=60)))
+    tasks, held = continual.split_calibration(full, 25)
+    for t, (x, y), f in zip(tasks, held, full, strict=True):
+        assert len(t.y_train) == 35 and len(y) == 25
+        torch.testing.assert_close(x, f.x_train[35:])
+        torch.testing.assert_close(t.x_train, f.x_train[:35])
+    with pytest.raises(ValueError, match="calibration must be >= 0, got -1"):
+        continual.resolve(continual.Config(calibration=-1))
+    with pytest.raises(ValueError, match="'margin'"):
+        continual.resolve(continual.Config(task_inference="margin"))
+    with pytest.raises(ValueError, match="calibration=60 leaves no training images"):
+        continual.split_calibration(tasks, 60)
 
 
 def test_summary_metrics():

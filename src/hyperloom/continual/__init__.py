@@ -25,10 +25,13 @@ Example:
     0.0
 """
 
+from ._methods import TASK_INFERENCE_RULES as TASK_INFERENCE_RULES
 from ._methods import factored_output_regularizer as factored_output_regularizer
 from ._methods import fisher_diagonal as fisher_diagonal
+from ._methods import fit_temperature as fit_temperature
 from ._methods import generate_tasks as generate_tasks
 from ._methods import infer_task as infer_task
+from ._methods import log_predictive_entropy as log_predictive_entropy
 from ._methods import lookahead_delta as lookahead_delta
 from ._methods import output_fisher as output_fisher
 from ._methods import output_regularizer as output_regularizer

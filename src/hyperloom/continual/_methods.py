@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
@@ -451,12 +452,50 @@ def predictive_entropy(logits: Tensor) -> Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
-def infer_task(logits: Tensor) -> Tensor:
+def log_predictive_entropy(logits: Tensor) -> Tensor:
+    """``log`` of :func:`predictive_entropy`, computed in log space, ``(*, C) -> (*)``.
+
+    ``log H = logsumexp_c(log p_c + log(-log p_c))`` with ``-log p_c = softplus(L_c)`` and
+    ``L_c = logsumexp_{j != c} z_j - z_c``, so that every term stays finite where ``p_c`` or
+    ``H`` underflow in float32 (a margin of about 17 rounds the top class's ``log p`` to 0, one
+    of about 104 rounds ``H`` itself to 0): lowest-entropy comparisons between very confident
+    networks are still decided by their margins, not by ties at zero.
+
+    Example:
+        >>> log_predictive_entropy(torch.tensor([[0.0, 0.0], [200.0, 0.0]])).tolist()
+        [-0.36651289463043213, -194.69668579101562]
+    """
+    if logits.shape[-1] < 2:
+        raise ValueError(f"logits need at least 2 classes, got shape {tuple(logits.shape)}")
+    c = logits.shape[-1]
+    logp = F.log_softmax(logits, dim=-1)
+    others = logits.unsqueeze(-2).expand(*logits.shape[:-1], c, c)  # (*, C, C): row c, col j
+    diagonal = torch.eye(c, dtype=torch.bool, device=logits.device)
+    rest = torch.logsumexp(others.masked_fill(diagonal, float("-inf")), dim=-1) - logits  # L_c
+    # log(softplus(L)) = L + log1p(-e^L/2 + ...) = L to float precision below L = -20
+    log_minus_logp = torch.where(rest < -20, rest, torch.log(F.softplus(rest.clamp(min=-20))))
+    return torch.logsumexp(logp + log_minus_logp, dim=-1)
+
+
+TASK_INFERENCE_RULES = ("entropy", "log-entropy")
+"""How :func:`infer_task` compares entropies: as float numbers, or in log space."""
+
+
+def infer_task(
+    logits: Tensor, *, temperature: Tensor | None = None, rule: str = "entropy"
+) -> Tensor:
     """For each sample, the task whose predictions have the lowest entropy (HNET+ENT).
 
     Args:
         logits: ``(T, B, C)``: the outputs of each of ``T`` candidate tasks' networks (or
             heads) on the same ``B`` samples.
+        temperature: optional ``(T,)`` positive numbers, one per task: task ``t``'s logits
+            are divided by ``temperature[t]`` first (e.g. :func:`fit_temperature` on held-out
+            images of task ``t``).
+        rule: ``"entropy"``: the lowest :func:`predictive_entropy` (exact ties, e.g. several
+            entropies that underflow to 0, go to the first such task); ``"log-entropy"``: the
+            lowest :func:`log_predictive_entropy` (the same choice wherever the entropies
+            differ in float32, and no ties at 0).
 
     Returns:
         ``(B,)`` long: the inferred task index in ``range(T)``.
@@ -466,15 +505,80 @@ def infer_task(logits: Tensor) -> Tensor:
         ...                        [[5.0, 0.0], [0.0, 0.0]]])   # task 1: sure, unsure
         >>> infer_task(logits).tolist()
         [1, 0]
+        >>> z = torch.tensor([[[4.0, 0.0]], [[6.0, 0.0]]])  # one image; task 1 is surer...
+        >>> infer_task(z, temperature=torch.tensor([1.0, 3.0])).tolist()  # ...until cooled
+        [0]
+        >>> sure = torch.tensor([[[150.0, 0.0]], [[300.0, 0.0]]])  # both entropies underflow
+        >>> infer_task(sure).tolist(), infer_task(sure, rule="log-entropy").tolist()
+        ([0], [1])
     """
     if logits.dim() != 3:
         raise ValueError(f"logits must have shape (T, B, C), got {tuple(logits.shape)}")
-    return predictive_entropy(logits).argmin(dim=0)
+    if rule not in TASK_INFERENCE_RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose one of {TASK_INFERENCE_RULES}")
+    if temperature is not None:
+        if temperature.shape != logits.shape[:1] or not bool((temperature > 0).all()):
+            raise ValueError(
+                f"temperature must hold {logits.shape[0]} positive numbers (one per task), "
+                f"got {temperature.tolist()}"
+            )
+        logits = logits / temperature.to(logits)[:, None, None]
+    score = predictive_entropy(logits) if rule == "entropy" else log_predictive_entropy(logits)
+    return score.argmin(dim=0)
 
 
-def task_logits(
-    hnet: HyperNetwork, x: Tensor, *args: Any, task: Tensor | Sequence[int]
-) -> Tensor:
+def fit_temperature(
+    logits: Tensor, y: Tensor, *, bounds: tuple[float, float] = (0.01, 1e4)
+) -> float:
+    """The temperature ``T`` that minimises the cross-entropy of ``softmax(logits / T)`` on ``y``.
+
+    Temperature scaling (Guo et al., 2017) of one task's network on held-out images of that
+    task only. A golden-section search over ``log T`` in float64 (the cross-entropy is convex
+    in ``1/T``), deterministic.
+
+    Args:
+        logits: ``(N, C)`` outputs on held-out samples of the task.
+        y: ``(N,)`` their labels.
+        bounds: the range of temperatures searched, ``0 < low < high``.
+
+    Returns:
+        The temperature, a float within ``bounds``.
+
+    Example:
+        >>> logits = torch.tensor([[4.0, 0.0], [0.0, 4.0], [4.0, 0.0], [0.0, 4.0]])
+        >>> round(fit_temperature(logits, torch.tensor([0, 1, 0, 0])), 2)  # one of 4 wrong
+        3.64
+    """
+    if logits.dim() != 2 or y.shape != logits.shape[:1] or len(y) == 0:
+        raise ValueError(
+            f"logits must be (N, C) with one label each, got shapes {tuple(logits.shape)} and "
+            f"{tuple(y.shape)}"
+        )
+    lo, hi = bounds
+    if not 0 < lo < hi:
+        raise ValueError(f"bounds must satisfy 0 < low < high, got {bounds}")
+    z, labels = logits.detach().double(), y.to(logits.device)
+
+    def nll(log_t: float) -> float:
+        return float(F.cross_entropy(z / math.exp(log_t), labels))
+
+    golden = (math.sqrt(5) - 1) / 2
+    a, b = math.log(lo), math.log(hi)
+    c, d = b - golden * (b - a), a + golden * (b - a)
+    fc, fd = nll(c), nll(d)
+    for _ in range(60):  # the bracket shrinks by 0.618 a step: 60 steps reach float precision
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - golden * (b - a)
+            fc = nll(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + golden * (b - a)
+            fd = nll(d)
+    return math.exp((a + b) / 2)
+
+
+def task_logits(hnet: HyperNetwork, x: Tensor, *args: Any, task: Tensor | Sequence[int]) -> Tensor:
     """The target's outputs on ``x`` with the weights of every task in ``task``.
 
     Each task's weights are generated once and the ``T`` weight sets run in one

@@ -29,6 +29,11 @@ validation split), on a smaller target with fewer iterations per task. ``--valid
 evaluates on the last ``N`` training images of each task instead of the test split, for
 choosing hyperparameters.
 
+``--task_inference=log-entropy`` compares the entropies in log space (no ties where they
+underflow to 0) and ``--calibration=N`` holds out N training images per task to fit each task's
+softmax temperature when it is learned; results.json also holds the task-confusion matrix, the
+mean entropy of each task's network on each task's test images and every rule's figures.
+
 Outputs under ``runs/<timestamp>-continual/``: results.json (accuracy matrices, average
 accuracy, backward transfer, forgetting, parameter counts, times), results.csv, heatmap.png
 (accuracy on task i after training task j, per method), average_accuracy.png and the
@@ -50,11 +55,14 @@ from torch.func import functional_call
 from .. import checkpoint
 from ..conditioning import TaskEmbedding
 from ..continual import (
+    TASK_INFERENCE_RULES,
     factored_output_regularizer,
     fisher_diagonal,
+    fit_temperature,
     infer_task,
     lookahead_delta,
     output_regularizer,
+    predictive_entropy,
     quadratic_penalty,
     si_importance,
     snapshot_factors,
@@ -246,6 +254,23 @@ class Config:
             "instead of the test split (for tuning); 0: evaluate on the test split"
         },
     )
+    task_inference: str = field(
+        default="entropy",
+        metadata={
+            "help": "how the lowest predictive entropy is found when the task is inferred: "
+            "entropy (float entropies, exact ties to the first task) or log-entropy (compared "
+            "in log space: no ties where entropies underflow)",
+            "choices": TASK_INFERENCE_RULES,
+        },
+    )
+    calibration: int = field(
+        default=0,
+        metadata={
+            "help": "hold out the last N training images of each task and, when the task is "
+            "learned, fit its network's softmax temperature on them (task inference divides "
+            "each task's logits by its temperature); 0: no temperatures"
+        },
+    )
     data_dir: str | None = data_dir_field()
     seed: int = seed_field("random seed (data order, init, permutations)")
     out: str = out_field()
@@ -340,6 +365,12 @@ def resolve(config: Config) -> Config:
         raise ValueError(f"reg_tasks must be >= 0 (0: all earlier tasks), got {out.reg_tasks}")
     if out.valid < 0:
         raise ValueError(f"valid must be >= 0, got {out.valid}")
+    if out.calibration < 0:
+        raise ValueError(f"calibration must be >= 0, got {out.calibration}")
+    if out.task_inference not in TASK_INFERENCE_RULES:
+        raise ValueError(
+            f"unknown task_inference {out.task_inference!r}; choose one of {TASK_INFERENCE_RULES}"
+        )
     for name in ("iters", "batch_size", "chunk_size", "chunk_dim", "emb_dim", "n_tasks"):
         if getattr(out, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(out, name)}")
@@ -383,6 +414,32 @@ def load_tasks(config: Config) -> list[Task]:
             )
         )
     return out
+
+
+def split_calibration(tasks: list[Task], n: int) -> tuple[list[Task], list[tuple[Tensor, Tensor]]]:
+    """The tasks without the last ``n`` training images of each, and those images with labels.
+
+    Args:
+        tasks: the scenario's tasks (:func:`load_tasks`).
+        n: held-out images per task; ``0`` holds out none.
+
+    Returns:
+        ``(tasks, [(x, y) per task])``: the tasks trained on and each task's held-out images.
+
+    Raises:
+        ValueError: when ``n`` leaves a task no training image.
+    """
+    kept, held = [], []
+    for t in tasks:
+        if n >= len(t.x_train):
+            raise ValueError(
+                f"calibration={n} leaves no training images of task {t.name!r} "
+                f"({len(t.x_train)} in all)"
+            )
+        cut = len(t.x_train) - n
+        kept.append(replace(t, x_train=t.x_train[:cut], y_train=t.y_train[:cut]))
+        held.append((t.x_train[cut:], t.y_train[cut:]))
+    return kept, held
 
 
 # ---- The methods ---------------------------------------------------------------------------
@@ -622,7 +679,8 @@ def run(config: Config) -> dict:
 def _run(config: Config, rt: Runtime) -> dict:
     t_start = time.perf_counter()
     s = settings(config)
-    tasks = rt.move(load_tasks(config))
+    tasks, held_out = split_calibration(load_tasks(config), config.calibration)
+    tasks, held_out = rt.move(tasks), rt.move(held_out)
     n_tasks, k = len(tasks), tasks[0].num_classes  # every task has k outputs
     in_features = tasks[0].x_train[0].numel()
     print(
@@ -645,6 +703,7 @@ def _run(config: Config, rt: Runtime) -> dict:
         batches = torch.Generator().manual_seed(config.seed)
         learner = LEARNERS[method](Setup(s, config, make_net, n_tasks, k, batches, rt))
         acc = torch.full((n_tasks, n_tasks), float("nan"))  # acc[i, j]: task i after task j
+        temperature = torch.ones(n_tasks)  # each task's, fitted when it is learned
         losses: list[float] = []
         with Stopwatch() as sw:
             for t, task in enumerate(tasks):
@@ -658,13 +717,20 @@ def _run(config: Config, rt: Runtime) -> dict:
                     learner.step(opt)
                     losses.append(rt.average(float(loss.detach())))
                 learner.end_task(t, task)  # what the method keeps for the next tasks
+                if config.calibration:  # on this task's own held-out images only
+                    temperature[t] = task_temperature(learner, t, *held_out[t])
                 for i in range(t + 1):  # task-incremental: task i with its own head / weights
                     acc[i, t] = task_accuracy(learner, i, tasks[i])
         if isinstance(learner, HNet):
             hnet_for_checkpoint = learner.hnet
         results[method] = (
             _summary(acc)
-            | class_incremental(learner, tasks)
+            | class_incremental(
+                learner,
+                tasks,
+                rule=config.task_inference,
+                temperature=temperature if config.calibration else None,
+            )
             | {
                 "trainable_params": learner.trainable,
                 "params_per_task": learner.per_task,
@@ -697,6 +763,12 @@ def _run(config: Config, rt: Runtime) -> dict:
         "given (ti_acc) and inferred by entropy (ci_acc)"
     )
     print(format_table(rows, floats="{:.2f}"))
+    for m, r in results.items():
+        by_rule = ", ".join(f"{k} {v:.2f}" for k, v in r["task_inference_by_rule"].items())
+        print(
+            f"{m}: task inference (%) {by_rule}; lowest entropy tied on "
+            f"{r['entropy_ties']:.2f} % of the test images"
+        )
     task_names = [t.name for t in tasks]
     write_json(
         run_dir / "results.json",
@@ -728,28 +800,78 @@ def task_accuracy(learner: Learner, i: int, task: Task) -> float:
 
 
 @torch.no_grad()
-def class_incremental(learner: Learner, tasks: list[Task]) -> dict[str, float]:
+def task_temperature(learner: Learner, t: int, x: Tensor, y: Tensor) -> float:
+    """Task ``t``'s softmax temperature, fitted on its images ``x`` with labels ``y``."""
+    logits = _batched(lambda xb: learner.logits(xb, [t])[0], x)  # (N, k)
+    return fit_temperature(logits, y)
+
+
+@torch.no_grad()
+def class_incremental(
+    learner: Learner,
+    tasks: list[Task],
+    *,
+    rule: str = "entropy",
+    temperature: Tensor | None = None,
+) -> dict:
     """Accuracy with the task inferred per test image by lowest predictive entropy (HNET+ENT).
 
     Every learned task scores each test image; the task whose predictions have the lowest
-    entropy is taken (:func:`hyperloom.continual.infer_task`), and the prediction counts only
-    when that task and its class are both right.
+    entropy is taken (:func:`hyperloom.continual.infer_task` with ``rule`` and
+    ``temperature``), and the prediction counts only when that task and its class are both
+    right.
+
+    Args:
+        learner: the trained method.
+        tasks: every task, in order.
+        rule: ``"entropy"`` or ``"log-entropy"`` (:func:`hyperloom.continual.infer_task`).
+        temperature: optional ``(T,)``: task ``t``'s logits are divided by ``temperature[t]``.
 
     Returns:
-        ``{"ci_acc": ..., "task_inference_acc": ...}`` in % over the test images of every task.
+        ``ci_acc`` and ``task_inference_acc``: % over the test images of every task, with
+        ``rule`` and ``temperature``; the same two for every rule, without and (keys ending in
+        ``"/T"``) with the temperatures (``ci_acc_by_rule``, ``task_inference_by_rule``); and
+        diagnostics: ``task_confusion[i][j]``, the % of task ``i``'s test images assigned to
+        task ``j`` (with ``rule`` and ``temperature``); ``mean_entropy[i][j]``, the mean
+        predictive entropy (nats, without temperature) of task ``j``'s network on task ``i``'s
+        test images; ``entropy_ties``, the % of test images whose lowest float32 entropy
+        (without temperature) is shared by two or more tasks (``"entropy"`` gives them to the
+        first of those tasks).
     """
-    ci_correct = task_correct = total = 0
-    every = list(range(len(tasks)))
+    n = len(tasks)
+    every = list(range(n))
+    variants: dict[str, tuple[str, Tensor | None]] = {r: (r, None) for r in TASK_INFERENCE_RULES}
+    if temperature is not None:
+        variants |= {f"{r}/T": (r, temperature) for r in TASK_INFERENCE_RULES}
+    chosen = rule if temperature is None else f"{rule}/T"
+    confusion = torch.zeros(n, n)
+    mean_entropy = torch.zeros(n, n)
+    ci_correct = dict.fromkeys(variants, 0)
+    task_correct = dict.fromkeys(variants, 0)
+    ties = total = 0
     for i, task in enumerate(tasks):
         logits = _batched(lambda xb: learner.logits(xb, every), task.x_test, dim=1)  # (T, B, k)
-        guess = infer_task(logits)  # (B,)
-        pred = logits[guess, torch.arange(len(guess))].argmax(-1)  # (B,)
-        task_correct += int((guess == i).sum())
-        ci_correct += int(((guess == i) & (pred == task.y_test)).sum())
+        rows = torch.arange(logits.shape[1])
+        h = predictive_entropy(logits)  # (T, B)
+        mean_entropy[i] = h.mean(dim=1).cpu()
+        ties += int(((h == h.min(dim=0).values).sum(dim=0) > 1).sum())
+        for name, (r, temp) in variants.items():
+            guess = infer_task(logits, rule=r, temperature=temp)  # (B,)
+            pred = logits[guess, rows].argmax(-1)  # (B,): a temperature keeps the argmax
+            task_correct[name] += int((guess == i).sum())
+            ci_correct[name] += int(((guess == i) & (pred == task.y_test)).sum())
+            if name == chosen:
+                confusion[i] = 100.0 * torch.bincount(guess.cpu(), minlength=n) / len(guess)
         total += len(task.y_test)
     return {
-        "ci_acc": 100.0 * ci_correct / total,
-        "task_inference_acc": 100.0 * task_correct / total,
+        "ci_acc": 100.0 * ci_correct[chosen] / total,
+        "task_inference_acc": 100.0 * task_correct[chosen] / total,
+        "ci_acc_by_rule": {r: 100.0 * c / total for r, c in ci_correct.items()},
+        "task_inference_by_rule": {r: 100.0 * c / total for r, c in task_correct.items()},
+        "task_confusion": confusion.tolist(),
+        "mean_entropy": mean_entropy.tolist(),
+        "entropy_ties": 100.0 * ties / total,
+        "temperature": None if temperature is None else temperature.tolist(),
     }
 
 
