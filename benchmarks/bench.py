@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -1325,6 +1326,43 @@ def notes(summary: dict) -> str:
     return "\n".join(out)
 
 
+_TARGET = re.compile(
+    r"^- (?P<claim>.+?) = \*\*(?P<ours>[^*]+)\*\*[^(]*?\(target (?P<target>[<>]=? [^:]+): "
+    r"(?P<verdict>met|NOT met)\)"
+)
+_MORE = re.compile(
+    r"(?P<claim>[^;]+?) = \*\*(?P<ours>[^*]+)\*\*[^(;]*?\(target (?P<target>[<>]=? [^:]+): "
+    r"(?P<verdict>met|NOT met)\)"
+)
+
+
+def with_claims(text: str) -> str:
+    """``text`` (a results file) with its "## Claims" table rebuilt from the targets it states.
+
+    Every ``claim = **figure** (target <= limit: met|NOT met)`` in the file's bullet lines
+    becomes one row (claim, ours, target, held / not held), under the section it comes from;
+    the table goes right after the file's header, replacing an older one.
+    """
+    rows, section = [], ""
+    for line in text.splitlines():
+        if line.startswith("## ") and not line.startswith("## Claims"):
+            section = line[3:].split(":")[0]
+        if not line.startswith("- ") or "(target" not in line:
+            continue
+        for m in _MORE.finditer(line[2:]):
+            claim = m["claim"].strip().lstrip("-").strip()
+            held = "held" if m["verdict"] == "met" else "**not held**"
+            rows.append(f"| {section}: {claim} | {m['ours'].strip()} | {m['target']} | {held} |")
+    head, _, rest = text.partition("\n- machine:")
+    head = re.sub(r"\n## Claims\n.*", "", head, flags=re.S).rstrip("\n")
+    if not rows:
+        return text
+    table = "\n".join(
+        ["## Claims", "", "| claim | ours | target | held / not held |", "|---|---|---|---|", *rows]
+    )
+    return f"{head}\n\n{table}\n\nThe details follow, section by section.\n\n- machine:{rest}"
+
+
 def _splice(old: str, parts: list[str]) -> list[str]:
     """The old results file with the sections of this run put in (same title: replaced; new
     ones before "What bounds each target"); its header notes this run's machine and load."""
@@ -1462,8 +1500,9 @@ def main() -> None:
     ]
     if args.update and Path(args.out).exists():
         parts = _splice(Path(args.out).read_text(), parts)
-    Path(args.out).write_text("\n".join(parts))
-    print("\n".join(parts))
+    text = with_claims("\n".join(parts))
+    Path(args.out).write_text(text)
+    print(text)
     print(json.dumps(summary, indent=1, default=str))
 
 
