@@ -1326,11 +1326,7 @@ def notes(summary: dict) -> str:
     return "\n".join(out)
 
 
-_TARGET = re.compile(
-    r"^- (?P<claim>.+?) = \*\*(?P<ours>[^*]+)\*\*[^(]*?\(target (?P<target>[<>]=? [^:]+): "
-    r"(?P<verdict>met|NOT met)\)"
-)
-_MORE = re.compile(
+_CLAIM = re.compile(
     r"(?P<claim>[^;]+?) = \*\*(?P<ours>[^*]+)\*\*[^(;]*?\(target (?P<target>[<>]=? [^:]+): "
     r"(?P<verdict>met|NOT met)\)"
 )
@@ -1349,7 +1345,7 @@ def with_claims(text: str) -> str:
             section = line[3:].split(":")[0]
         if not line.startswith("- ") or "(target" not in line:
             continue
-        for m in _MORE.finditer(line[2:]):
+        for m in _CLAIM.finditer(line[2:]):
             claim = m["claim"].strip().lstrip("-").strip()
             held = "held" if m["verdict"] == "met" else "**not held**"
             rows.append(f"| {section}: {claim} | {m['ours'].strip()} | {m['target']} | {held} |")
